@@ -1,0 +1,421 @@
+"""Typed options: plain YAML dicts in, validated dataclasses out, and back.
+
+Every group of options (an architecture's hypers, the training section, a dataset section) is a
+:mod:`dataclasses` dataclass. Each field's annotation says what values are allowed, its default (if
+any) what happens when the key is left out, and the string literal written right after it (an
+"attribute docstring") what it means. This module is the one generic machinery on top of that:
+
+* :func:`parse` turns a dict from ``yaml.safe_load`` into the dataclass. It is strict (unknown keys,
+  wrong types and missing required keys are errors) and it collects *every* problem in the whole
+  nested structure before raising a single :class:`~mtt.errors.OptionsError`, one line per problem,
+  each naming the dotted key path, so users fix all their mistakes in one go.
+* :func:`to_dict` is the inverse: plain dicts, lists and scalars for ``yaml.safe_dump``;
+  ``parse(cls, to_dict(x)) == x``.
+* :func:`field_docs` reads the attribute docstrings, for help texts and generated docs.
+* :func:`apply_overrides` applies command-line ``-r key.path=value`` overrides to the raw dict.
+* :func:`describe_type` renders an annotation in words ("an integer", "a string or null").
+
+Conversion rules: ``bool`` accepts only real booleans; ``int`` accepts integers but not booleans
+or floats; ``float`` accepts integers and floats (not booleans), and, as the one exception to
+strictness, strings in exponent notation such as ``"1e-3"``, because PyYAML (YAML 1.1) reads
+``1e-3`` as a string. ``str``, ``Literal``, ``Optional``, ``Union`` (first member that validates
+wins), ``List``/``list`` (tuples accepted too), ``Dict``, ``Any`` and nested dataclasses are
+supported. A dataclass section given as null (an empty YAML section) takes all its defaults,
+unless the annotation is a ``Union`` (``Optional[Section]`` reads null as None).
+
+Validation hook: a dataclass may define ``validate(self) -> List[Tuple[str, str]]``. It runs after
+the instance is built, and only when nothing inside it had a problem. Each returned pair is
+``(field_name, message)`` and becomes the line ``option '<path>.<field_name>' <message>``; an empty
+field name refers to the section itself (``option '<path>' <message>``). For example returning
+``[("learning_rate", "must be positive, got -1.0")]`` at path ``architecture.training`` gives
+``option 'architecture.training.learning_rate' must be positive, got -1.0``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+import inspect
+import re
+import textwrap
+import types
+import typing
+from typing import Any, Dict, List, Literal, Tuple, Union
+
+import yaml
+
+from mtt.errors import OptionsError
+
+__all__ = ["parse", "to_dict", "field_docs", "apply_overrides", "describe_type"]
+
+T = typing.TypeVar("T")
+
+# Returned by converters when a value does not fit; the reasons were appended to `problems`.
+_BAD = object()
+_NONE = type(None)
+
+# Numbers that PyYAML (YAML 1.1) leaves as strings: exponent without a dot or without a sign.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
+
+# The scalar types: how to say "one of them" and "several of them".
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_WORDS[_NONE] = "null"
+_PLURALS = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+_PLURALS[_NONE] = "nulls"
+
+
+# ---------------------------------------------------------------------------------- describing
+
+
+def describe_type(tp: Any) -> str:
+    """The words for the values allowed by annotation ``tp``, e.g. ``"a list of numbers"``."""
+    if tp is Any:
+        return "anything"
+    if tp in _WORDS:
+        return _WORDS[tp]
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        shown = [_yaml_repr(a) for a in args]
+        return f"one of {', '.join(shown)}" if len(shown) > 1 else shown[0]
+    if origin in (Union, types.UnionType):
+        words = [describe_type(a) for a in args]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+    if tp is list or origin is list:
+        return "a list" if not args or args[0] is Any else f"a list of {_plural(args[0])}"
+    if tp is dict or origin is dict:
+        if not args or args[1] is Any:
+            return "a mapping"
+        return f"a mapping from {_plural(args[0])} to {_plural(args[1])}"
+    return repr(tp)
+
+
+def _plural(tp: Any) -> str:
+    if tp in _PLURALS:
+        return _PLURALS[tp]
+    if dataclasses.is_dataclass(tp) or tp is dict or typing.get_origin(tp) is dict:
+        return "mappings"
+    if tp is list or typing.get_origin(tp) is list:
+        return "lists"
+    return f"values that are each {describe_type(tp)}"
+
+
+def _yaml_repr(value: Any) -> str:
+    """A literal value as a user would write it in YAML (true, null, 'text')."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
+
+
+def _show(value: Any) -> str:
+    """The offending value for a message: its repr, truncated, and its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _name(path: str) -> str:
+    return f"option '{path}'" if path else "the options"
+
+
+def _expected(tp: Any, value: Any, path: str) -> str:
+    return f"{_name(path)} must be {describe_type(tp)}, got {_show(value)}"
+
+
+def _join(path: str, key: Any) -> str:
+    # repr() for odd keys (newlines, non-strings) keeps every message on one line.
+    shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+    return f"{path}.{shown}" if path else shown
+
+
+# ---------------------------------------------------------------------------------- parsing
+
+
+def parse(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from ``data`` (a dict, or None for all defaults).
+
+    ``path`` is the dotted key path of ``data`` inside the whole options, used in messages.
+    Raises one :class:`OptionsError` listing every problem found.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"parse() needs a dataclass, got {cls!r}")
+    problems: List[str] = []
+    result = _build(cls, data, path, problems)
+    if problems:
+        raise OptionsError(problems)
+    return result
+
+
+def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
+    """Convert a mapping into dataclass ``cls``, appending problems; _BAD if it failed."""
+    if data is None:
+        data = {}  # an empty YAML section means "all defaults"
+    if not isinstance(data, dict):
+        problems.append(f"{_name(path)} must be a mapping, got {_show(data)}")
+        return _BAD
+    start = len(problems)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            problems.append(_unknown_key(key, list(fields), path))
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(path, name), problems)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            problems.append(f"missing required option '{_join(path, name)}'")
+    if len(problems) > start:
+        return _BAD
+    instance = cls(**kwargs)
+    _run_validate_hook(instance, path, problems)
+    return instance if len(problems) == start else _BAD
+
+
+def _unknown_key(key: Any, valid: List[str], path: str) -> str:
+    message = f"unknown option '{_join(path, key)}'"
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    if close:
+        return f"{message}; did you mean '{close[0]}'?"
+    listed = ", ".join(f"'{name}'" for name in valid) or "none"
+    return f"{message}; valid options here are {listed}"
+
+
+def _run_validate_hook(instance: Any, path: str, problems: List[str]) -> None:
+    hook = getattr(instance, "validate", None)
+    if not callable(hook):
+        return
+    for field_name, message in hook() or []:
+        problems.append(f"{_name(_join(path, field_name) if field_name else path)} {message}")
+
+
+def _convert(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
+    """Check ``value`` against annotation ``tp``; the converted value, or _BAD with problems."""
+    if tp is Any:
+        return copy.deepcopy(value)  # never alias the caller's data
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return _convert_union(tp, value, path, problems)
+    if origin is Literal:
+        return _convert_literal(tp, value, path, problems)
+    if tp is list or origin is list:
+        return _convert_list(tp, value, path, problems)
+    if tp is dict or origin is dict:
+        return _convert_dict(tp, value, path, problems)
+    if tp in _WORDS:
+        result = _convert_scalar(tp, value)
+        if result is _BAD:
+            problems.append(_expected(tp, value, path))
+        return result
+    raise TypeError(f"mtt.hypers cannot handle the annotation {tp!r} (at '{path}')")
+
+
+def _convert_scalar(tp: type, value: Any) -> Any:
+    # bool is a subclass of int in Python, so exact type checks keep true/1 apart.
+    if tp is bool or tp is str or tp is _NONE:
+        return value if type(value) is tp else _BAD
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return _BAD
+
+
+def _convert_union(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
+    members = typing.get_args(tp)
+    if value is None:
+        # Null reads as "all defaults" only where the annotation is the section type itself;
+        # in a union it would be ambiguous, so it must be allowed explicitly (Optional).
+        if _NONE in members:
+            return None
+        problems.append(_expected(tp, value, path))
+        return _BAD
+    for member in members:
+        result = _convert(member, value, path, [])
+        if result is not _BAD:
+            return result
+    # When only one member has the value's shape (a mapping, a list), its detailed problems
+    # (an unknown key deep inside, say) help more than "must be a number or a mapping".
+    shaped = [m for m in members if _same_shape(m, value)]
+    if len(shaped) == 1:
+        return _convert(shaped[0], value, path, problems)
+    problems.append(_expected(tp, value, path))
+    return _BAD
+
+
+def _same_shape(tp: Any, value: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if isinstance(value, dict):
+        return dataclasses.is_dataclass(tp) or tp is dict or origin is dict
+    if isinstance(value, (list, tuple)):
+        return tp is list or origin is list
+    return False
+
+
+def _convert_literal(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
+    allowed = typing.get_args(tp)
+    # Compare types too: 1 == True in Python, but not in the options.
+    if any(type(value) is type(a) and value == a for a in allowed):
+        return value
+    message = _expected(tp, value, path)
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
+        message += f"; did you mean '{close[0]}'?" if close else ""
+    problems.append(message)
+    return _BAD
+
+
+def _convert_list(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
+    if not isinstance(value, (list, tuple)):
+        problems.append(_expected(tp, value, path))
+        return _BAD
+    args = typing.get_args(tp)
+    item_tp = args[0] if args else Any
+    items = [_convert(item_tp, item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
+    return _BAD if any(item is _BAD for item in items) else items
+
+
+def _convert_dict(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(_expected(tp, value, path))
+        return _BAD
+    key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+    result, ok = {}, True
+    for key, item in value.items():
+        new_key = _convert(key_tp, key, path, [])
+        if new_key is _BAD:
+            problems.append(
+                f"{_name(path)} has the key {_show(key)}; keys must be {_plural(key_tp)}"
+            )
+        new_item = _convert(value_tp, item, _join(path, key), problems)
+        ok = ok and new_key is not _BAD and new_item is not _BAD
+        result[new_key] = new_item
+    return result if ok else _BAD
+
+
+# ---------------------------------------------------------------------------------- dumping
+
+
+def to_dict(instance: Any) -> Dict[str, Any]:
+    """The dataclass ``instance`` as plain nested dicts, lists and scalars (for yaml.safe_dump)."""
+    if not dataclasses.is_dataclass(instance) or isinstance(instance, type):
+        raise TypeError(f"to_dict() needs a dataclass instance, got {instance!r}")
+    return _plain(instance)
+
+
+def _plain(value: Any) -> Any:
+    # Not dataclasses.asdict: it would keep tuples, which yaml.safe_dump refuses.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return copy.deepcopy(value)
+
+
+# ---------------------------------------------------------------------------------- docs
+
+
+def field_docs(cls: type) -> Dict[str, str]:
+    """The attribute docstring of every field of dataclass ``cls`` ("" when it has none).
+
+    Fields inherited from base dataclasses are included; a subclass that redeclares a field
+    with a new docstring overrides the base's.
+    """
+    docs: Dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_class_attribute_docs(klass))
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def _class_attribute_docs(klass: type) -> Dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # defined dynamically or in an interactive session
+        return {}
+    tree = ast.parse(source)
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef)), None)
+    if node is None:
+        return {}
+    docs = {}
+    for statement, following in zip(node.body, node.body[1:], strict=False):
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[statement.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+# ---------------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(data: Dict[str, Any] | None, overrides: List[str]) -> Dict[str, Any]:
+    """A copy of ``data`` with each ``dotted.key.path=value`` override applied.
+
+    Values are read as YAML (``3`` is an integer, ``true`` a boolean, ``[1, 2]`` a list) except
+    that exponent numbers such as ``1e-3``, which YAML 1.1 keeps as strings, become floats.
+    Missing intermediate sections are created. All malformed overrides are reported together.
+    """
+    result = copy.deepcopy(data) if data is not None else {}
+    if not isinstance(result, dict):
+        raise OptionsError(
+            f"cannot apply overrides: the options are {_show(result)}, not a mapping"
+        )
+    problems: List[str] = []
+    for override in overrides:
+        parsed = _split_override(override, problems)
+        if parsed is not None:
+            _set_path(result, parsed[0], parsed[1], override, problems)
+    if problems:
+        raise OptionsError(problems)
+    return result
+
+
+def _split_override(override: str, problems: List[str]) -> Tuple[List[str], Any] | None:
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(part.strip() for part in parts):
+        problems.append(f"malformed override '{override}'; expected the form -r key.path=value")
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        first_line = str(error).splitlines()[0]
+        problems.append(f"cannot read the value of override '{override}' as YAML: {first_line}")
+        return None
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    return [part.strip() for part in parts], value
+
+
+def _set_path(
+    data: Dict[str, Any], parts: List[str], value: Any, override: str, problems: List[str]
+) -> None:
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:  # absent, or an empty YAML section
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            problems.append(
+                f"cannot apply override '{override}': '{where}' is {_show(child)}, not a mapping, "
+                f"so it cannot hold the sub-key '{parts[depth + 1]}'"
+            )
+            return
+        node = child
+    node[parts[-1]] = value

@@ -1,0 +1,6 @@
+import importlib.metadata
+
+try:
+    __version__ = importlib.metadata.version("mtt")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
