@@ -1,0 +1,249 @@
+"""Labelled data sets: structures from any ``Dataset[ase.Atoms]`` or ASE-readable file.
+
+Following MatterTune's data contract, the input is anything that yields ``ase.Atoms``; labels are
+read from each frame under the keys the user declared (:mod:`mtt.data.reading`). Everything is
+checked once, here, so that training never meets a bad frame: NaN/inf, missing keys, wrong shapes
+and elements are reported with the file and the frame index.
+"""
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import ase
+import numpy as np
+
+from ..errors import MttError
+from ..options import DatasetOptions, EnergyTargetOptions, SystemsOptions
+from ..units import check_length_unit
+from .reading import available_keys, check_structure, lookup, read_structures
+from .targets import EnergySpec, GradientSource, TargetInfo
+
+Labels = Dict[str, np.ndarray]
+
+
+class LabelledDataset:
+    """Structures with their labels. Item ``i`` is ``(atoms, labels)``; a frame without a
+    label simply lacks that key in its ``labels`` (masked in the loss, never dropped)."""
+
+    def __init__(
+        self,
+        frames: Sequence[ase.Atoms],
+        labels: List[Labels],
+        targets: Dict[str, TargetInfo],
+        length_unit: str,
+        name: str,
+    ):
+        self.frames = list(frames)
+        self.labels = labels
+        self.targets = targets
+        self.length_unit = length_unit
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> Tuple[ase.Atoms, Labels]:
+        return self.frames[index], self.labels[index]
+
+    def subset(self, indices: Sequence[int], name: str) -> "LabelledDataset":
+        indices = [int(i) for i in indices]
+        return LabelledDataset(
+            [self.frames[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.targets,
+            self.length_unit,
+            name,
+        )
+
+    @property
+    def atomic_types(self) -> List[int]:
+        return sorted({int(z) for atoms in self.frames for z in atoms.numbers})
+
+
+def load_dataset(options: DatasetOptions, base_dir: str, where: str) -> LabelledDataset:
+    """Read the data set section ``where`` (e.g. ``training_set``) of the options."""
+    systems = options.systems
+    if isinstance(systems, str):
+        systems = SystemsOptions(read_from=systems)
+    check_length_unit(systems.length_unit, f"{where}.systems.length_unit")
+    path = _resolve(systems.read_from, base_dir)
+    frames = read_structures(path, systems.reader)
+    sources = _FrameSources(base_dir, {path: frames})
+    specs = _specs(options.targets, where)
+    return build_dataset(frames, specs, path, systems.length_unit, where, sources)
+
+
+def dataset_from_atoms(
+    atoms_dataset: Sequence[ase.Atoms],
+    targets: Dict[str, EnergyTargetOptions],
+    length_unit: str = "angstrom",
+    name: str = "dataset",
+) -> LabelledDataset:
+    """Labels of any ``Dataset[ase.Atoms]`` (MatterTune's contract), read from each frame."""
+    frames = [atoms_dataset[i] for i in range(len(atoms_dataset))]
+    if len(frames) == 0:
+        raise MttError(f"{name} holds no structures")
+    for index, atoms in enumerate(frames):
+        if not isinstance(atoms, ase.Atoms):
+            raise MttError(f"{name}[{index}] is a {type(atoms).__name__}, not an ase.Atoms")
+    check_length_unit(length_unit, f"{name} length unit")
+    return build_dataset(frames, _specs(targets, name), name, length_unit, name, None)
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(base_dir, path)
+
+
+def _specs(targets: Dict[str, EnergyTargetOptions], where: str) -> List[EnergySpec]:
+    if not targets:
+        raise MttError(f"'{where}.targets' is empty; declare at least an 'energy' target")
+    return [
+        EnergySpec.from_options(name, t, f"{where}.targets.{name}") for name, t in targets.items()
+    ]
+
+
+class _FrameSources:
+    """Frames of the files labels are read from, each file read once."""
+
+    def __init__(self, base_dir: str, cache: Dict[str, List[ase.Atoms]]):
+        self.base_dir = base_dir
+        self.cache = cache
+
+    def get(self, path: Optional[str], reader: Optional[str], default: str) -> Tuple[str, list]:
+        if path is None:
+            return default, self.cache[default]
+        path = _resolve(path, self.base_dir)
+        if path not in self.cache:
+            self.cache[path] = read_structures(path, reader)
+        return path, self.cache[path]
+
+
+def build_dataset(
+    frames: List[ase.Atoms],
+    specs: List[EnergySpec],
+    source: str,
+    length_unit: str,
+    where: str,
+    sources: Optional[_FrameSources],
+) -> LabelledDataset:
+    for index, atoms in enumerate(frames):
+        check_structure(atoms, f"structure {index} of {source}")
+    labels: List[Labels] = [{} for _ in frames]
+    targets = {}
+    for spec in specs:
+        targets[spec.name] = _read_target(spec, frames, labels, source, where, sources)
+    return LabelledDataset(frames, labels, targets, length_unit, where)
+
+
+def _label_frames(source, sources, read_from, reader, frames, where_key):
+    """The frames to read one label from: the systems' own or another file of equal length."""
+    if read_from is None or sources is None:
+        return source, frames
+    path, other = sources.get(read_from, reader, source)
+    if len(other) != len(frames):
+        raise MttError(
+            f"'{where_key}.read_from' ({path!r}) has {len(other)} structures but the systems "
+            f"file has {len(frames)}; both must hold the same structures in the same order"
+        )
+    return path, other
+
+
+def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
+    key_where = f"{where}.targets.{spec.name}"
+    options = spec.options
+    path, label_frames = _label_frames(
+        source, sources, options.read_from, options.reader, frames, key_where
+    )
+    found = _read_energies(spec.name, options.key, label_frames, labels, path, key_where)
+    if found == 0:
+        keys = available_keys(label_frames, per_atom=False)
+        raise MttError(
+            f"no structure of {path!r} has the energy key {options.key!r}; keys found: "
+            f"{keys}; set '{key_where}.key' to the right one"
+        )
+    info = TargetInfo(spec.name, options.unit, description=options.description)
+    conservative = {s.conservative for s in spec.gradients.values()}
+    if len(conservative) > 1:
+        raise MttError(
+            f"'{key_where}': forces and stress must both be conservative or both direct"
+        )
+    info.conservative = conservative.pop() if conservative else True
+    for kind, gradient in spec.gradients.items():
+        count = _read_gradient(spec.name, kind, gradient, source, sources, frames, labels,
+                               f"{key_where}.{kind}")
+        if kind == "forces":
+            info.forces = count > 0
+        else:
+            info.stress = info.stress or count > 0
+    return info
+
+
+def _read_energies(name, key, frames, labels, path, where) -> int:
+    found = 0
+    for index, atoms in enumerate(frames):
+        value = lookup(atoms, key, per_atom=False)
+        if value is None:
+            continue
+        if value.size != 1:
+            raise MttError(
+                f"energy {key!r} of structure {index} of {path!r} has {value.size} numbers, "
+                f"expected one; check '{where}.key'"
+            )
+        _check_finite(value, f"energy {key!r} of structure {index} of {path!r}")
+        labels[index][name] = value.reshape(1)
+        found += 1
+    return found
+
+
+def _read_gradient(name, kind, gradient: GradientSource, source, sources, frames, labels,
+                   where) -> int:
+    path, label_frames = _label_frames(
+        source, sources, gradient.read_from, gradient.reader, frames, where
+    )
+    found = 0
+    for index, atoms in enumerate(label_frames):
+        value = lookup(atoms, gradient.key, per_atom=(kind == "forces"))
+        if value is None:
+            continue
+        what = f"{kind} {gradient.key!r} of structure {index} of {path!r}"
+        _check_finite(value, what)
+        value = _to_label(kind, value, frames[index], what)
+        if value is not None:
+            labels[index][f"{name}/{'forces' if kind == 'forces' else 'stress'}"] = value
+            found += 1
+    if found == 0 and gradient.required:
+        keys = available_keys(label_frames, per_atom=(kind == "forces"))
+        raise MttError(
+            f"no structure of {path!r} has {kind} under the key {gradient.key!r}; keys found: "
+            f"{keys}; set '{where}' to the right key, or to false to train without {kind}"
+        )
+    return found
+
+
+def _to_label(kind: str, value: np.ndarray, atoms: ase.Atoms, what: str) -> Optional[np.ndarray]:
+    """Forces as ``[n, 3]``; stress and virial as a 3x3 stress (``None`` if not periodic)."""
+    if kind == "forces":
+        if value.shape != (len(atoms), 3):
+            raise MttError(f"{what} has shape {value.shape}, expected ({len(atoms)}, 3)")
+        return value
+    matrix = _as_matrix(value, what)
+    if not atoms.pbc.all():
+        return None  # stress is only defined for structures periodic in all directions
+    if kind == "virial":
+        return -matrix / abs(atoms.get_volume())
+    return matrix
+
+
+def _as_matrix(value: np.ndarray, what: str) -> np.ndarray:
+    if value.size == 9:
+        return value.reshape(3, 3)
+    if value.size == 6:  # Voigt order xx, yy, zz, yz, xz, xy (ASE)
+        xx, yy, zz, yz, xz, xy = value.reshape(6)
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise MttError(f"{what} has {value.size} numbers, expected 9 (3x3) or 6 (Voigt)")
+
+
+def _check_finite(value: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(value)):
+        raise MttError(f"{what} is NaN or infinite; fix or remove that structure")

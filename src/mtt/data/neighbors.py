@@ -1,0 +1,57 @@
+"""Neighbour lists with vesin, in the layout metatomic expects.
+
+Training computes each structure's list once (see :func:`mtt.data.graph.atoms_to_graph`);
+evaluation of any exported model attaches lists to metatomic ``System`` objects with
+:func:`attach_neighbor_lists`. Only ``vesin`` (not ``vesin.metatomic``) is imported here: a model
+saved in a process that loaded ``vesin_torch`` would record it as a required extension.
+"""
+
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import vesin
+from metatensor.torch import Labels, TensorBlock
+from metatomic.torch import NeighborListOptions, System, register_autograd_neighbors
+
+
+def neighbor_pairs(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, full_list: bool
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``(i, j, shifts, vectors)`` with ``|x_j - x_i + shifts @ cell| < cutoff``."""
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=full_list)
+    pbc = np.asarray(pbc, dtype=bool)
+    i, j, shifts, vectors = calculator.compute(
+        points=np.asarray(positions, dtype=np.float64),
+        box=np.asarray(cell, dtype=np.float64),
+        periodic=pbc.tolist(),
+        quantities="ijSD",
+        copy=True,
+    )
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64), vectors
+
+
+def _neighbor_block(system: System, options: NeighborListOptions) -> TensorBlock:
+    positions = system.positions.detach().cpu().to(torch.float64).numpy()
+    cell = system.cell.detach().cpu().to(torch.float64).numpy()
+    pbc = system.pbc.cpu().numpy()
+    i, j, shifts, vectors = neighbor_pairs(positions, cell, pbc, options.cutoff, options.full_list)
+    samples = np.concatenate([i[:, None], j[:, None], shifts], axis=1)
+    dtype, device = system.positions.dtype, system.positions.device
+    return TensorBlock(
+        values=torch.tensor(vectors, dtype=dtype, device=device).reshape(-1, 3, 1),
+        samples=Labels(
+            ["first_atom", "second_atom", "cell_shift_a", "cell_shift_b", "cell_shift_c"],
+            torch.tensor(samples, dtype=torch.int32, device=device),
+        ),
+        components=[Labels.range("xyz", 3).to(device)],
+        properties=Labels.range("distance", 1).to(device),
+    )
+
+
+def attach_neighbor_lists(system: System, requests: List[NeighborListOptions]) -> None:
+    """Compute each requested list and attach it, differentiable w.r.t. positions and cell."""
+    for options in requests:
+        block = _neighbor_block(system, options)
+        register_autograd_neighbors(system, block, check_consistency=False)
+        system.add_neighbor_list(options, block)

@@ -1,0 +1,99 @@
+"""Reading structures and their labels from any file ASE reads.
+
+Labels are looked up under the key the user names, first in ``atoms.info`` / ``atoms.arrays``
+and then in the results of an attached calculator (extxyz files store ``energy=`` and ``forces``
+as calculator results). A frame that lacks a label is masked for that label; a key that no frame
+has is an error that lists the keys the file does have.
+"""
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import ase
+import ase.io
+import numpy as np
+
+from ..errors import MttError
+
+
+def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
+    """All frames of ``path``, with a clear error for a missing or unreadable file."""
+    if not os.path.exists(path):
+        raise MttError(f"file not found: {path!r}; check the path (relative paths start at the "
+                       "directory of options.yaml)")
+    if os.path.isdir(path):
+        raise MttError(f"{path!r} is a directory; give a structure file (e.g. an .xyz file)")
+    try:
+        frames = ase.io.read(path, index=":", format=reader)
+    except Exception as error:  # ASE raises many types for malformed files
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MttError(f"could not read structures from {path!r}: {first}; check the file "
+                       "format (set 'reader' to an ASE format name if it is guessed wrong)"
+                       ) from None
+    if isinstance(frames, ase.Atoms):
+        frames = [frames]
+    if len(frames) == 0:
+        raise MttError(f"{path!r} holds no structures")
+    return list(frames)
+
+
+def check_structure(atoms: ase.Atoms, where: str) -> None:
+    """Refuse structures the models cannot use: NaN/inf, unknown elements, bad cells."""
+    if len(atoms) == 0:
+        raise MttError(f"{where} has no atoms")
+    if not np.all(np.isfinite(atoms.positions)):
+        raise MttError(f"{where} has NaN or infinite positions; fix or remove that frame")
+    if np.any(atoms.numbers <= 0) or np.any(atoms.numbers > 118):
+        raise MttError(f"{where} has atoms with an unknown element (atomic number "
+                       f"{sorted(set(atoms.numbers.tolist()))}); fix the species column")
+    cell = np.asarray(atoms.cell[:])
+    if not np.all(np.isfinite(cell)):
+        raise MttError(f"{where} has a NaN or infinite cell")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.all() and abs(np.linalg.det(cell)) < 1e-12:
+        raise MttError(f"{where} is periodic but its cell has zero volume; set a cell or pbc=F")
+    for axis in np.nonzero(pbc)[0]:
+        if np.linalg.norm(cell[axis]) < 1e-12:
+            raise MttError(f"{where} is periodic along cell vector {axis} but that vector is "
+                           "zero; set the cell or make that direction non-periodic")
+
+
+def _calculator_results(atoms: ase.Atoms) -> Dict[str, object]:
+    calc = atoms.calc
+    results = getattr(calc, "results", None)
+    return dict(results) if results else {}
+
+
+def lookup(atoms: ase.Atoms, key: str, per_atom: bool) -> Optional[np.ndarray]:
+    """The label ``key`` of one frame (``None`` if the frame lacks it)."""
+    if per_atom and key in atoms.arrays:
+        return np.asarray(atoms.arrays[key], dtype=np.float64)
+    if not per_atom and key in atoms.info:
+        try:
+            return np.asarray(atoms.info[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+    value = _calculator_results(atoms).get(key)
+    if value is None:
+        return None
+    return np.asarray(value, dtype=np.float64)
+
+
+def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
+    """Numeric keys present in the first frames, to help a user fix a wrong key."""
+    keys = set()
+    for atoms in frames[:20]:
+        if per_atom:
+            keys.update(k for k in atoms.arrays if k not in ("numbers", "positions"))
+        else:
+            keys.update(k for k, v in atoms.info.items() if _is_numeric(v))
+        keys.update(_calculator_results(atoms))
+    return sorted(keys)
+
+
+def _is_numeric(value) -> bool:
+    try:
+        np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True

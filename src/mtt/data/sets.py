@@ -1,0 +1,80 @@
+"""Training, validation and test sets from the options: files, sections or fractions."""
+
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..errors import MttError
+from ..options import DatasetOptions, Options
+from .dataset import LabelledDataset, load_dataset
+
+Sets = Tuple[LabelledDataset, Optional[LabelledDataset], Optional[LabelledDataset]]
+
+
+def as_dataset_options(value: Union[str, DatasetOptions]) -> DatasetOptions:
+    """A bare path means: energies under ``energy`` in eV, forces if present, lengths in Å."""
+    return DatasetOptions(systems=value) if isinstance(value, str) else value
+
+
+def load_sets(options: Options, base_dir: str, training: Optional[LabelledDataset] = None) -> Sets:
+    """Read (or take) the training set, then carve out or read validation and test sets."""
+    if training is None:
+        training = load_dataset(as_dataset_options(options.training_set), base_dir, "training_set")
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(len(training))
+    sets = {}
+    for name in ("test_set", "validation_set"):
+        value = getattr(options, name)
+        if isinstance(value, float):
+            count = _fraction_count(value, len(training))
+            sets[name] = training.subset(order[:count], name) if count else None
+            order = order[count:]
+        else:
+            sets[name] = load_dataset(as_dataset_options(value), base_dir, name)
+    if len(order) == 0:
+        raise MttError(
+            f"the training set ({len(training)} structures) is empty once validation_set and "
+            "test_set fractions are taken out; lower those fractions or add structures"
+        )
+    training = training.subset(sorted(order), "training_set")
+    for other in (sets["validation_set"], sets["test_set"]):
+        if other is not None:
+            check_compatible(training, other)
+    return training, sets["validation_set"], sets["test_set"]
+
+
+def _fraction_count(fraction: float, total: int) -> int:
+    """At least one structure for a non-zero fraction, so a small set still gets validated."""
+    if fraction == 0.0:
+        return 0
+    return max(1, int(round(fraction * total)))
+
+
+def check_compatible(training: LabelledDataset, other: LabelledDataset) -> None:
+    """Other sets must use the training set's units and elements."""
+    if other.length_unit != training.length_unit:
+        raise MttError(
+            f"{other.name} uses length unit {other.length_unit!r} but training_set uses "
+            f"{training.length_unit!r}; use one length unit for all sets"
+        )
+    for name, target in other.targets.items():
+        known = training.targets.get(name)
+        if known is None:
+            raise MttError(f"{other.name} has target {name!r} that training_set does not have")
+        if known.unit != target.unit:
+            raise MttError(
+                f"target {name!r} is in {target.unit!r} in {other.name} but in "
+                f"{known.unit!r} in training_set; use one unit for a target"
+            )
+    _check_elements(training.atomic_types, other)
+
+
+def _check_elements(known: List[int], dataset: LabelledDataset) -> None:
+    allowed = set(known)
+    for index, atoms in enumerate(dataset.frames):
+        extra = sorted(set(atoms.numbers.tolist()) - allowed)
+        if extra:
+            raise MttError(
+                f"structure {index} of {dataset.name} has elements {extra} that the training "
+                f"set does not contain (it has {known}); add such structures to training_set"
+            )

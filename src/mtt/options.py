@@ -1,0 +1,146 @@
+"""The options a user writes in ``options.yaml``.
+
+The format is metatrain's wherever the two tools share a feature, so its users can bring their
+files: ``architecture: {name, model, training}``, ``training_set``, ``validation_set``,
+``test_set``, ``seed``, ``device`` and ``base_precision``. The shortest valid file is::
+
+    architecture:
+      name: soap_bpnn
+    training_set: data.xyz
+    validation_set: 0.1
+
+Each dataclass below is the single source of the defaults, types and documentation of its keys.
+The ``model`` and ``training`` sections belong to the architecture and are validated against its
+own hypers dataclasses (see :mod:`mtt.architectures`).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+#: Default key under which each gradient of an energy is looked for in the data.
+DEFAULT_GRADIENT_KEYS = {"forces": "forces", "stress": "stress", "virial": "virial"}
+
+
+@dataclass
+class GradientOptions:
+    """Where to read forces, stress or virial of an energy target."""
+
+    key: str = ""
+    """Key in ``atoms.arrays`` (forces) or ``atoms.info`` (stress, virial), or a calculator
+    result. Empty means the default: ``forces``, ``stress`` or ``virial``."""
+    read_from: Optional[str] = None
+    """File to read the labels from; by default the systems' file."""
+    reader: Optional[str] = None
+    """ASE format name for ``read_from``; by default guessed from the file name."""
+    conservative: bool = True
+    """``true``: computed as exact gradients of the energy (forces -dE/dx, stress (1/V) dE/dε);
+    ``false``: predicted by a separate (direct, non-conservative) head of the model."""
+
+
+@dataclass
+class EnergyTargetOptions:
+    """An energy target (``energy`` or a variant ``energy/<name>``) and its gradients."""
+
+    key: str = "energy"
+    """Key in ``atoms.info`` or the calculator result holding the total energy."""
+    unit: str = "eV"
+    """Energy unit of the labels, as metatomic spells it (``eV``, ``meV``, ``kcal/mol``,
+    ``kJ/mol``, ``Hartree``, ...). The exported model predicts in this unit."""
+    read_from: Optional[str] = None
+    """File to read the energies from; by default the systems' file."""
+    reader: Optional[str] = None
+    """ASE format name for ``read_from``; by default guessed from the file name."""
+    type: Literal["scalar"] = "scalar"
+    """Kept for metatrain compatibility: an energy is a scalar."""
+    per_atom: bool = False
+    """Kept for metatrain compatibility: energy labels are per structure."""
+    num_subtargets: int = 1
+    """Kept for metatrain compatibility: an energy has one sub-target."""
+    description: str = ""
+    """Free text stored in the exported model."""
+    forces: Union[bool, str, GradientOptions] = True
+    """``true``: train on forces if the data has them under ``forces``; a key name or a section:
+    read them from there (an error if absent); ``false``: do not train on forces."""
+    stress: Union[bool, str, GradientOptions] = True
+    """As ``forces``, for the stress (energy/length³, ASE's sign); only periodic structures."""
+    virial: Union[bool, str, GradientOptions] = False
+    """As ``forces``, for the virial (energy; converted to stress as -virial/volume)."""
+
+    def validate(self) -> List[Tuple[str, str]]:
+        problems = []
+        if self.per_atom:
+            problems.append(("per_atom", "must be false for an energy (labels are totals)"))
+        if self.num_subtargets != 1:
+            problems.append(("num_subtargets", "must be 1 for an energy"))
+        if self.stress not in (False, True) and self.virial not in (False, True):
+            problems.append(("virial", "cannot be read together with 'stress'; give one of them"))
+        return problems
+
+
+@dataclass
+class SystemsOptions:
+    """Where the structures come from."""
+
+    read_from: str
+    """Path of a file ASE can read (extxyz, ASE database, VASP, ...), relative to options.yaml."""
+    reader: Optional[str] = None
+    """ASE format name; by default guessed from the file name."""
+    length_unit: str = "angstrom"
+    """Length unit of the positions and cells (``angstrom``, ``bohr``, ``nm``)."""
+
+
+@dataclass
+class DatasetOptions:
+    """A data set: structures and the targets to learn from them."""
+
+    systems: Union[str, SystemsOptions]
+    """A file path, or a section with ``read_from``, ``reader`` and ``length_unit``."""
+    targets: Dict[str, EnergyTargetOptions] = field(
+        default_factory=lambda: {"energy": EnergyTargetOptions()}
+    )
+    """Targets by name: ``energy`` or variants like ``energy/pbe0``."""
+
+
+@dataclass
+class ArchitectureOptions:
+    """Which model to train and how."""
+
+    name: str
+    """Architecture name, e.g. ``soap_bpnn`` (see ``mtt train --help`` for the list)."""
+    model: Dict[str, Any] = field(default_factory=dict)
+    """Model hypers of the architecture (see its documentation page)."""
+    training: Dict[str, Any] = field(default_factory=dict)
+    """Training hypers (see the architecture's documentation page)."""
+
+
+@dataclass
+class Options:
+    """The whole ``options.yaml``."""
+
+    architecture: ArchitectureOptions
+    """The architecture section: ``name``, ``model`` and ``training``."""
+    training_set: Union[str, DatasetOptions]
+    """A structure file (energies under ``energy``, forces under ``forces``, in eV and Å) or a
+    data set section with ``systems`` and ``targets``."""
+    validation_set: Union[float, str, DatasetOptions] = 0.1
+    """A fraction of the training set in [0, 1), a file, or a data set section."""
+    test_set: Union[float, str, DatasetOptions] = 0.0
+    """As ``validation_set``; 0 means no test set."""
+    seed: int = 0
+    """Seed of every random choice (splits, initial weights, shuffling): same seed, same run."""
+    device: str = "auto"
+    """``auto`` (a GPU if there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
+    base_precision: Literal[16, 32, 64] = 32
+    """Floating point bits of training and of the exported model: 32 or 64 (16 is refused)."""
+
+    def validate(self) -> List[Tuple[str, str]]:
+        problems = []
+        for name in ("validation_set", "test_set"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not 0.0 <= value < 1.0:
+                problems.append((name, f"must be a fraction in [0, 1), got {value}"))
+        if self.base_precision == 16:
+            problems.append(("base_precision", "16 bits is not supported; use 32 or 64"))
+        if self.seed < 0:
+            problems.append(("seed", f"must be zero or positive, got {self.seed}"))
+        return problems

@@ -1,0 +1,32 @@
+"""Units: the user declares them, metatomic knows them, the exported model states them."""
+
+from metatomic.torch import unit_conversion_factor
+
+from .errors import MttError
+
+
+def _check(unit: str, reference: str, kind: str, where: str) -> str:
+    try:
+        unit_conversion_factor(unit, reference)
+    except ValueError as error:
+        reason = str(error).splitlines()[0]
+        raise MttError(
+            f"{where}: {unit!r} is not a valid {kind} unit ({reason}); use one metatomic "
+            f"knows, e.g. {reference!r}"
+            + (", 'meV', 'kcal/mol', 'kJ/mol', 'Hartree'" if kind == "energy" else ", 'bohr', 'nm'")
+        ) from None
+    return unit
+
+
+def check_energy_unit(unit: str, where: str) -> str:
+    """Return ``unit`` if metatomic knows it as an energy unit, else raise naming ``where``."""
+    return _check(unit, "eV", "energy", where)
+
+
+def check_length_unit(unit: str, where: str) -> str:
+    """Return ``unit`` if metatomic knows it as a length unit, else raise naming ``where``."""
+    return _check(unit, "angstrom", "length", where)
+
+
+def conversion(from_unit: str, to_unit: str) -> float:
+    return float(unit_conversion_factor(from_unit, to_unit))
