@@ -1,0 +1,265 @@
+"""What ``mtt train`` and ``mtt export`` do, callable from Python too.
+
+``mtt.train(options, training_set=...)`` accepts any ``Dataset[ase.Atoms]`` (MatterTune's data
+contract) in place of the ``training_set`` file.
+"""
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import ase
+import torch
+import yaml
+from metatomic.torch import ModelMetadata
+
+from . import hypers as hypers_module
+from .checkpoints import read_checkpoint
+from .data.dataset import LabelledDataset, dataset_from_atoms
+from .data.sets import as_dataset_options, load_sets
+from .data.targets import DatasetInfo
+from .errors import MttError, OptionsError
+from .io import atomic_path, refuse_overwrite
+from .options import Options
+from .runs import find_auto_restart, new_run_dir
+from .training.composition import baseline_rmse
+
+LOGGER = logging.getLogger("mtt")
+DTYPES = {32: torch.float32, 64: torch.float64}
+
+
+@dataclass
+class Settings:
+    """Options, validated, with the architecture's own hypers."""
+
+    options: Options
+    model_hypers: Any
+    train_hypers: Any
+    architecture: Any  # the architecture package
+    expanded: Dict[str, Any]
+
+
+def read_options(path: str) -> Dict[str, Any]:
+    """``options.yaml`` as a dict (safe YAML only), with one-line errors."""
+    if not os.path.isfile(path):
+        raise MttError(f"options file not found: {path!r}")
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MttError(f"{path!r} is not valid YAML{where}: "
+                       f"{getattr(error, 'problem', None) or error}") from None
+    if not isinstance(data, dict):
+        raise MttError(f"{path!r} must hold a mapping of options (architecture, training_set, ...)")
+    return data
+
+
+def validate_options(raw: Dict[str, Any]) -> Settings:
+    """Check all options, the architecture's included, and report every problem at once."""
+    from . import architectures
+
+    options = hypers_module.parse(Options, raw)
+    problems: List[str] = []
+    architecture = architectures.load(options.architecture.name)
+    model_class, trainer_class = architecture.__model__, architecture.__trainer__
+    parsed = {}
+    for key, cls in (("model", model_class.__hypers__), ("training", trainer_class.__hypers__)):
+        try:
+            parsed[key] = hypers_module.parse(cls, getattr(options.architecture, key),
+                                              f"architecture.{key}")
+        except OptionsError as error:
+            problems += error.problems
+    if problems:
+        raise OptionsError(problems)
+    expanded = hypers_module.to_dict(options)
+    expanded["architecture"]["model"] = hypers_module.to_dict(parsed["model"])
+    expanded["architecture"]["training"] = hypers_module.to_dict(parsed["training"])
+    return Settings(options, parsed["model"], parsed["training"], architecture, expanded)
+
+
+def pick_device(requested: str, supported: Sequence[str]) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available() and "cuda" in supported:
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise MttError(f"option 'device' must be auto, cpu, cuda or cuda:N, got {requested!r}"
+                       ) from None
+    if device.type not in supported:
+        raise MttError(f"this architecture runs on {supported}, not {device.type!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MttError("option 'device' is cuda but no GPU is available; use auto or cpu")
+    return device
+
+
+def _log_to(run_dir: str) -> logging.Handler:
+    handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    return handler
+
+
+def train(
+    options: Union[str, Dict[str, Any]],
+    training_set: Optional[Sequence[ase.Atoms]] = None,
+    output: str = "model.pt",
+    output_dir: str = "outputs",
+    restart: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    force: bool = False,
+) -> str:
+    """Train a model as ``mtt train`` does; return the path of the exported model.
+
+    ``options`` is the path of an options file or the same content as a dict. With
+    ``training_set`` (any sequence of ``ase.Atoms``), that data replaces the file named in the
+    options; its labels are read from each frame under the keys declared in the options.
+    """
+    base_dir = os.path.dirname(os.path.abspath(options)) if isinstance(options, str) else "."
+    raw = read_options(options) if isinstance(options, str) else dict(options)
+    if training_set is not None:
+        raw.setdefault("training_set", "<python dataset>")
+    settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
+    refuse_overwrite(output, force)
+    checkpoint_path = find_auto_restart(output_dir) if restart == "auto" else restart
+    run_dir = _run_dir(checkpoint_path, output_dir, restart)
+    handler = _log_to(run_dir)
+    try:
+        return _train_in(settings, base_dir, run_dir, checkpoint_path, training_set, output)
+    finally:
+        LOGGER.removeHandler(handler)
+        handler.close()
+
+
+def _run_dir(checkpoint_path: Optional[str], output_dir: str, restart: Optional[str]) -> str:
+    if restart == "auto" and checkpoint_path is None:
+        LOGGER.info("no checkpoint found under %s: starting a new run", output_dir)
+    if checkpoint_path is not None and restart == "auto":
+        return os.path.dirname(os.path.dirname(checkpoint_path))  # continue that run
+    return new_run_dir(output_dir)
+
+
+def _python_training_set(settings: Settings, frames) -> LabelledDataset:
+    dataset = as_dataset_options(settings.options.training_set)
+    unit = "angstrom" if isinstance(dataset.systems, str) else dataset.systems.length_unit
+    return dataset_from_atoms(frames, dataset.targets, unit, "training_set")
+
+
+def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, output) -> str:
+    options = settings.options
+    with open(os.path.join(run_dir, "options.yaml"), "w") as file:
+        yaml.safe_dump(settings.expanded, file, sort_keys=False)
+    LOGGER.info("run directory: %s", run_dir)
+    python_set = _python_training_set(settings, frames) if frames is not None else None
+    train_set, val_set, test_set = load_sets(options, base_dir, python_set)
+    info = DatasetInfo(train_set.length_unit, train_set.atomic_types, train_set.targets)
+    _log_sets(train_set, val_set, test_set)
+    model_class = settings.architecture.__model__
+    trainer_class = settings.architecture.__trainer__
+    dtype = DTYPES[options.base_precision]
+    if dtype not in model_class.__supported_dtypes__:
+        raise MttError(f"option 'base_precision': {options.base_precision} bits is not supported "
+                       f"by {options.architecture.name}")
+    device = pick_device(options.device, model_class.__supported_devices__)
+    model, trainer = _model_and_trainer(settings, info, checkpoint_path)
+    trainer.options = settings.expanded
+    trainer.train(model, dtype, [device], [train_set], [val_set] if val_set else [], run_dir)
+    if trainer.best is not None:
+        model.load_state_dict(trainer.best["state_dict"])
+    trainer.save_checkpoint(model, os.path.join(run_dir, "model.ckpt"))
+    _final_report(trainer, model, [train_set, val_set, test_set], device)
+    path = os.path.join(run_dir, "model.pt")
+    save_model(model.export(), path)
+    copy_file(path, output)
+    LOGGER.info("exported the best model (epoch %s) to %s", trainer.best["epoch"], output)
+    return output
+
+
+def _model_and_trainer(settings: Settings, info: DatasetInfo, checkpoint_path: Optional[str]):
+    model_class = settings.architecture.__model__
+    trainer_class = settings.architecture.__trainer__
+    name = settings.options.architecture.name
+    torch.manual_seed(settings.options.seed)
+    if checkpoint_path is None:
+        trainer = trainer_class(settings.train_hypers)
+        trainer.seed = settings.options.seed
+        return model_class(settings.model_hypers, info), trainer
+    checkpoint = read_checkpoint(checkpoint_path)
+    if checkpoint.get("architecture") != name:
+        raise MttError(
+            f"{checkpoint_path!r} is a checkpoint of {checkpoint.get('architecture')!r}, but "
+            f"the options ask for {name!r}; set architecture.name to match"
+        )
+    model = model_class.load_checkpoint(checkpoint, "restart").restart(info)
+    trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
+    LOGGER.info("restarting from %s after epoch %d", checkpoint_path, trainer.epoch)
+    return model, trainer
+
+
+def _log_sets(*sets) -> None:
+    for dataset in sets:
+        if dataset is not None:
+            labels = ", ".join(
+                f"{q}: {sum(q in labels for labels in dataset.labels)}"
+                for t in dataset.targets.values() for q in t.quantities
+            )
+            LOGGER.info("%s: %d structures (%s)", dataset.name, len(dataset), labels)
+
+
+def _final_report(trainer, model, sets, device) -> None:
+    from .training.trainer import metric_unit
+
+    units = dict(zip(model.target_names, model.energy_units))
+    for dataset in [s for s in sets if s is not None]:
+        metrics = trainer.evaluate(model, dataset, device)
+        for key, value in metrics.items():
+            if key.endswith("_rmse") or key.endswith("_mae"):
+                quantity = key[len(dataset.name) + 1:].rsplit("_", 1)[0]
+                target = quantity.replace("_per_atom", "").split("/forces")[0].split("/stress")[0]
+                unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
+                LOGGER.info("%s: %s %s = %.5g %s", dataset.name, quantity,
+                            key.rsplit("_", 1)[1].upper(), value, unit)
+        for index, name in enumerate(model.target_names):
+            rmse = baseline_rmse(dataset, name, model.atomic_types,
+                                 model.baseline[index].detach().cpu().double().numpy())
+            if rmse is not None:
+                LOGGER.info("%s: %s RMSE of the composition baseline alone = %.5g %s/atom",
+                            dataset.name, name, rmse, units[name])
+
+
+def save_model(exported, path: str) -> None:
+    """Save an ``AtomisticModel`` atomically (a crash never leaves half a file at ``path``)."""
+    with atomic_path(path, suffix=".pt") as tmp:
+        try:
+            exported.save(tmp)
+        except RuntimeError as error:
+            cause = error.__cause__ or error
+            lines = [line for line in str(cause).splitlines() if line.strip()] or [repr(cause)]
+            raise MttError(f"could not export the model to TorchScript: {lines[0]}") from error
+
+
+def copy_file(source: str, destination: str) -> None:
+    with atomic_path(destination, suffix=os.path.splitext(destination)[1] or ".tmp") as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def export(checkpoint_path: str, output: str = "model.pt", force: bool = False,
+           metadata: Optional[ModelMetadata] = None) -> str:
+    """Export the best model of a checkpoint to ``output`` (``mtt export``)."""
+    from . import architectures
+
+    refuse_overwrite(output, force)
+    checkpoint = read_checkpoint(checkpoint_path)
+    name = checkpoint.get("architecture")
+    if not isinstance(name, str):
+        raise MttError(f"{checkpoint_path!r} does not say which architecture it holds")
+    architecture = architectures.load(name)
+    model = architecture.__model__.load_checkpoint(checkpoint, "export")
+    save_model(model.export(metadata), output)
+    return output

@@ -1,0 +1,84 @@
+"""The ``mtt`` command. Each sub-command is a module with ``add_arguments`` and ``run``.
+
+A problem with the user's input prints one line (``mtt: error: ...``) and exits with status 1;
+the full traceback goes to ``mtt-error.log`` in the current directory, or to the terminal with
+``--debug``. An unexpected failure (a bug) exits with status 2 the same way.
+"""
+
+import argparse
+import logging
+import sys
+import traceback
+from typing import List, Optional
+
+from ..errors import MttError
+from ..version import __version__
+from . import eval as eval_command
+from . import export as export_command
+from . import train as train_command
+
+COMMANDS = {"train": train_command, "export": export_command, "eval": eval_command}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtt", description="Train, export and evaluate machine-learning models of atoms."
+    )
+    parser.add_argument("--version", action="version", version=f"mtt {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print full tracebacks instead of one-line errors")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__)
+        sub.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        module.add_arguments(sub)
+    return parser
+
+
+def _console_logging() -> None:
+    logger = logging.getLogger("mtt")
+    if not any(getattr(h, "_mtt_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._mtt_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _console_logging()
+    try:
+        COMMANDS[args.command].run(args)
+    except MttError as error:
+        return _fail(args, error, 1, "error")
+    except KeyboardInterrupt:
+        print("mtt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: still one line, with the traceback kept
+        return _fail(args, error, 2, "internal error")
+    return 0
+
+
+def _fail(args, error: BaseException, status: int, kind: str) -> int:
+    if args.debug:
+        traceback.print_exc()
+    lines = str(error).splitlines() or [type(error).__name__]
+    if kind == "internal error":
+        lines = [f"{type(error).__name__}: {lines[0]}"]
+    for line in lines:
+        print(f"mtt: {kind}: {line}", file=sys.stderr)
+    if not args.debug:
+        try:
+            with open("mtt-error.log", "w") as file:
+                traceback.print_exc(file=file)
+            print("mtt: the full traceback is in mtt-error.log (or rerun with --debug)",
+                  file=sys.stderr)
+        except OSError:
+            pass
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

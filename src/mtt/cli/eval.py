@@ -1,0 +1,74 @@
+"""Evaluate an exported model on structures: print errors if labelled, write predictions."""
+
+import argparse
+import logging
+import os
+
+HELP = "evaluate an exported model (.pt) on a data set"
+LOGGER = logging.getLogger("mtt")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an exported model (.pt)")
+    parser.add_argument("data", help="a data set section in YAML (systems and optional targets, "
+                        "as in training_set), or a structure file")
+    parser.add_argument("-o", "--output", default="predictions.xyz",
+                        help="file for the predictions (extxyz; default: predictions.xyz)")
+    parser.add_argument("-b", "--batch-size", type=int, default=16,
+                        help="structures evaluated together (default: 16)")
+    parser.add_argument("--output-name", default=None,
+                        help="energy output to evaluate, e.g. energy/pbe0 (default: energy)")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="overwrite the predictions file if it exists")
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..evaluate import (error_metrics, load_model, pick_energy_output, predict,
+                            write_predictions)
+    from ..io import refuse_overwrite
+
+    refuse_overwrite(args.output, args.force)
+    model = load_model(args.model)
+    energy = pick_energy_output(model, args.output_name)
+    frames, labels, length_unit, energy_unit = _read(args.data, energy, model)
+    predictions = predict(model, frames, energy, length_unit, energy_unit, args.batch_size)
+    write_predictions(args.output, frames, predictions)
+    LOGGER.info("predictions for %d structures written to %s", len(frames), args.output)
+    for name, values in error_metrics(frames, labels, predictions, energy).items():
+        unit = {"energy_per_atom": f"{energy_unit}/atom", "forces": f"{energy_unit}/{length_unit}",
+                "stress": f"{energy_unit}/{length_unit}^3"}[name]
+        LOGGER.info("%s: RMSE %.5g %s, MAE %.5g %s (%d structures)", name, values["rmse"], unit,
+                    values["mae"], unit, values["count"])
+
+
+def _read(path: str, energy: str, model):
+    """Frames, labels (possibly none), and units of the data to evaluate on."""
+    from .. import hypers
+    from ..api import read_options
+    from ..data.dataset import load_dataset
+    from ..data.reading import check_structure, read_structures
+    from ..options import DatasetOptions
+
+    model_unit = model.capabilities().outputs[energy].unit
+    if os.path.splitext(path)[1].lower() not in (".yaml", ".yml"):
+        frames = read_structures(path)
+        for index, atoms in enumerate(frames):
+            check_structure(atoms, f"structure {index} of {path!r}")
+        return frames, [{} for _ in frames], "angstrom", model_unit
+    raw = read_options(path)
+    options = hypers.parse(DatasetOptions, raw)
+    if "targets" not in raw:  # predictions only
+        systems = options.systems
+        read_from = systems if isinstance(systems, str) else systems.read_from
+        unit = "angstrom" if isinstance(systems, str) else systems.length_unit
+        full = os.path.join(os.path.dirname(os.path.abspath(path)), read_from)
+        frames = read_structures(full, None if isinstance(systems, str) else systems.reader)
+        return frames, [{} for _ in frames], unit, model_unit
+    dataset = load_dataset(options, os.path.dirname(os.path.abspath(path)), "eval")
+    name = energy if energy in dataset.targets else next(iter(dataset.targets))
+    labels = [
+        {energy + key[len(name):]: value for key, value in frame.items()
+         if key == name or key.startswith(name + "/")}
+        for frame in dataset.labels
+    ]
+    return dataset.frames, labels, dataset.length_unit, dataset.targets[name].unit

@@ -1,0 +1,188 @@
+"""What every model of energies shares, so that an architecture writes only its layers.
+
+:class:`EnergyModel` implements :class:`mtt.abc.ModelInterface` for models that map a
+:class:`mtt.data.graph.Graph` to per-atom energies: the composition baseline and the energy scale
+(saved with the model, applied at inference), metatomic outputs with ``selected_atoms``,
+checkpoints, export, and the default training data (graphs with vesin neighbour lists, computed
+once). An architecture subclasses it and implements :meth:`EnergyModel.per_atom_energies`.
+"""
+
+import copy
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import ase
+import torch
+from metatensor.torch import Labels, TensorMap
+from metatomic.torch import (
+    AtomisticModel,
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    NeighborListOptions,
+    System,
+)
+
+from .abc import CheckpointContext, ModelInterface
+from .checkpoints import upgrade_model_checkpoint
+from .data.graph import Graph, atoms_to_graph, collate_graphs, systems_to_graph
+from .data.targets import DatasetInfo
+from .errors import MttError
+from .gradients import energies_and_gradients
+from .hypers import parse, to_dict
+from .metadata import merge_metadata
+from .outputs import scalar_tensormap
+
+DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+class EnergyModel(ModelInterface):
+    """Base of architectures predicting energies as sums of per-atom contributions."""
+
+    __architecture__: str = ""  # registry name, set by mtt.architectures on import
+
+    def __init__(self, hypers: Any, dataset_info: DatasetInfo, metadata: ModelMetadata,
+                 cutoff: float):
+        super().__init__(hypers, dataset_info, metadata)
+        self.cutoff = float(cutoff)
+        self.atomic_types: List[int] = [int(z) for z in dataset_info.atomic_types]
+        self.target_names: List[str] = list(dataset_info.targets)
+        self.energy_units: List[str] = [t.unit for t in dataset_info.targets.values()]
+        type_to_index = torch.full((119,), -1, dtype=torch.int64)
+        type_to_index[self.atomic_types] = torch.arange(len(self.atomic_types))
+        self.register_buffer("type_to_index", type_to_index)
+        # E_i = scale * NN_i + baseline[type_i], one column per energy target
+        n_targets, n_types = len(self.target_names), len(self.atomic_types)
+        self.register_buffer("baseline", torch.zeros(n_targets, n_types, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(n_targets, dtype=torch.float64))
+        self.nl_options = NeighborListOptions(cutoff=self.cutoff, full_list=True, strict=True)
+
+    # --- what an architecture implements --------------------------------------------------
+    def per_atom_energies(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
+        """Dimensionless per-atom energies ``[N, n_targets]`` (scaled and shifted here)."""
+        raise NotImplementedError
+
+    def fit_statistics(self, batches: Iterable[Graph]) -> None:
+        """Fix data-dependent constants (e.g. descriptor statistics) before training starts;
+        called once with the training batches. Nothing to do by default."""
+
+    # --- numerics shared by training and the exported model -------------------------------
+    def atomic_energies(self, graph: Graph) -> torch.Tensor:
+        """Per-atom energies ``[N, n_targets]`` in the targets' units."""
+        species = self.type_to_index[graph.types]
+        raw = self.per_atom_energies(graph, species)
+        baseline = self.baseline.to(raw.dtype)[:, species].T
+        return raw * self.scale.to(raw.dtype) + baseline
+
+    def forward(
+        self,
+        systems: List[System],
+        outputs: Dict[str, ModelOutput],
+        selected_atoms: Optional[Labels] = None,
+    ) -> Dict[str, TensorMap]:
+        graph = systems_to_graph(systems, self.nl_options)
+        energies = self.atomic_energies(graph)
+        results: Dict[str, TensorMap] = {}
+        for index, name in enumerate(self.target_names):
+            if name in outputs:
+                results[name] = scalar_tensormap(
+                    energies[:, index],
+                    graph.system_index,
+                    graph.n_atoms,
+                    "energy",
+                    outputs[name].sample_kind == "atom",
+                    selected_atoms,
+                )
+        return results
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+        return [self.nl_options]
+
+    def supported_outputs(self) -> Dict[str, ModelOutput]:
+        return {
+            name: ModelOutput(unit=unit, sample_kind="atom",
+                              description=self.dataset_info.targets[name].description)
+            for name, unit in zip(self.target_names, self.energy_units)
+        }
+
+    # --- training data (MatterTune's backbone interface) ----------------------------------
+    def atoms_to_data(self, atoms: ase.Atoms) -> Graph:
+        return atoms_to_graph(atoms, self.cutoff, self.baseline.dtype)
+
+    def collate_fn(self, data: Sequence[Graph]) -> Graph:
+        return collate_graphs(list(data))
+
+    def predict(self, batch: Graph, quantities: List[str], training: bool) -> Dict[str, torch.Tensor]:
+        def energies(graph: Graph) -> Dict[str, torch.Tensor]:
+            per_atom = self.atomic_energies(graph)
+            n_systems = graph.n_atoms.shape[0]
+            totals = torch.zeros(n_systems, per_atom.shape[1], dtype=per_atom.dtype,
+                                 device=per_atom.device).index_add(0, graph.system_index, per_atom)
+            return {name: totals[:, i] for i, name in enumerate(self.target_names)}
+
+        return energies_and_gradients(energies, batch, quantities, create_graph=training)
+
+    def set_baseline(self, baseline: torch.Tensor, scale: torch.Tensor) -> None:
+        """Set the composition baseline ``[n_targets, n_types]`` and scales ``[n_targets]``."""
+        self.baseline.copy_(baseline)
+        self.scale.copy_(scale)
+
+    # --- checkpoints, restart, export -----------------------------------------------------
+    def get_checkpoint(self) -> Dict[str, Any]:
+        return {
+            "architecture": self.__architecture__,
+            "model_checkpoint_version": self.__checkpoint_version__,
+            "model_hypers": to_dict(self.hypers),
+            "dataset_info": self.dataset_info.to_dict(),
+            "dtype": DTYPE_NAMES[self.baseline.dtype],
+            "model_state_dict": self.state_dict(),
+        }
+
+    @classmethod
+    def load_checkpoint(cls, checkpoint: Dict[str, Any], context: CheckpointContext) -> "EnergyModel":
+        checkpoint = cls.upgrade_checkpoint(checkpoint)
+        hypers = parse(cls.__hypers__, checkpoint["model_hypers"], "architecture.model")
+        info = DatasetInfo.from_dict(checkpoint["dataset_info"])
+        model = cls(hypers, info, ModelMetadata())
+        dtype = {v: k for k, v in DTYPE_NAMES.items()}[checkpoint["dtype"]]
+        model = model.to(dtype)
+        state = checkpoint["model_state_dict"]
+        if context != "restart" and checkpoint.get("best_model_state_dict") is not None:
+            state = checkpoint["best_model_state_dict"]
+        model.load_state_dict(state)
+        return model
+
+    @classmethod
+    def upgrade_checkpoint(cls, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+        return upgrade_model_checkpoint(cls, checkpoint)
+
+    def restart(self, dataset_info: DatasetInfo) -> "EnergyModel":
+        new_types = sorted(set(dataset_info.atomic_types) - set(self.atomic_types))
+        new_targets = sorted(set(dataset_info.targets) - set(self.target_names))
+        if new_types or new_targets:
+            raise MttError(
+                f"this {self.__architecture__} model was trained for elements "
+                f"{self.atomic_types} and targets {self.target_names}; the new data adds "
+                f"elements {new_types} and targets {new_targets}, which a restart cannot learn; "
+                "train a new model instead"
+            )
+        for name, target in dataset_info.targets.items():
+            if target.unit != self.dataset_info.targets[name].unit:
+                raise MttError(
+                    f"target {name!r} is in {target.unit!r} in the new data but the model "
+                    f"predicts {self.dataset_info.targets[name].unit!r}; use the model's unit"
+                )
+        return self
+
+    def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
+        # AtomisticModel switches off requires_grad in place: wrap a copy
+        model = copy.deepcopy(self).eval()
+        capabilities = ModelCapabilities(
+            outputs=self.supported_outputs(),
+            atomic_types=self.atomic_types,
+            interaction_range=self.cutoff,
+            length_unit=self.dataset_info.length_unit,
+            supported_devices=self.__supported_devices__,
+            dtype=DTYPE_NAMES[self.baseline.dtype],
+        )
+        merged = merge_metadata(self.__default_metadata__, metadata)
+        return AtomisticModel(model, merged, capabilities)

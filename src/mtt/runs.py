@@ -1,0 +1,50 @@
+"""Run directories: one per invocation, and finding the newest complete checkpoint."""
+
+import datetime
+import glob
+import logging
+import os
+import re
+from typing import Optional
+
+from .checkpoints import read_checkpoint
+from .errors import MttError
+
+LOGGER = logging.getLogger("mtt")
+
+
+def new_run_dir(root: str) -> str:
+    """``root/<date>_<time>``, made unique with a suffix if two runs start in one second."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    path = os.path.join(root, stamp)
+    suffix = 1
+    while os.path.exists(path):
+        suffix += 1
+        path = os.path.join(root, f"{stamp}-{suffix}")
+    os.makedirs(path)
+    return path
+
+
+def _epoch(path: str) -> int:
+    match = re.fullmatch(r"epoch_(\d+)\.ckpt", os.path.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def find_auto_restart(root: str) -> Optional[str]:
+    """The newest complete training checkpoint under ``root``: the latest run directory (by its
+    timestamped name) that has one, and in it the highest epoch that loads. Files are written
+    atomically, but a file copied or damaged by hand is skipped rather than trusted."""
+    runs = sorted(glob.glob(os.path.join(root, "*", "checkpoints")), reverse=True)
+    for checkpoints in runs:
+        candidates = sorted(glob.glob(os.path.join(checkpoints, "epoch_*.ckpt")), key=_epoch,
+                            reverse=True)
+        for path in candidates:
+            if _epoch(path) < 0:
+                continue
+            try:
+                read_checkpoint(path)
+            except MttError as error:
+                LOGGER.warning("skipping %s: %s", path, error)
+                continue
+            return path
+    return None

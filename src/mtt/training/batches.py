@@ -1,0 +1,79 @@
+"""Training data prepared once: native model data and label tensors, batched each step.
+
+Everything that does not change during training (neighbour lists, label tensors) is computed
+here, before the first epoch, and only concatenated per batch.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Tuple
+
+import torch
+
+from ..data.dataset import LabelledDataset
+
+
+@dataclass
+class LabelBatch:
+    """Labels of a batch: ``values[q]`` and a boolean ``mask[q]`` of which rows have them."""
+
+    values: Dict[str, torch.Tensor]
+    mask: Dict[str, torch.Tensor]
+    n_atoms: torch.Tensor  # [S]
+
+
+def quantity_kind(quantity: str) -> str:
+    """``energy``, ``forces`` or ``stress`` for a label name like ``energy/pbe0/forces``."""
+    tail = quantity.rsplit("/", 1)[-1]
+    return tail if tail in ("forces", "stress") else "energy"
+
+
+class PreparedSet:
+    """A labelled data set turned into model data (once) and label tensors (once)."""
+
+    def __init__(self, dataset: LabelledDataset, model: Any, quantities: List[str]):
+        self.name = dataset.name
+        self.quantities = quantities
+        self.data = [model.atoms_to_data(atoms) for atoms in dataset.frames]
+        self.n_atoms = [len(atoms) for atoms in dataset.frames]
+        self.labels = [_frame_labels(labels, n, quantities)
+                       for labels, n in zip(dataset.labels, self.n_atoms)]
+        self.collate = model.collate_fn
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, order: List[int], batch_size: int) -> Iterator[Tuple[Any, LabelBatch]]:
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            yield self.collate([self.data[i] for i in indices]), self._labels(indices)
+
+    def _labels(self, indices: List[int]) -> LabelBatch:
+        values, mask = {}, {}
+        for q in self.quantities:
+            values[q] = torch.cat([self.labels[i][q][0] for i in indices])
+            mask[q] = torch.cat([self.labels[i][q][1] for i in indices])
+        n_atoms = torch.tensor([self.n_atoms[i] for i in indices])
+        return LabelBatch(values, mask, n_atoms)
+
+
+def _frame_labels(labels: Dict[str, Any], n_atoms: int, quantities: List[str]):
+    """``{q: (values, mask)}`` with zeros and a false mask where the frame lacks ``q``."""
+    shapes = {"energy": (1,), "forces": (n_atoms, 3), "stress": (1, 3, 3)}
+    result = {}
+    for q in quantities:
+        shape = shapes[quantity_kind(q)]
+        rows = shape[0]
+        if q in labels:
+            value = torch.tensor(labels[q], dtype=torch.float64).reshape(shape)
+            result[q] = (value, torch.ones(rows, dtype=torch.bool))
+        else:
+            result[q] = (torch.zeros(shape, dtype=torch.float64), torch.zeros(rows, dtype=torch.bool))
+    return result
+
+
+def to_device(labels: LabelBatch, device: torch.device) -> LabelBatch:
+    return LabelBatch(
+        {q: v.to(device) for q, v in labels.values.items()},
+        {q: m.to(device) for q, m in labels.mask.items()},
+        labels.n_atoms.to(device),
+    )

@@ -1,0 +1,100 @@
+"""The per-element composition baseline and the scales of each quantity.
+
+Total energies are dominated by a sum of per-element reference energies (hundreds of eV for a
+molecule). They are fitted by least squares on the training set, or fixed by hand, and saved in
+the model, which then only learns the small remainder: ``E = sum_i (scale * NN_i + e_Z(i))``.
+"""
+
+from typing import Dict, List, Tuple
+
+import ase.data
+import numpy as np
+import torch
+
+from ..data.dataset import LabelledDataset
+from ..errors import MttError
+from .batches import quantity_kind
+
+
+def composition_matrix(dataset: LabelledDataset, atomic_types: List[int]) -> np.ndarray:
+    """Number of atoms of each element in each structure, ``[n_structures, n_types]``."""
+    column = {z: k for k, z in enumerate(atomic_types)}
+    counts = np.zeros((len(dataset), len(atomic_types)))
+    for row, atoms in enumerate(dataset.frames):
+        for z, n in zip(*np.unique(atoms.numbers, return_counts=True)):
+            counts[row, column[int(z)]] = n
+    return counts
+
+
+def _element(key: str, where: str) -> int:
+    if key.isdigit():
+        return int(key)
+    if key in ase.data.atomic_numbers:
+        return ase.data.atomic_numbers[key]
+    raise MttError(f"'{where}': {key!r} is not an element symbol or atomic number")
+
+
+def fit_baseline(dataset: LabelledDataset, target: str, atomic_types: List[int],
+                 fixed: Dict[str, float], where: str) -> Tuple[np.ndarray, float]:
+    """Reference energies per element and the spread (std) of the per-atom remainder."""
+    counts = composition_matrix(dataset, atomic_types)
+    rows = [i for i, labels in enumerate(dataset.labels) if target in labels]
+    energies = np.array([dataset.labels[i][target][0] for i in rows])
+    counts = counts[rows]
+    weights = np.zeros(len(atomic_types))
+    free = np.ones(len(atomic_types), dtype=bool)
+    for key, value in fixed.items():
+        z = _element(str(key), where)
+        if z not in atomic_types:
+            raise MttError(f"'{where}': element {key!r} is not in the training set")
+        weights[atomic_types.index(z)] = value
+        free[atomic_types.index(z)] = False
+    remainder = energies - counts @ weights
+    if free.any():
+        # minimum-norm least squares: well defined even when all structures share one
+        # composition (then only the sum of the weights is determined)
+        solution, *_ = np.linalg.lstsq(counts[:, free], remainder, rcond=None)
+        weights[free] = solution
+    per_atom = (energies - counts @ weights) / counts.sum(axis=1)
+    spread = float(np.std(per_atom)) if len(per_atom) > 1 else 0.0
+    return weights, spread
+
+
+def quantity_scales(dataset: LabelledDataset, quantities: List[str],
+                    energy_spread: Dict[str, float], per_structure: set) -> Dict[str, float]:
+    """The spread of each quantity in the training set, to make the loss dimensionless."""
+    scales = {}
+    for q in quantities:
+        kind = quantity_kind(q)
+        if kind == "energy":
+            scale = energy_spread[q]
+            if q in per_structure:
+                scale *= float(np.mean([len(a) for a in dataset.frames]))
+        else:
+            values = [labels[q] for labels in dataset.labels if q in labels]
+            scale = float(np.sqrt(np.mean(np.concatenate([v.ravel() for v in values]) ** 2))) \
+                if values else 0.0
+        scales[q] = scale if scale > 1e-10 else 1.0
+    return scales
+
+
+def model_scales(quantities: List[str], targets: List[str], scales: Dict[str, float]) -> torch.Tensor:
+    """Output scale of each energy: the force scale if forces are learnt (the model's
+    gradients must span them), else the spread of per-atom energies."""
+    values = []
+    for target in targets:
+        forces = f"{target}/forces"
+        values.append(scales[forces] if forces in quantities else scales[target])
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def baseline_rmse(dataset: LabelledDataset, target: str, atomic_types: List[int],
+                  weights: np.ndarray):
+    """Per-atom energy RMSE of the composition baseline alone: what a model must beat."""
+    rows = [i for i, labels in enumerate(dataset.labels) if target in labels]
+    if not rows:
+        return None
+    counts = composition_matrix(dataset, atomic_types)[rows]
+    energies = np.array([dataset.labels[i][target][0] for i in rows])
+    residual = (energies - counts @ weights) / counts.sum(axis=1)
+    return float(np.sqrt(np.mean(residual**2)))

@@ -1,0 +1,81 @@
+"""Training hypers shared by every architecture (``architecture.training``).
+
+Names follow metatrain where they mean the same (``num_epochs``, ``batch_size``,
+``learning_rate``, ``checkpoint_interval``, ``per_structure_targets``). An architecture's
+``hypers.py`` subclasses :class:`TrainingHypers` to add what only it needs.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple
+
+
+@dataclass
+class LossHypers:
+    """How predictions are compared with labels."""
+
+    type: Literal["mse", "mae", "huber"] = "mse"
+    """Mean squared error, mean absolute error, or Huber (quadratic below ``huber_delta``)."""
+    huber_delta: float = 1.0
+    """Where Huber switches from quadratic to linear, in units of each quantity's scale."""
+    weights: Dict[str, float] = field(default_factory=dict)
+    """Weight of each quantity in the loss, e.g. ``{energy: 1.0, energy/forces: 10.0,
+    energy/stress: 1.0}``; quantities left out weigh 1. Each quantity is divided by its
+    spread in the training set first, so weights compare like with like."""
+
+    def validate(self) -> List[Tuple[str, str]]:
+        problems = [("weights", f"weight of {k!r} must be >= 0, got {w}")
+                    for k, w in self.weights.items() if w < 0]
+        if self.huber_delta <= 0:
+            problems.append(("huber_delta", f"must be positive, got {self.huber_delta}"))
+        return problems
+
+
+@dataclass
+class TrainingHypers:
+    """The training loop's settings."""
+
+    num_epochs: int = 100
+    """Passes over the training set."""
+    batch_size: int = 8
+    """Structures per optimisation step."""
+    learning_rate: float = 1e-3
+    """Peak learning rate (reached after the warm-up)."""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Adam, or AdamW (decoupled weight decay)."""
+    weight_decay: float = 0.0
+    """Weight decay of the optimizer."""
+    warmup_epochs: float = 0.0
+    """Epochs of linear warm-up from zero to ``learning_rate`` (fractions allowed)."""
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    """After the warm-up: cosine decay to ``min_learning_rate_ratio`` of the peak, or constant."""
+    min_learning_rate_ratio: float = 0.01
+    """Final learning rate of the cosine schedule, as a fraction of ``learning_rate``."""
+    grad_clip_norm: Optional[float] = 10.0
+    """Clip the gradient norm of the (dimensionless) loss to this value; null: no clipping."""
+    loss: LossHypers = field(default_factory=LossHypers)
+    """The loss: ``type``, ``huber_delta`` and per-quantity ``weights``."""
+    per_structure_targets: List[str] = field(default_factory=list)
+    """Energies listed here are compared per structure; the others per atom (the default)."""
+    fixed_composition_weights: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    """Reference energies fixed by hand, per target and element, in the target's unit, e.g.
+    ``{energy: {H: -13.6, O: -2040.0}}``; the other elements are fitted by least squares."""
+    checkpoint_interval: int = 100
+    """Write a training checkpoint every this many epochs (and always at the end)."""
+    log_interval: int = 1
+    """Print a line of metrics every this many epochs."""
+
+    def validate(self) -> List[Tuple[str, str]]:
+        problems = []
+        positive = ("num_epochs", "batch_size", "checkpoint_interval", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
+        if self.learning_rate <= 0:
+            problems.append(("learning_rate", f"must be positive, got {self.learning_rate}"))
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            problems.append(("weight_decay", "and warmup_epochs must not be negative"))
+        if not 0 <= self.min_learning_rate_ratio <= 1:
+            problems.append(("min_learning_rate_ratio", "must be in [0, 1]"))
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            problems.append(("grad_clip_norm", "must be positive or null"))
+        return problems

@@ -1,0 +1,85 @@
+"""Losses and error metrics, both built on the same masked residuals.
+
+Energies are compared per atom by default (a 100-atom cell should not weigh 100 times a
+1-atom one); each quantity is divided by its spread in the training set (its *scale*), so the
+loss is dimensionless and the user's weights compare like with like.
+"""
+
+from typing import Dict, List, Set, Tuple
+
+import torch
+
+from .batches import LabelBatch, quantity_kind
+from .hypers import LossHypers
+
+
+def residual_pair(
+    quantity: str, prediction: torch.Tensor, labels: LabelBatch, per_atom: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and reference values of the rows that have a label, in float64."""
+    mask = labels.mask[quantity]
+    prediction = prediction.to(torch.float64)
+    reference = labels.values[quantity]
+    if quantity_kind(quantity) == "energy" and per_atom:
+        prediction = prediction / labels.n_atoms
+        reference = reference / labels.n_atoms
+    return prediction[mask], reference[mask]
+
+
+class Loss:
+    """Weighted sum over quantities of the mean (squared/absolute/Huber) scaled residual."""
+
+    def __init__(self, hypers: LossHypers, quantities: List[str], scales: Dict[str, float],
+                 per_structure: Set[str]):
+        self.hypers = hypers
+        self.quantities = quantities
+        self.scales = scales
+        self.per_structure = per_structure
+        self.weights = {q: hypers.weights.get(q, 1.0) for q in quantities}
+
+    def per_atom(self, quantity: str) -> bool:
+        return quantity not in self.per_structure
+
+    def __call__(self, predictions: Dict[str, torch.Tensor], labels: LabelBatch) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float64, device=labels.n_atoms.device)
+        for q in self.quantities:
+            if self.weights[q] == 0.0:
+                continue
+            pred, ref = residual_pair(q, predictions[q], labels, self.per_atom(q))
+            if pred.numel() == 0:
+                continue
+            total = total + self.weights[q] * self._reduce((pred - ref) / self.scales[q])
+        return total
+
+    def _reduce(self, residual: torch.Tensor) -> torch.Tensor:
+        if self.hypers.type == "mse":
+            return (residual**2).mean()
+        if self.hypers.type == "mae":
+            return residual.abs().mean()
+        return torch.nn.functional.huber_loss(
+            residual, torch.zeros_like(residual), delta=self.hypers.huber_delta
+        )
+
+
+class Metrics:
+    """RMSE and MAE per quantity over an epoch, in the labels' physical units."""
+
+    def __init__(self, loss: Loss):
+        self.loss = loss
+        self.sums: Dict[str, List[float]] = {q: [0.0, 0.0, 0] for q in loss.quantities}
+
+    def update(self, predictions: Dict[str, torch.Tensor], labels: LabelBatch) -> None:
+        for q in self.loss.quantities:
+            pred, ref = residual_pair(q, predictions[q].detach(), labels, self.loss.per_atom(q))
+            error = pred - ref
+            self.sums[q][0] += float((error**2).sum())
+            self.sums[q][1] += float(error.abs().sum())
+            self.sums[q][2] += error.numel()
+
+    def results(self) -> Dict[str, Dict[str, float]]:
+        """``{quantity: {"rmse": ..., "mae": ...}}`` for quantities seen in this epoch."""
+        out = {}
+        for q, (squares, absolutes, count) in self.sums.items():
+            if count:
+                out[q] = {"rmse": (squares / count) ** 0.5, "mae": absolutes / count}
+        return out

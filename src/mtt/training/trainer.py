@@ -1,0 +1,255 @@
+"""The one training loop every architecture shares.
+
+:class:`Trainer` implements :class:`mtt.abc.TrainerInterface`: it owns epochs, batching, the
+loss, metrics, logging, checkpoint cadence, best-model tracking and exact restarts. An
+architecture's trainer subclasses it and overrides only what differs (its hypers class, its
+parameter groups or optimizer).
+
+Restarts are exact: the shuffling of epoch ``e`` depends only on the seed and ``e``, and the
+checkpoint holds the weights, the optimizer and scheduler states and the metric history, so a
+resumed run ends bitwise like an uninterrupted one on the CPU.
+"""
+
+import copy
+import csv
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from ..abc import CheckpointContext, TrainerInterface
+from ..checkpoints import save_checkpoint, upgrade_trainer_checkpoint
+from ..data.dataset import LabelledDataset
+from ..errors import MttError
+from ..hypers import to_dict
+from ..version import __version__
+from .batches import PreparedSet, quantity_kind, to_device
+from .composition import fit_baseline, model_scales, quantity_scales
+from .hypers import TrainingHypers
+from .loss import Loss, Metrics
+from .schedule import make_scheduler
+
+LOGGER = logging.getLogger("mtt")
+
+
+class Trainer(TrainerInterface):
+    __checkpoint_version__ = 1
+    __hypers__ = TrainingHypers
+
+    def __init__(self, hypers: TrainingHypers):
+        super().__init__(hypers)
+        self.seed = 0
+        self.epoch = 0  # epochs completed
+        self.state: Dict[str, Any] = {}  # optimizer, scheduler, scales (restored on restart)
+        self.history: List[Dict[str, float]] = []
+        self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "state_dict"}
+        self.options: Dict[str, Any] = {}
+        self.run_dir = "."
+
+    # --- what an architecture may override ------------------------------------------------
+    def parameter_groups(self, model: torch.nn.Module) -> List[Dict[str, Any]]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        kind = torch.optim.AdamW if self.hypers.optimizer == "adamw" else torch.optim.Adam
+        return kind(self.parameter_groups(model), lr=self.hypers.learning_rate,
+                    weight_decay=self.hypers.weight_decay)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train(self, model, dtype, devices, train_datasets: List[LabelledDataset],
+              val_datasets: List[LabelledDataset], checkpoint_dir: str) -> None:
+        device = devices[0]
+        self.run_dir = checkpoint_dir
+        model.to(device=device, dtype=dtype)
+        quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
+        if self.epoch == 0:
+            self._fit_baseline(model, train_datasets[0], quantities)
+        loss = Loss(self.hypers.loss, quantities, self.state["scales"],
+                    set(self.hypers.per_structure_targets))
+        train = PreparedSet(train_datasets[0], model, quantities)
+        val = PreparedSet(val_datasets[0], model, quantities) if val_datasets else None
+        if self.epoch == 0:
+            model.fit_statistics(
+                _batch_to(batch, device)
+                for batch, _ in train.batches(list(range(len(train))), self.hypers.batch_size)
+            )
+        steps = math.ceil(len(train) / self.hypers.batch_size)
+        optimizer = self.make_optimizer(model)
+        scheduler = make_scheduler(optimizer, self.hypers, steps)
+        if "optimizer" in self.state:
+            optimizer.load_state_dict(self.state["optimizer"])
+            scheduler.load_state_dict(self.state["scheduler"])
+        for epoch in range(self.epoch, self.hypers.num_epochs):
+            row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
+            self._end_epoch(model, row, optimizer, scheduler)
+
+    def _epoch(self, model, loss, train, val, optimizer, scheduler, epoch, device):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(train), generator=generator).tolist()
+        row: Dict[str, float] = {"epoch": epoch + 1,
+                                 "learning_rate": optimizer.param_groups[0]["lr"]}
+        row.update(self._pass(model, loss, train, order, device, optimizer, scheduler, "train"))
+        if val is not None:
+            row.update(self._pass(model, loss, val, list(range(len(val))), device, None, None,
+                                  "validation"))
+        if not math.isfinite(row["train_loss"]):
+            raise MttError(
+                f"the training loss became {row['train_loss']} in epoch {epoch + 1}; the "
+                f"learning rate ({self.hypers.learning_rate}) is probably too high or some "
+                f"labels are wrong; the last good checkpoint is in {self.run_dir}/checkpoints"
+            )
+        return row
+
+    def _pass(self, model, loss, data, order, device, optimizer, scheduler, prefix):
+        """One pass over ``data``: optimisation steps if an optimizer is given."""
+        training = optimizer is not None
+        model.train(training)
+        metrics, total, count = Metrics(loss), 0.0, 0
+        for batch, labels in data.batches(order, self.hypers.batch_size):
+            batch = _batch_to(batch, device)
+            labels = to_device(labels, device)
+            predictions = model.predict(batch, loss.quantities, training=training)
+            value = loss(predictions, labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                if self.hypers.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.hypers.grad_clip_norm)
+                optimizer.step()
+                scheduler.step()
+            metrics.update(predictions, labels)
+            total += float(value.detach()) * len(labels.n_atoms)
+            count += len(labels.n_atoms)
+        row = {f"{prefix}_loss": total / max(count, 1)}
+        for q, values in metrics.results().items():
+            for name, value in values.items():
+                row[f"{prefix}_{metric_name(q, loss.per_atom(q))}_{name}"] = value
+        return row
+
+    def evaluate(self, model, dataset: LabelledDataset, device) -> Dict[str, float]:
+        """Loss and RMSE/MAE of ``model`` on ``dataset`` (keys ``<set name>_...``)."""
+        quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
+        quantities = [q for q in quantities if any(q in labels for labels in dataset.labels)]
+        loss = Loss(self.hypers.loss, quantities, self.state["scales"],
+                    set(self.hypers.per_structure_targets))
+        prepared = PreparedSet(dataset, model, quantities)
+        return self._pass(model, loss, prepared, list(range(len(prepared))), device, None, None,
+                          dataset.name)
+
+    def _end_epoch(self, model, row, optimizer, scheduler) -> None:
+        self.epoch = int(row["epoch"])
+        self.history.append(row)
+        metric = row.get("validation_loss", row["train_loss"])
+        if self.best is None or metric < self.best["metric"]:
+            self.best = {"epoch": self.epoch, "metric": metric,
+                         "state_dict": copy.deepcopy(model.state_dict())}
+        self.state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        self._write_csv()
+        if self.epoch % self.hypers.log_interval == 0 or self.epoch == self.hypers.num_epochs:
+            LOGGER.info(_format_row(row, model))
+        last = self.epoch == self.hypers.num_epochs
+        if self.epoch % self.hypers.checkpoint_interval == 0 or last:
+            path = os.path.join(self.run_dir, "checkpoints", f"epoch_{self.epoch}.ckpt")
+            self.save_checkpoint(model, path)
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _fit_baseline(self, model, dataset: LabelledDataset, quantities: List[str]) -> None:
+        fixed_all = self.hypers.fixed_composition_weights
+        baselines, spreads = [], {}
+        for name in model.target_names:
+            where = f"architecture.training.fixed_composition_weights.{name}"
+            weights, spread = fit_baseline(dataset, name, model.atomic_types,
+                                           fixed_all.get(name, {}), where)
+            baselines.append(torch.tensor(weights))
+            spreads[name] = spread
+        per_structure = set(self.hypers.per_structure_targets)
+        scales = quantity_scales(dataset, quantities, spreads, per_structure)
+        model.set_baseline(torch.stack(baselines), model_scales(quantities, model.target_names,
+                                                                scales))
+        self.state["scales"] = scales
+        LOGGER.info("composition baseline and scales: %s",
+                    ", ".join(f"{q}: {s:.4g}" for q, s in scales.items()))
+
+    def _write_csv(self) -> None:
+        path = os.path.join(self.run_dir, "train.csv")
+        columns = list(dict.fromkeys(key for row in self.history for key in row))
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, model, path) -> None:
+        checkpoint = model.get_checkpoint()
+        checkpoint.update(
+            mtt_version=__version__,
+            trainer_checkpoint_version=self.__checkpoint_version__,
+            train_hypers=to_dict(self.hypers),
+            best_model_state_dict=self.best["state_dict"] if self.best else None,
+            trainer_state={"epoch": self.epoch, "seed": self.seed, "history": self.history,
+                           "best_epoch": self.best["epoch"] if self.best else 0,
+                           "best_metric": self.best["metric"] if self.best else math.inf,
+                           **self.state},
+            options=self.options,
+        )
+        save_checkpoint(checkpoint, str(path))
+
+    @classmethod
+    def upgrade_checkpoint(cls, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+        return upgrade_trainer_checkpoint(cls, checkpoint)
+
+    @classmethod
+    def load_checkpoint(cls, checkpoint: Dict[str, Any], hypers: TrainingHypers,
+                        context: CheckpointContext) -> "Trainer":
+        trainer = cls(hypers)
+        if context != "restart":
+            return trainer
+        checkpoint = cls.upgrade_checkpoint(checkpoint)
+        state = dict(checkpoint["trainer_state"])
+        trainer.epoch = int(state.pop("epoch"))
+        trainer.seed = int(state.pop("seed"))
+        trainer.history = list(state.pop("history"))
+        best_epoch, best_metric = state.pop("best_epoch"), state.pop("best_metric")
+        if checkpoint.get("best_model_state_dict") is not None:
+            trainer.best = {"epoch": best_epoch, "metric": best_metric,
+                            "state_dict": checkpoint["best_model_state_dict"]}
+        trainer.state = state
+        return trainer
+
+
+def _batch_to(batch, device):
+    if hasattr(batch, "_replace"):  # the default Graph (a NamedTuple of tensors)
+        return type(batch)(*[t.to(device) for t in batch])
+    return batch.to(device) if hasattr(batch, "to") else batch
+
+
+def metric_name(quantity: str, per_atom: bool) -> str:
+    """``energy_per_atom`` for energies compared per atom, else the quantity's name."""
+    return f"{quantity}_per_atom" if per_atom and quantity_kind(quantity) == "energy" else quantity
+
+
+def metric_unit(quantity: str, energy_unit: str, length_unit: str) -> str:
+    kind = quantity_kind(quantity)
+    if kind == "forces":
+        return f"{energy_unit}/{length_unit}"
+    if kind == "stress":
+        return f"{energy_unit}/{length_unit}^3"
+    return f"{energy_unit}/atom" if quantity.endswith("_per_atom") else energy_unit
+
+
+def _format_row(row: Dict[str, float], model) -> str:
+    parts = [f"epoch {int(row['epoch']):4d}", f"lr {row['learning_rate']:.2e}",
+             f"loss {row['train_loss']:.4g}"]
+    if "validation_loss" in row:
+        parts.append(f"val loss {row['validation_loss']:.4g}")
+    units = dict(zip(model.target_names, model.energy_units))
+    for key, value in row.items():
+        if key.startswith("validation_") and key.endswith("_rmse"):
+            quantity = key[len("validation_"):-len("_rmse")]
+            target = quantity.replace("_per_atom", "").removesuffix("/forces").removesuffix("/stress")
+            unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
+            parts.append(f"{quantity} RMSE {value:.4g} {unit}")
+    return " | ".join(parts)
