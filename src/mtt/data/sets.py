@@ -5,7 +5,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import MttError
-from ..options import DatasetOptions, Options
+from ..options import DatasetOptions, Options, SystemsOptions
 from .dataset import LabelledDataset, load_dataset
 
 Sets = Tuple[LabelledDataset, Optional[LabelledDataset], Optional[LabelledDataset]]
@@ -30,7 +30,7 @@ def load_sets(options: Options, base_dir: str, training: Optional[LabelledDatase
             sets[name] = training.subset(order[:count], name) if count else None
             order = order[count:]
         else:
-            sets[name] = load_dataset(as_dataset_options(value), base_dir, name)
+            sets[name] = load_dataset(_like_training(value, options), base_dir, name)
     if len(order) == 0:
         raise MttError(
             f"the training set ({len(training)} structures) is empty once validation_set and "
@@ -41,6 +41,19 @@ def load_sets(options: Options, base_dir: str, training: Optional[LabelledDatase
         if other is not None:
             check_compatible(training, other)
     return training, sets["validation_set"], sets["test_set"]
+
+
+def _like_training(value: Union[str, DatasetOptions], options: Options) -> DatasetOptions:
+    """A bare path for validation or test data means: the same targets (keys, units) and
+    length unit as the training set, so a user declares them once."""
+    if not isinstance(value, str):
+        return value
+    training = as_dataset_options(options.training_set)
+    systems = training.systems
+    if isinstance(systems, str):
+        return DatasetOptions(systems=value, targets=training.targets)
+    return DatasetOptions(systems=SystemsOptions(value, length_unit=systems.length_unit),
+                          targets=training.targets)
 
 
 def _fraction_count(fraction: float, total: int) -> int:

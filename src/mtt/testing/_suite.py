@@ -1,0 +1,275 @@
+"""The tests every architecture passes; see :mod:`mtt.testing`."""
+
+import math
+from typing import Any, Dict, Tuple
+
+import ase
+import numpy as np
+import pytest
+import torch
+from metatensor.torch import Labels
+from metatomic.torch import ModelOutput, load_atomistic_model
+
+from ..api import save_model
+from ..checkpoints import read_checkpoint, save_checkpoint
+from ..data.graph import atoms_to_graph, collate_graphs
+from ..errors import MttError
+from ._tools import (
+    energy_of,
+    exported_in_fresh_process,
+    molecule,
+    periodic_crystal,
+    random_model,
+    systems_with_neighbors,
+)
+
+
+def random_rotation(seed: int) -> np.ndarray:
+    """A random orthogonal matrix with determinant +1 (QR of a Gaussian matrix)."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def rotated(atoms: ase.Atoms, rotation: np.ndarray) -> ase.Atoms:
+    copy = atoms.copy()
+    copy.positions = atoms.positions @ rotation.T
+    copy.set_cell(np.asarray(atoms.cell[:]) @ rotation.T, scale_atoms=False)
+    return copy
+
+
+def tolerance(dtype: torch.dtype) -> Dict[str, float]:
+    return {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-9}
+
+
+class ArchitectureTests:
+    """Subclass as ``class TestMyArch(ArchitectureTests)`` and set the attributes below."""
+
+    architecture: str = ""
+    """Registry name of the architecture."""
+    model_hypers: Dict[str, Any] = {}
+    """Small hypers that keep the tests fast; must give an interaction range below 4 Å."""
+    dtypes: Tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+    """The dtypes the architecture supports."""
+
+    @pytest.fixture(params=["float32", "float64"])
+    def dtype(self, request) -> torch.dtype:
+        dtype = getattr(torch, request.param)
+        if dtype not in self.dtypes:
+            pytest.skip(f"{self.architecture} does not support {request.param}")
+        return dtype
+
+    def model(self, dtype: torch.dtype = torch.float64):
+        return random_model(self.architecture, self.model_hypers, dtype)
+
+    def _predict(self, model, frames, quantities=("energy", "energy/forces", "energy/stress")):
+        """Energies and gradients through the training path (graphs, autograd)."""
+        dtype = next(model.parameters()).dtype
+        graph = collate_graphs([atoms_to_graph(a, model.cutoff, dtype) for a in frames])
+        result = model.predict(graph, list(quantities), training=False)
+        return {k: v.detach().double().numpy() for k, v in result.items()}
+
+    # --- outputs ----------------------------------------------------------------------------
+    def test_output_metadata(self, dtype):
+        """Per-system and per-atom energies have metatomic's sample names, shapes and dtype.
+        A failure means engines would misread the model's outputs."""
+        model = self.model(dtype)
+        systems = systems_with_neighbors(model, [molecule(), periodic_crystal()], dtype)
+        n_atoms = sum(len(s) for s in systems)
+        for kind, names, rows in (("system", ["system"], 2), ("atom", ["system", "atom"], n_atoms)):
+            block = model(systems, {"energy": ModelOutput(unit="eV", sample_kind=kind)})[
+                "energy"].block()
+            assert block.samples.names == names
+            assert block.values.shape == (rows, 1)
+            assert block.values.dtype == dtype
+            assert block.properties.names == ["energy"]
+
+    def test_per_atom_energies_sum_to_total(self, dtype):
+        """Per-atom energies add up to the total; a failure means LAMMPS' per-atom energies
+        (compute pe/atom) disagree with the total."""
+        model = self.model(dtype)
+        for atoms in (molecule(), periodic_crystal()):
+            total = energy_of(model, atoms, dtype)
+            per_atom = energy_of(model, atoms, dtype, per_atom=True)
+            assert per_atom.shape == (len(atoms),)
+            torch.testing.assert_close(per_atom.sum(), total[0], **tolerance(dtype))
+
+    def test_selected_atoms(self):
+        """``selected_atoms`` gives exactly the energy of those atoms, per system and per atom;
+        a failure means LAMMPS (which selects local atoms among ghosts) gets wrong energies."""
+        model = self.model()
+        frames = [molecule(), periodic_crystal()]
+        systems = systems_with_neighbors(model, frames, torch.float64)
+        chosen = [[0, 1], [0, 4], [1, 0], [1, 3], [1, 7]]
+        selected = Labels(["system", "atom"], torch.tensor(chosen, dtype=torch.int32))
+        per_atom = [energy_of(model, atoms, per_atom=True) for atoms in frames]
+        expected = torch.stack([sum(per_atom[s][a] for s2, a in chosen if s2 == s)
+                                for s in range(2)])
+        out = model(systems, {"energy": ModelOutput(unit="eV")}, selected)["energy"].block()
+        torch.testing.assert_close(out.values.reshape(-1), expected)
+        out = model(systems, {"energy": ModelOutput(unit="eV", sample_kind="atom")},
+                    selected)["energy"].block()
+        assert out.samples.values.tolist() == chosen
+        torch.testing.assert_close(out.values.reshape(-1),
+                                   torch.stack([per_atom[s][a] for s, a in chosen]))
+
+    def test_ghost_atoms_like_lammps(self):
+        """A non-periodic cluster of a crystal's images, with the original atoms selected,
+        has the periodic crystal's energy: how LAMMPS evaluates the model with ghost atoms."""
+        model = self.model()
+        crystal = periodic_crystal()
+        widths = crystal.cell.volume / np.linalg.norm(
+            np.cross(crystal.cell[[1, 2, 0]], crystal.cell[[2, 0, 1]]), axis=1)
+        reps = 2 * int(math.ceil(2 * model.cutoff / widths.min())) + 1
+        cluster = crystal.repeat(reps)
+        middle = reps // 2 * (len(crystal) * (reps * reps + reps + 1))
+        cluster.pbc = False
+        selected = Labels(["system", "atom"], torch.tensor(
+            [[0, middle + i] for i in range(len(crystal))], dtype=torch.int32))
+        local = energy_of(model, cluster, selected=selected)
+        torch.testing.assert_close(local, energy_of(model, crystal), rtol=1e-10, atol=1e-10)
+
+    def test_isolated_atoms(self, dtype):
+        """A single atom and atoms beyond the cutoff of each other are handled (no neighbours)
+        and two far-apart atoms have the sum of their single-atom energies."""
+        model = self.model(dtype)
+        single = [energy_of(model, ase.Atoms(s), dtype) for s in ("H", "O")]
+        pair = ase.Atoms("HO", positions=[[0, 0, 0], [0, 0, 3 * model.cutoff + 1]])
+        assert all(torch.isfinite(e).all() for e in single)
+        torch.testing.assert_close(energy_of(model, pair, dtype)[0], single[0][0] + single[1][0],
+                                   **tolerance(dtype))
+
+    def test_cell_smaller_than_cutoff(self):
+        """A periodic cell smaller than the cutoff and its supercell have the same energy per
+        atom: periodic images are counted right."""
+        model = self.model()
+        crystal = periodic_crystal()
+        supercell = crystal.repeat((2, 1, 2))
+        assert min(crystal.cell.lengths()) < 2 * model.cutoff
+        torch.testing.assert_close(energy_of(model, supercell) / 4, energy_of(model, crystal),
+                                   rtol=1e-10, atol=1e-10)
+
+    # --- symmetry ---------------------------------------------------------------------------
+    def test_invariance_and_equivariance(self, dtype):
+        """Energies are invariant and forces rotate with the structure under rotations,
+        translations, permutations and a choice of periodic image."""
+        model = self.model(dtype)
+        tol = tolerance(dtype)
+        for atoms in (molecule(), periodic_crystal()):
+            ref = self._predict(model, [atoms])
+            rotation = random_rotation(3)
+            moved = rotated(atoms, rotation)
+            moved.positions += np.array([0.3, -1.2, 2.5])
+            if atoms.pbc.all():
+                moved.positions[0] += moved.cell[1]  # another periodic image of atom 0
+            out = self._predict(model, [moved])
+            np.testing.assert_allclose(out["energy"], ref["energy"], **tol)
+            np.testing.assert_allclose(out["energy/forces"], ref["energy/forces"] @ rotation.T,
+                                       **tol)
+            permutation = np.random.default_rng(0).permutation(len(atoms))
+            out = self._predict(model, [atoms[permutation]])
+            np.testing.assert_allclose(out["energy"], ref["energy"], **tol)
+            np.testing.assert_allclose(out["energy/forces"], ref["energy/forces"][permutation],
+                                       **tol)
+
+    # --- gradients against finite differences -----------------------------------------------
+    def test_forces_finite_differences(self):
+        """Forces equal central finite differences of the energy (float64); a failure means
+        MD would not conserve energy."""
+        model = self.model()
+        for atoms in (molecule(), periodic_crystal()):
+            forces = self._predict(model, [atoms])["energy/forces"]
+            delta = 1e-5
+            numerical = np.zeros_like(forces)
+            for i in range(len(atoms)):
+                for k in range(3):
+                    energies = []
+                    for sign in (1, -1):
+                        displaced = atoms.copy()
+                        displaced.positions[i, k] += sign * delta
+                        energies.append(float(energy_of(model, displaced)[0]))
+                    numerical[i, k] = -(energies[0] - energies[1]) / (2 * delta)
+            np.testing.assert_allclose(forces, numerical, rtol=1e-5, atol=1e-6)
+
+    def test_stress_finite_differences(self):
+        """The stress equals (1/V) dE/dε by central finite differences of strained cells."""
+        model = self.model()
+        atoms = periodic_crystal()
+        stress = self._predict(model, [atoms])["energy/stress"][0]
+        delta = 1e-5
+        numerical = np.zeros((3, 3))
+        for a in range(3):
+            for b in range(3):
+                energies = []
+                for sign in (1, -1):
+                    strain = np.eye(3)
+                    strain[a, b] += sign * delta
+                    strained = atoms.copy()
+                    strained.set_cell(np.asarray(atoms.cell[:]) @ strain, scale_atoms=True)
+                    energies.append(float(energy_of(model, strained)[0]))
+                numerical[a, b] = (energies[0] - energies[1]) / (2 * delta) / atoms.get_volume()
+        np.testing.assert_allclose(stress, numerical, rtol=1e-5, atol=1e-7)
+
+    # --- TorchScript and engines ------------------------------------------------------------
+    def test_export_save_load(self, dtype, tmp_path):
+        """The exported model scripts, saves and loads, and gives the eager model's energies
+        (per system and per atom); it declares the model's units, types and range."""
+        model = self.model(dtype)
+        path = str(tmp_path / "model.pt")
+        save_model(model.export(), path)
+        loaded = load_atomistic_model(path)
+        capabilities = loaded.capabilities()
+        assert capabilities.length_unit == "angstrom"
+        assert capabilities.outputs["energy"].unit == "eV"
+        assert capabilities.atomic_types == model.atomic_types
+        assert capabilities.interaction_range >= model.cutoff
+        assert capabilities.dtype == str(dtype).split(".")[-1]
+        frames = [molecule(), periodic_crystal()]
+        from metatomic.torch import ModelEvaluationOptions
+
+        for kind in ("system", "atom"):
+            options = ModelEvaluationOptions(
+                length_unit="angstrom",
+                outputs={"energy": ModelOutput(unit="eV", sample_kind=kind)})
+            systems = systems_with_neighbors(model, frames, dtype)
+            exported = loaded(systems, options, check_consistency=True)["energy"].block().values
+            eager = model(systems, {"energy": ModelOutput(unit="eV", sample_kind=kind)})[
+                "energy"].block().values
+            torch.testing.assert_close(exported, eager.detach())
+
+    def test_exported_model_in_fresh_process(self, tmp_path):
+        """Energy, forces and stress from the ``.pt`` file alone, through metatomic's ASE
+        calculator in a process that cannot import mtt, equal the eager model's."""
+        model = self.model(torch.float64)
+        path = str(tmp_path / "model.pt")
+        save_model(model.export(), path)
+        frames = [molecule(), periodic_crystal()]
+        results = exported_in_fresh_process(path, frames, str(tmp_path))
+        reference = self._predict(model, frames)
+        offsets = np.cumsum([0] + [len(a) for a in frames])
+        for k, result in enumerate(results):
+            np.testing.assert_allclose(result["energy"], reference["energy"][k], rtol=1e-10)
+            np.testing.assert_allclose(np.array(result["forces"]),
+                                       reference["energy/forces"][offsets[k]:offsets[k + 1]],
+                                       rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(np.array(results[1]["stress"]), reference["energy/stress"][1],
+                                   rtol=1e-8, atol=1e-10)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def test_checkpoint_round_trip(self, dtype, tmp_path):
+        """A model saved to a checkpoint file and loaded back predicts the same energies."""
+        model = self.model(dtype)
+        path = str(tmp_path / "model.ckpt")
+        save_checkpoint(model.get_checkpoint(), path)
+        loaded = type(model).load_checkpoint(read_checkpoint(path), "export").eval()
+        for atoms in (molecule(), periodic_crystal()):
+            torch.testing.assert_close(energy_of(loaded, atoms, dtype),
+                                       energy_of(model, atoms, dtype))
+
+    def test_newer_checkpoint_refused(self):
+        """A checkpoint from a newer mtt fails with a message to upgrade, not a crash."""
+        model = self.model()
+        checkpoint = model.get_checkpoint()
+        checkpoint["model_checkpoint_version"] = model.__checkpoint_version__ + 1
+        with pytest.raises(MttError, match="upgrade mtt"):
+            type(model).load_checkpoint(checkpoint, "export")

@@ -1,0 +1,125 @@
+"""Helpers of the architecture test suite: structures, models, independent references."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any, Dict, List, Optional
+
+import ase
+import ase.build
+import numpy as np
+import torch
+from metatensor.torch import Labels
+from metatomic.torch import ModelOutput, System
+
+from .. import architectures, hypers
+from ..data.neighbors import attach_neighbor_lists
+from ..data.targets import DatasetInfo, TargetInfo
+
+
+def molecule(seed: int = 0) -> ase.Atoms:
+    """A distorted ethanol molecule (C, H, O), not periodic."""
+    atoms = ase.build.molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def periodic_crystal(seed: int = 0) -> ase.Atoms:
+    """A sheared, rattled 8-atom C/O/H cell: many periodic images within any cutoff."""
+    atoms = ase.build.bulk("C", "diamond", a=3.6, cubic=True)
+    atoms.numbers[[1, 5]] = 8
+    atoms.numbers[[2]] = 1
+    atoms.set_cell(atoms.cell[:] @ np.array([[1.0, 0.05, 0.0], [0.0, 1.0, 0.03], [0.02, 0, 1.0]]),
+                   scale_atoms=True)
+    atoms.rattle(0.08, seed=seed)
+    return atoms
+
+
+def dataset_info(types=(1, 6, 8), length_unit: str = "angstrom") -> DatasetInfo:
+    target = TargetInfo("energy", "eV", forces=True, stress=True)
+    return DatasetInfo(length_unit, list(types), {"energy": target})
+
+
+def random_model(name: str, model_hypers: Dict[str, Any], dtype: torch.dtype, seed: int = 0):
+    """A freshly initialised model with a non-trivial composition baseline, in eval mode."""
+    torch.manual_seed(seed)
+    architecture = architectures.load(name)
+    model_class = architecture.__model__
+    model_hypers = hypers.parse(model_class.__hypers__, model_hypers, "architecture.model")
+    model = model_class(model_hypers, dataset_info())
+    n_types = len(model.atomic_types)
+    baseline = torch.linspace(-3.0, -1.0, n_types, dtype=torch.float64).reshape(1, -1)
+    model.set_baseline(baseline, torch.tensor([0.7], dtype=torch.float64))
+    return model.to(dtype).eval()
+
+
+def systems_with_neighbors(model, frames: List[ase.Atoms], dtype: torch.dtype,
+                           positions_grad: bool = False) -> List[System]:
+    systems = []
+    for atoms in frames:
+        pbc = torch.tensor(np.asarray(atoms.pbc, dtype=bool))
+        system = System(
+            types=torch.tensor(atoms.numbers, dtype=torch.int32),
+            positions=torch.tensor(atoms.positions, dtype=dtype).requires_grad_(positions_grad),
+            cell=torch.tensor(np.asarray(atoms.cell[:]), dtype=dtype) * pbc[:, None],
+            pbc=pbc,
+        )
+        attach_neighbor_lists(system, model.requested_neighbor_lists())
+        systems.append(system)
+    return systems
+
+
+def energy_of(model, atoms: ase.Atoms, dtype: torch.dtype = torch.float64,
+              per_atom: bool = False, selected: Optional[Labels] = None) -> torch.Tensor:
+    """Energy of one structure through the model's metatomic ``forward``."""
+    systems = systems_with_neighbors(model, [atoms], dtype)
+    output = ModelOutput(unit="eV", sample_kind="atom" if per_atom else "system")
+    result = model(systems, {"energy": output}, selected)
+    return result["energy"].block().values.detach().reshape(-1)
+
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.simplefilter("ignore")
+    sys.modules["mtt"] = None  # make sure the model runs without any of mtt's code
+    try:
+        import mtt  # noqa: F401
+        raise SystemExit("mtt is importable in the fresh process")
+    except ImportError:
+        pass
+    import ase.io
+    from metatomic_ase import MetatomicCalculator
+
+    model_path, structures_path = sys.argv[1], sys.argv[2]
+    calculator = MetatomicCalculator(model_path, extensions_directory=None)
+    results = []
+    for atoms in ase.io.read(structures_path, ":"):
+        atoms.calc = calculator
+        entry = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces().tolist()}
+        if atoms.pbc.all():
+            entry["stress"] = atoms.get_stress(voigt=False).tolist()
+        results.append(entry)
+    print(json.dumps(results))
+    """
+)
+
+
+def exported_in_fresh_process(model_path: str, frames: List[ase.Atoms], workdir: str):
+    """Energies, forces and stress from metatomic's ASE calculator in a new Python process in
+    which ``mtt`` cannot be imported: what a user of the ``.pt`` file alone gets."""
+    import ase.io
+
+    structures = os.path.join(workdir, "structures.traj")  # exact positions
+    ase.io.write(structures, frames)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, model_path, structures],
+        capture_output=True, text=True, env=env, cwd=workdir, timeout=600,
+    )
+    if completed.returncode != 0:
+        raise AssertionError(f"fresh process failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
