@@ -1,0 +1,511 @@
+"""Tests of the SOAP-BPNN descriptor layers: spherical harmonics, radial basis, power spectrum.
+
+References are independent of the code under test: numpy's Legendre polynomials (through the
+addition theorem), exact Gauss-Legendre quadratures, finite differences and symmetry operations.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ..modules.radial import RadialBasis, cosine_cutoff
+from ..modules.soap import SoapPowerSpectrum
+from ..modules.spherical_harmonics import SphericalHarmonics, real_spherical_harmonics
+
+CUTOFF = 4.0
+WIDTH = 1.0
+
+
+def _unit_vectors(n, seed):
+    generator = np.random.default_rng(seed)
+    v = generator.normal(size=(n, 3))
+    return torch.tensor(v / np.linalg.norm(v, axis=1, keepdims=True))
+
+
+def _legendre(ell, x):
+    """P_l(x) from numpy."""
+    return np.polynomial.legendre.legval(x, [0.0] * ell + [1.0])
+
+
+def _environment(seed, n_atoms=5, n_edges=40, n_species=2, empty_atom=None):
+    """Random edges in float64, lengths in [0.6, 1.2 * CUTOFF] (some beyond the cutoff)."""
+    generator = np.random.default_rng(seed)
+    directions = generator.normal(size=(n_edges, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    lengths = generator.uniform(0.6, 1.2 * CUTOFF, size=(n_edges, 1))
+    centers = generator.integers(0, n_atoms, size=n_edges)
+    if empty_atom is not None:
+        centers[centers == empty_atom] = (empty_atom + 1) % n_atoms
+    species = generator.integers(0, n_species, size=n_edges)
+    return (
+        torch.tensor(directions * lengths),
+        torch.tensor(centers, dtype=torch.int64),
+        torch.tensor(species, dtype=torch.int64),
+    )
+
+
+def _random_orthogonal(seed, reflection):
+    generator = np.random.default_rng(seed)
+    q, r = np.linalg.qr(generator.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if (np.linalg.det(q) < 0) != reflection:
+        q[:, 0] *= -1.0
+    return torch.tensor(q)
+
+
+def _soap(max_radial=3, max_angular=3, n_species=2):
+    return SoapPowerSpectrum(CUTOFF, WIDTH, max_radial, max_angular, n_species)
+
+
+# ------------------------------------------------------------------------------------------------
+# spherical harmonics
+# ------------------------------------------------------------------------------------------------
+
+
+def test_addition_theorem():
+    """sum_m Y_lm(u) Y_lm(v) = (2l+1)/(4 pi) P_l(u.v) up to l = 6.
+
+    A failure means a wrong normalisation or a wrong recurrence for some (l, m), i.e. the
+    harmonics are not an orthonormal basis of the degree-l harmonics.
+    """
+    max_angular = 6
+    u = _unit_vectors(50, seed=1)
+    v = _unit_vectors(50, seed=2)
+    y_u = real_spherical_harmonics(u, max_angular)
+    y_v = real_spherical_harmonics(v, max_angular)
+    assert y_u.shape == (50, (max_angular + 1) ** 2)
+    cosines = (u * v).sum(dim=1).numpy()
+    for ell in range(max_angular + 1):
+        block = slice(ell * ell, (ell + 1) * (ell + 1))
+        computed = (y_u[:, block] * y_v[:, block]).sum(dim=1).numpy()
+        expected = (2 * ell + 1) / (4 * math.pi) * _legendre(ell, cosines)
+        np.testing.assert_allclose(computed, expected, rtol=0, atol=1e-10, err_msg=f"l={ell}")
+
+
+def test_orthonormality_quadrature():
+    """The Gram matrix of Y_lm over the sphere is the identity (exact quadrature).
+
+    Gauss-Legendre in cos(theta) times a uniform grid in phi integrates products of harmonics up
+    to l = 6 exactly; a failure means wrong normalisations or mixed-up (l, m) columns.
+    """
+    max_angular = 6
+    z, z_weights = np.polynomial.legendre.leggauss(max_angular + 4)
+    n_phi = 2 * max_angular + 4
+    phi = 2 * math.pi * np.arange(n_phi) / n_phi
+    sin_theta = np.sqrt(1.0 - z**2)
+    points = np.stack(
+        [
+            np.outer(sin_theta, np.cos(phi)).ravel(),
+            np.outer(sin_theta, np.sin(phi)).ravel(),
+            np.repeat(z, n_phi),
+        ],
+        axis=1,
+    )
+    weights = np.repeat(z_weights, n_phi) * (2 * math.pi / n_phi)
+    y = real_spherical_harmonics(torch.tensor(points), max_angular).numpy()
+    gram = (y * weights[:, None]).T @ y
+    np.testing.assert_allclose(gram, np.eye(gram.shape[0]), rtol=0, atol=1e-10)
+
+
+def test_l1_is_y_z_x():
+    """Y_1 = sqrt(3/(4 pi)) (y, z, x): documents the m order and sign convention.
+
+    A failure means the m = -l..l order or the phase convention changed (invariants would not
+    notice, anything relying on the Cartesian form of l = 1 would).
+    """
+    u = _unit_vectors(10, seed=3)
+    y = real_spherical_harmonics(u, 1)
+    expected = math.sqrt(3 / (4 * math.pi)) * u[:, [1, 2, 0]]
+    torch.testing.assert_close(y[:, 1:4], expected, rtol=0, atol=1e-14)
+    torch.testing.assert_close(y[:, 0], torch.full((10,), 0.5 / math.sqrt(math.pi)).double())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_poles_are_regular(sign):
+    """At u = (0, 0, +-1) only m = 0 survives, Y_l0 = sqrt((2l+1)/(4 pi)) (+-1)^l, gradients finite.
+
+    A failure means the harmonics use angles (atan2/acos) and are singular at the poles, or the
+    m = 0 normalisation is wrong.
+    """
+    max_angular = 6
+    u = torch.tensor([[0.0, 0.0, sign]], dtype=torch.float64, requires_grad=True)
+    y = real_spherical_harmonics(u, max_angular)
+    assert torch.isfinite(y).all()
+    for ell in range(max_angular + 1):
+        row = y[0, ell * ell : (ell + 1) * (ell + 1)].detach()
+        expected = torch.zeros(2 * ell + 1, dtype=torch.float64)
+        expected[ell] = math.sqrt((2 * ell + 1) / (4 * math.pi)) * sign**ell
+        torch.testing.assert_close(row, expected, rtol=0, atol=1e-12)
+    (gradient,) = torch.autograd.grad(y.sum(), u)
+    assert torch.isfinite(gradient).all()
+
+
+def test_spherical_harmonics_script_and_float32():
+    """The scripted function/module equals eager, and float32 inputs give float32 outputs.
+
+    A failure means the code is not TorchScript-compatible or hard-codes a dtype.
+    """
+    u = _unit_vectors(20, seed=4)
+    eager = real_spherical_harmonics(u, 4)
+    scripted = torch.jit.script(real_spherical_harmonics)(u, 4)
+    module = torch.jit.script(SphericalHarmonics(4))(u)
+    torch.testing.assert_close(scripted, eager, rtol=0, atol=0)
+    torch.testing.assert_close(module, eager, rtol=0, atol=0)
+    single = real_spherical_harmonics(u.float(), 4)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single, eager.float(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# cutoff function and radial basis
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cutoff_values():
+    """f = 1 below cutoff - width, strictly decreasing in between, exactly 0 at/after the cutoff.
+
+    A failure means the switching function has the wrong shape or leaks beyond the cutoff.
+    """
+    r = torch.linspace(0.1, 2 * CUTOFF, 2001, dtype=torch.float64)
+    f = cosine_cutoff(r, CUTOFF, WIDTH)
+    inner = r <= CUTOFF - WIDTH
+    outer = r >= CUTOFF
+    middle = ~inner & ~outer
+    assert (f[inner] == 1.0).all()
+    assert (f[outer] == 0.0).all()
+    assert ((f[middle] > 0.0) & (f[middle] < 1.0)).all()
+    assert (f[middle].diff() < 0).all()
+    assert cosine_cutoff(torch.tensor([CUTOFF]), CUTOFF, WIDTH).item() == 0.0
+    torch.testing.assert_close(
+        cosine_cutoff(torch.tensor([CUTOFF - WIDTH / 2], dtype=torch.float64), CUTOFF, WIDTH),
+        torch.tensor([0.5], dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize("knot", [CUTOFF - WIDTH, CUTOFF])
+def test_cutoff_derivative_is_continuous(knot):
+    """One-sided finite-difference slopes on both sides of each end of the switch are ~0.
+
+    A failure means the derivative jumps where the switch starts or ends (forces would jump when
+    a neighbour crosses these distances).
+    """
+    h = 1e-6
+    f = lambda r: cosine_cutoff(torch.tensor([r], dtype=torch.float64), CUTOFF, WIDTH).item()  # noqa: E731
+    left = (f(knot) - f(knot - h)) / h
+    right = (f(knot + h) - f(knot)) / h
+    # a kink would give slopes of order 1/width; a smooth function gives O(h)
+    assert abs(left) < 1e-4
+    assert abs(right) < 1e-4
+    # and in the middle of the switch the autograd derivative matches finite differences
+    r = torch.tensor([CUTOFF - 0.3 * WIDTH], dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(cosine_cutoff(r, CUTOFF, WIDTH).sum(), r)
+    x = r.item()
+    central = (f(x + h) - f(x - h)) / (2 * h)
+    assert abs(gradient.item() - central) < 1e-8
+
+
+def test_radial_basis_orthonormal():
+    """int_0^cutoff R_n R_n' r^2 dr = delta_nn' (Gauss-Legendre with many points).
+
+    A failure means the Bessel wave numbers or the normalisation sqrt(2/cutoff) are wrong.
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(200)
+    r = 0.5 * CUTOFF * (nodes + 1.0)
+    weights = 0.5 * CUTOFF * weights * r**2
+    basis = RadialBasis(6, CUTOFF)(torch.tensor(r)).numpy()
+    gram = (basis * weights[:, None]).T @ basis
+    np.testing.assert_allclose(gram, np.eye(6), rtol=0, atol=1e-10)
+    # and the basis functions vanish at the cutoff
+    at_cutoff = RadialBasis(6, CUTOFF)(torch.tensor([CUTOFF], dtype=torch.float64))
+    assert at_cutoff.abs().max() < 1e-14
+
+
+def test_radial_basis_small_distances():
+    """R_n and dR_n/dr are finite for small r > 0 and R_n -> sqrt(2/cutoff) n pi / cutoff.
+
+    A failure means a division that produces NaN/inf for small distances.
+    """
+    r = torch.tensor([1e-8, 1e-4, 0.5], dtype=torch.float64, requires_grad=True)
+    basis = RadialBasis(4, CUTOFF)
+    values = basis(r)
+    (gradient,) = torch.autograd.grad(values.sum(), r)
+    assert torch.isfinite(values).all() and torch.isfinite(gradient).all()
+    limit = math.sqrt(2 / CUTOFF) * math.pi / CUTOFF * torch.arange(1, 5, dtype=torch.float64)
+    torch.testing.assert_close(values[0].detach(), limit, rtol=1e-12, atol=0)
+    scripted = torch.jit.script(basis)
+    torch.testing.assert_close(scripted(r), values, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# power spectrum
+# ------------------------------------------------------------------------------------------------
+
+
+def _reference_power_spectrum(vectors, centers, species, n_atoms, max_radial, max_angular, n_sp):
+    """Power spectrum from pairs of neighbours with the addition theorem (numpy, no harmonics).
+
+    sum_m c[a n l m] c[a' n' l m] = sum_{j, k} g_an(j) g_a'n'(k) (2l+1)/(4 pi) P_l(u_j . u_k)
+    with g_an(j) = R_n(r_j) f(r_j) [species(j) = a].
+    """
+    vectors = vectors.numpy()
+    centers = centers.numpy()
+    species = species.numpy()
+    r = np.linalg.norm(vectors, axis=1)
+    u = vectors / r[:, None]
+    n = np.arange(1, max_radial + 1)
+    radial = math.sqrt(2 / CUTOFF) * np.sin(np.outer(r, n) * math.pi / CUTOFF) / r[:, None]
+    switch = 0.5 * (1 + np.cos(math.pi * (r - CUTOFF + WIDTH) / WIDTH))
+    f = np.where(r >= CUTOFF, 0.0, np.where(r <= CUTOFF - WIDTH, 1.0, switch))
+    n_channels = n_sp * max_radial
+    g = np.zeros((len(r), n_channels))
+    for edge in range(len(r)):
+        a = species[edge]
+        g[edge, a * max_radial : (a + 1) * max_radial] = radial[edge] * f[edge]
+
+    upper = np.triu_indices(n_channels)
+    pair_weight = np.where(upper[0] == upper[1], 1.0, math.sqrt(2))
+    result = np.zeros((n_atoms, (max_angular + 1) * len(pair_weight)))
+    full_norms = np.zeros(n_atoms)
+    for atom in range(n_atoms):
+        edges = np.nonzero(centers == atom)[0]
+        cosines = np.clip(u[edges] @ u[edges].T, -1.0, 1.0)
+        for ell in range(max_angular + 1):
+            kernel = (
+                (2 * ell + 1) / (4 * math.pi) * _legendre(ell, cosines) / math.sqrt(2 * ell + 1)
+            )
+            full = g[edges].T @ kernel @ g[edges]
+            block = slice(ell * len(pair_weight), (ell + 1) * len(pair_weight))
+            result[atom, block] = full[upper] * pair_weight
+            full_norms[atom] += (full**2).sum()
+    return result, np.sqrt(full_norms)
+
+
+def test_matches_reference():
+    """Features equal an independent pair-sum reference (addition theorem), layout included.
+
+    A failure means a wrong density expansion, species/radial channel mix-up, wrong triangle
+    order or weights, or a wrong 1/sqrt(2l+1) factor. Also checks n_features and that the
+    feature norm equals the norm of the full (symmetric) matrices.
+    """
+    max_radial, max_angular, n_species = 3, 4, 2
+    vectors, centers, species = _environment(seed=10, n_atoms=4, n_edges=40)
+    soap = _soap(max_radial, max_angular, n_species)
+    n_channels = n_species * max_radial
+    assert soap.n_features == (max_angular + 1) * n_channels * (n_channels + 1) // 2
+    features = soap(vectors, centers, species, 4)
+    assert features.shape == (4, soap.n_features)
+    expected, full_norms = _reference_power_spectrum(
+        vectors, centers, species, 4, max_radial, max_angular, n_species
+    )
+    np.testing.assert_allclose(features.numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(features.numpy(), axis=1), full_norms, rtol=1e-10)
+    assert np.abs(expected).max() > 1e-2  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+def test_rotation_invariance(reflection):
+    """Rotating (or rotating and reflecting) all edge vectors leaves the features unchanged.
+
+    A failure means the m contraction is not invariant, i.e. the harmonics of one l are not
+    mixed by an orthogonal matrix under O(3).
+    """
+    vectors, centers, species = _environment(seed=11)
+    soap = _soap(max_angular=5)
+    rotation = _random_orthogonal(seed=12, reflection=reflection)
+    reference = soap(vectors, centers, species, 5)
+    rotated = soap(vectors @ rotation.T, centers, species, 5)
+    torch.testing.assert_close(rotated, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_permutation_invariance():
+    """Shuffling the edge order does not change features; relabelling atoms permutes the rows.
+
+    A failure means features depend on the order of the neighbour list or rows are not tied to
+    the centre index.
+    """
+    vectors, centers, species = _environment(seed=13)
+    soap = _soap()
+    reference = soap(vectors, centers, species, 5)
+
+    order = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(0))
+    shuffled = soap(vectors[order], centers[order], species[order], 5)
+    torch.testing.assert_close(shuffled, reference, rtol=1e-12, atol=1e-12)
+
+    relabel = torch.tensor([3, 0, 4, 1, 2])  # atom i becomes atom relabel[i]
+    relabelled = soap(vectors, relabel[centers], species, 5)
+    torch.testing.assert_close(relabelled[relabel], reference, rtol=0, atol=0)
+
+
+def test_continuous_at_cutoff():
+    """A neighbour just inside the cutoff barely contributes; just outside, exactly nothing.
+
+    A failure means energies would jump when a neighbour crosses the cutoff, or pairs beyond the
+    cutoff passed by an engine leak into the features or forces.
+    """
+    vectors, centers, species = _environment(seed=14, n_atoms=3, n_edges=20)
+    soap = _soap()
+    without = soap(vectors, centers, species, 3)
+    direction = _unit_vectors(1, seed=15)
+    results = {}
+    for name, distance in [("inside", CUTOFF - 1e-6), ("outside", CUTOFF + 1e-6)]:
+        extra = (direction * distance).requires_grad_(True)
+        features = soap(
+            torch.cat([vectors, extra]),
+            torch.cat([centers, torch.tensor([1])]),
+            torch.cat([species, torch.tensor([0])]),
+            3,
+        )
+        (gradient,) = torch.autograd.grad(features.sum(), extra)
+        results[name] = (features.detach(), gradient)
+    assert torch.equal(results["outside"][0], without)
+    assert torch.equal(results["outside"][1], torch.zeros_like(results["outside"][1]))
+    torch.testing.assert_close(results["inside"][0], without, rtol=0, atol=1e-9)
+    torch.testing.assert_close(results["inside"][0], results["outside"][0], rtol=0, atol=1e-9)
+    assert results["inside"][1].abs().max() < 1e-4
+
+
+def test_gradient_matches_finite_differences():
+    """Autograd gradients w.r.t. edge vectors match central finite differences (float64).
+
+    A failure means forces computed by autograd would not be the derivative of the energy.
+    """
+    vectors, centers, species = _environment(seed=16, n_atoms=3, n_edges=12)
+    soap = _soap()
+    weights = torch.randn(
+        3, soap.n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+
+    def energy(v):
+        return (soap(v, centers, species, 3) * weights).sum()
+
+    v = vectors.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(energy(v), v)
+    h = 1e-6
+    numeric = torch.zeros_like(vectors)
+    for edge in range(vectors.shape[0]):
+        for xyz in range(3):
+            plus = vectors.clone()
+            minus = vectors.clone()
+            plus[edge, xyz] += h
+            minus[edge, xyz] -= h
+            numeric[edge, xyz] = (energy(plus) - energy(minus)) / (2 * h)
+    torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-7)
+
+
+def test_gradcheck_and_gradgradcheck():
+    """torch.autograd.gradcheck and gradgradcheck pass on a tiny system.
+
+    A gradgradcheck failure means double backward (training on forces) gets wrong gradients.
+    """
+    vectors, centers, species = _environment(seed=17, n_atoms=2, n_edges=6)
+    # keep every edge away from the ends of the switching region, where f'' jumps
+    r = vectors.norm(dim=1, keepdim=True)
+    vectors = vectors / r * torch.linspace(1.0, CUTOFF - 0.2, 6, dtype=torch.float64)[:, None]
+    soap = _soap(max_radial=2, max_angular=2)
+
+    def function(v):
+        return soap(v, centers, species, 2)
+
+    v = vectors.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(function, (v,))
+    assert torch.autograd.gradgradcheck(function, (v,))
+
+
+def test_torchscript_matches_eager():
+    """torch.jit.script(SoapPowerSpectrum) gives the eager values and differentiable outputs.
+
+    A failure means the module cannot be exported in a TorchScript metatomic model.
+    """
+    vectors, centers, species = _environment(seed=18)
+    soap = _soap()
+    scripted = torch.jit.script(soap)
+    assert scripted.n_features == soap.n_features
+    v = vectors.clone().requires_grad_(True)
+    eager = soap(v, centers, species, 5)
+    script = scripted(v, centers, species, 5)
+    torch.testing.assert_close(script, eager, rtol=1e-14, atol=1e-14)
+    (g_eager,) = torch.autograd.grad(eager.sum(), v, create_graph=True)
+    (g_script,) = torch.autograd.grad(script.sum(), v, create_graph=True)
+    torch.testing.assert_close(g_script, g_eager, rtol=1e-12, atol=1e-12)
+    # double backward through the scripted module works
+    (gg,) = torch.autograd.grad(g_script.square().sum(), v)
+    assert torch.isfinite(gg).all()
+
+
+def test_float32():
+    """float32 inputs give float32 features and gradients, close to the float64 result.
+
+    A failure means a dtype is hard-coded somewhere (buffers, constants) or float32 loses too
+    much precision.
+    """
+    vectors, centers, species = _environment(seed=19)
+    soap = _soap()
+    reference = soap(vectors, centers, species, 5)
+    v = vectors.float().requires_grad_(True)
+    single = soap(v, centers, species, 5)
+    assert single.dtype == torch.float32
+    (gradient,) = torch.autograd.grad(single.sum(), v)
+    assert gradient.dtype == torch.float32 and torch.isfinite(gradient).all()
+    torch.testing.assert_close(single.double(), reference, rtol=1e-4, atol=1e-5)
+    scripted = torch.jit.script(soap)
+    torch.testing.assert_close(scripted(v, centers, species, 5), single, rtol=1e-6, atol=1e-6)
+
+
+def test_atoms_without_edges():
+    """A centre with no edges gets a zero row; a graph with no edges at all gives zeros.
+
+    A failure means isolated atoms get garbage features or an empty neighbour list crashes.
+    """
+    vectors, centers, species = _environment(seed=20, empty_atom=2)
+    soap = _soap()
+    features = soap(vectors, centers, species, 5)
+    assert torch.equal(features[2], torch.zeros(soap.n_features, dtype=torch.float64))
+    assert features[[0, 1, 3, 4]].abs().sum(dim=1).min() > 0
+
+    empty = soap(
+        torch.zeros((0, 3), dtype=torch.float64),
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, dtype=torch.int64),
+        3,
+    )
+    assert torch.equal(empty, torch.zeros((3, soap.n_features), dtype=torch.float64))
+
+
+def test_edge_along_pole_has_finite_gradient():
+    """An edge exactly along +-z gives finite features and gradients matching finite differences.
+
+    A failure means a polar singularity in the harmonics leaks into the forces.
+    """
+    vectors = torch.tensor(
+        [[0.0, 0.0, 1.5], [0.0, 0.0, -2.0], [1.0, 0.5, 0.3]], dtype=torch.float64
+    )
+    centers = torch.tensor([0, 0, 0])
+    species = torch.tensor([0, 1, 0])
+    soap = _soap()
+    v = vectors.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(soap(v, centers, species, 1).sum(), v)
+    assert torch.isfinite(gradient).all()
+    h = 1e-6
+    for xyz in range(3):
+        plus = vectors.clone()
+        minus = vectors.clone()
+        plus[0, xyz] += h
+        minus[0, xyz] -= h
+        numeric = (
+            soap(plus, centers, species, 1).sum() - soap(minus, centers, species, 1).sum()
+        ) / (2 * h)
+        assert abs(gradient[0, xyz].item() - numeric.item()) < 1e-6 * max(1.0, abs(numeric.item()))
+
+
+def test_invalid_hypers():
+    """Nonsensical hypers raise ValueError at construction, not garbage later."""
+    with pytest.raises(ValueError):
+        SoapPowerSpectrum(CUTOFF, 0.0, 3, 3, 2)
+    with pytest.raises(ValueError):
+        SoapPowerSpectrum(CUTOFF, CUTOFF + 1.0, 3, 3, 2)
+    with pytest.raises(ValueError):
+        SoapPowerSpectrum(CUTOFF, WIDTH, 0, 3, 2)
+    with pytest.raises(ValueError):
+        SoapPowerSpectrum(CUTOFF, WIDTH, 3, -1, 2)
