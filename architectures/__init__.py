@@ -25,8 +25,10 @@ def load(name: str) -> ModuleType:
     if name not in known:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise MttError(f"unknown architecture {name!r} in 'architecture.name'; {hint}"
-                       f"available: {', '.join(known)}")
+        raise MttError(
+            f"unknown architecture {name!r} in 'architecture.name'; {hint}"
+            f"available: {', '.join(known)}"
+        )
     module = importlib.import_module(f"{__name__}.{name}")
     module.__model__.__architecture__ = name
     return module

@@ -9,5 +9,3 @@ DATA = os.path.join(EXAMPLES, "data")
 @pytest.fixture
 def data_dir() -> str:
     return os.path.abspath(DATA)
-
-

@@ -147,7 +147,8 @@ def test_yaml_exponent_strings_are_numbers():
     assert data == {"learning_rate": "1e-3"}  # the YAML 1.1 pitfall this guards against
     assert parse(Training, data).learning_rate == 0.001
     assert (
-        "must be a number, got 'fast' (str)" in problems_of(Training, {"learning_rate": "fast"})[0]
+        "must be a finite number, got 'fast' (str)"
+        in problems_of(Training, {"learning_rate": "fast"})[0]
     )
 
 
@@ -203,7 +204,7 @@ def test_bool_and_int_are_kept_apart():
         "option 'architecture.training.shuffle' must be true or false, got 'yes' (str)"
     ]
     assert training_problems({"learning_rate": False}) == [
-        "option 'architecture.training.learning_rate' must be a number, got False (bool)"
+        "option 'architecture.training.learning_rate' must be a finite number, got False (bool)"
     ]
 
 
@@ -226,21 +227,22 @@ def test_list_messages():
 
 def test_dict_messages():
     assert training_problems({"weights": {"energy": "x", 1: 2.0}}) == [
-        "option 'architecture.training.weights.energy' must be a number, got 'x' (str)",
+        "option 'architecture.training.weights.energy' must be a finite number, got 'x' (str)",
         "option 'architecture.training.weights' has the key 1 (int); keys must be strings",
     ]
 
 
 def test_union_messages():
     assert training_problems({"scheduler": "fast"}) == [
-        "option 'architecture.training.scheduler' must be a number or a mapping, got 'fast' (str)"
+        "option 'architecture.training.scheduler' must be a finite number or a mapping, "
+        "got 'fast' (str)"
     ]
     # Only the dataclass member can hold a mapping, so its detailed problem is reported.
     assert training_problems({"scheduler": {"factr": 0.1}}) == [
         "unknown option 'architecture.training.scheduler.factr'; did you mean 'factor'?"
     ]
     assert training_problems({"scheduler": None}) == [
-        "option 'architecture.training.scheduler' must be a number or a mapping, "
+        "option 'architecture.training.scheduler' must be a finite number or a mapping, "
         "got None (NoneType)"
     ]
 
@@ -460,7 +462,7 @@ def test_override_into_a_non_mapping():
     "tp, words",
     [
         (int, "an integer"),
-        (float, "a number"),
+        (float, "a finite number"),
         (bool, "true or false"),
         (str, "a string"),
         (Any, "anything"),
@@ -471,7 +473,7 @@ def test_override_into_a_non_mapping():
         (Dict[str, Any], "a mapping"),
         (Dict[str, float], "a mapping from strings to numbers"),
         (Optional[str], "a string or null"),
-        (Union[float, Scheduler], "a number or a mapping"),
+        (Union[float, Scheduler], "a finite number or a mapping"),
         (Union[bool, str, Scheduler], "true or false, a string or a mapping"),
         (Scheduler, "a mapping"),
         (List[Scheduler], "a list of mappings"),

@@ -6,7 +6,6 @@ import shutil
 
 import ase.io
 import numpy as np
-import pytest
 import torch
 import yaml
 from helpers import TINY_MODEL
@@ -59,10 +58,12 @@ def test_ethanol_learns_energies_and_forces(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train, val = split(os.path.join(data_dir, "ethanol_reduced_100.xyz"), tmp_path)
     options = {
-        "architecture": {"name": "soap_bpnn", "model": TINY_MODEL,
-                         "training": {"num_epochs": 30, "batch_size": 8, "learning_rate": 0.005}},
-        "training_set": {"systems": "train.xyz",
-                         "targets": {"energy": {"unit": "kcal/mol"}}},
+        "architecture": {
+            "name": "soap_bpnn",
+            "model": TINY_MODEL,
+            "training": {"num_epochs": 30, "batch_size": 8, "learning_rate": 0.005},
+        },
+        "training_set": {"systems": "train.xyz", "targets": {"energy": {"unit": "kcal/mol"}}},
         "validation_set": "val.xyz",
         "base_precision": 64,
     }
@@ -79,10 +80,10 @@ def test_ethanol_learns_energies_and_forces(tmp_path, data_dir, monkeypatch):
 
     fresh = exported_in_fresh_process(os.path.abspath("model.pt"), val[:3], str(tmp_path))
     for result, prediction in zip(fresh, predictions):
-        np.testing.assert_allclose(result["energy"] * KCAL_PER_EV, prediction["energy"],
-                                   rtol=1e-10)
-        np.testing.assert_allclose(np.array(result["forces"]) * KCAL_PER_EV,
-                                   prediction["forces"], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(result["energy"] * KCAL_PER_EV, prediction["energy"], rtol=1e-10)
+        np.testing.assert_allclose(
+            np.array(result["forces"]) * KCAL_PER_EV, prediction["forces"], rtol=1e-7, atol=1e-9
+        )
 
 
 def test_carbon_learns_from_force_and_virial_keys(tmp_path, data_dir, monkeypatch):
@@ -91,11 +92,15 @@ def test_carbon_learns_from_force_and_virial_keys(tmp_path, data_dir, monkeypatc
     monkeypatch.chdir(tmp_path)
     train, val = split(os.path.join(data_dir, "carbon_reduced_100.xyz"), tmp_path)
     options = {
-        "architecture": {"name": "soap_bpnn", "model": TINY_MODEL,
-                         "training": {"num_epochs": 30, "batch_size": 8, "learning_rate": 0.005}},
-        "training_set": {"systems": "train.xyz",
-                         "targets": {"energy": {"forces": "force", "virial": True,
-                                                "stress": False}}},
+        "architecture": {
+            "name": "soap_bpnn",
+            "model": TINY_MODEL,
+            "training": {"num_epochs": 30, "batch_size": 8, "learning_rate": 0.005},
+        },
+        "training_set": {
+            "systems": "train.xyz",
+            "targets": {"energy": {"forces": "force", "virial": True, "stress": False}},
+        },
         "validation_set": "val.xyz",
     }
     assert main(["train", write_options(tmp_path, options)]) == 0
@@ -103,8 +108,9 @@ def test_carbon_learns_from_force_and_virial_keys(tmp_path, data_dir, monkeypatc
     predictions = predict(model, val, "energy", "angstrom", "eV")
     energies = [p["energy"] / len(a) for p, a in zip(predictions, val)]
     reference = [a.get_potential_energy() / len(a) for a in val]
-    assert rmse(energies, reference) < 0.5 * baseline_rmse(train, val,
-                                                           lambda a: a.get_potential_energy())
+    assert rmse(energies, reference) < 0.5 * baseline_rmse(
+        train, val, lambda a: a.get_potential_energy()
+    )
     stress = np.array([p["stress"] for p in predictions])
     labels = np.array([-np.array(a.info["virial"]).reshape(3, 3) / a.get_volume() for a in val])
     assert rmse(stress, labels) < np.sqrt(np.mean(labels**2))
@@ -113,15 +119,22 @@ def test_carbon_learns_from_force_and_virial_keys(tmp_path, data_dir, monkeypatc
 def tiny_run_options(tmp_path, data_dir, epochs, interval):
     frames = ase.io.read(os.path.join(data_dir, "ethanol_reduced_100.xyz"), ":24")
     ase.io.write(tmp_path / "small.xyz", frames)
-    return write_options(tmp_path, {
-        "architecture": {"name": "soap_bpnn",
-                         "model": dict(TINY_MODEL, max_radial=2, max_angular=1,
-                                       num_neurons_per_layer=4),
-                         "training": {"num_epochs": epochs, "batch_size": 4,
-                                      "checkpoint_interval": interval}},
-        "training_set": {"systems": "small.xyz", "targets": {"energy": {"unit": "kcal/mol"}}},
-        "validation_set": 0.25,
-    })
+    return write_options(
+        tmp_path,
+        {
+            "architecture": {
+                "name": "soap_bpnn",
+                "model": dict(TINY_MODEL, max_radial=2, max_angular=1, num_neurons_per_layer=4),
+                "training": {
+                    "num_epochs": epochs,
+                    "batch_size": 4,
+                    "checkpoint_interval": interval,
+                },
+            },
+            "training_set": {"systems": "small.xyz", "targets": {"energy": {"unit": "kcal/mol"}}},
+            "validation_set": 0.25,
+        },
+    )
 
 
 def final_state(run_dir):
@@ -137,8 +150,7 @@ def test_restart_resumes_exactly(tmp_path, data_dir, monkeypatch):
     assert main(["train", options, "--output-dir", "a", "-o", "a.pt"]) == 0
     run_a = os.path.join("a", os.listdir("a")[0])
     checkpoint = os.path.join(run_a, "checkpoints", "epoch_2.ckpt")
-    assert main(["train", options, "--output-dir", "b", "-o", "b.pt",
-                 "--restart", checkpoint]) == 0
+    assert main(["train", options, "--output-dir", "b", "-o", "b.pt", "--restart", checkpoint]) == 0
     run_b = os.path.join("b", os.listdir("b")[0])
     state_a, history_a = final_state(run_a)
     state_b, history_b = final_state(run_b)
@@ -153,11 +165,15 @@ def test_python_api_takes_any_atoms_dataset(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     frames = ase.io.read(os.path.join(data_dir, "carbon_reduced_100.xyz"), ":12")
     options = {
-        "architecture": {"name": "soap_bpnn",
-                         "model": dict(TINY_MODEL, max_radial=2, max_angular=1),
-                         "training": {"num_epochs": 2, "batch_size": 4}},
-        "training_set": {"systems": "in-memory",
-                         "targets": {"energy": {"forces": "force", "stress": False}}},
+        "architecture": {
+            "name": "soap_bpnn",
+            "model": dict(TINY_MODEL, max_radial=2, max_angular=1),
+            "training": {"num_epochs": 2, "batch_size": 4},
+        },
+        "training_set": {
+            "systems": "in-memory",
+            "targets": {"energy": {"forces": "force", "stress": False}},
+        },
         "validation_set": 0.25,
     }
     path = mtt.train(options, training_set=frames, output="api.pt")
@@ -165,24 +181,28 @@ def test_python_api_takes_any_atoms_dataset(tmp_path, data_dir, monkeypatch):
     assert load_model(path).capabilities().atomic_types == [6]
 
 
-def test_eval_command_reports_errors_and_writes_predictions(tmp_path, data_dir, monkeypatch,
-                                                           capsys):
+def test_eval_command_reports_errors_and_writes_predictions(
+    tmp_path, data_dir, monkeypatch, capsys
+):
     """``mtt eval`` prints RMSE/MAE against labels and writes predictions that equal the
     model's (read back from the file)."""
     monkeypatch.chdir(tmp_path)
     options = tiny_run_options(tmp_path, data_dir, epochs=1, interval=1)
     assert main(["train", options]) == 0
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(
-        {"systems": "small.xyz", "targets": {"energy": {"unit": "kcal/mol"}}}))
+    (tmp_path / "eval.yaml").write_text(
+        yaml.safe_dump({"systems": "small.xyz", "targets": {"energy": {"unit": "kcal/mol"}}})
+    )
     capsys.readouterr()
     assert main(["eval", "model.pt", "eval.yaml", "-o", "pred.xyz"]) == 0
     out = capsys.readouterr().out
     assert "energy_per_atom: RMSE" in out and "forces: RMSE" in out
     written = ase.io.read("pred.xyz", ":")
-    expected = predict(load_model("model.pt"), ase.io.read("small.xyz", ":"), "energy",
-                       "angstrom", "kcal/mol")
-    np.testing.assert_allclose([a.get_potential_energy() for a in written],
-                               [p["energy"] for p in expected], rtol=1e-6)
+    expected = predict(
+        load_model("model.pt"), ase.io.read("small.xyz", ":"), "energy", "angstrom", "kcal/mol"
+    )
+    np.testing.assert_allclose(
+        [a.get_potential_energy() for a in written], [p["energy"] for p in expected], rtol=1e-6
+    )
 
 
 def test_export_command_matches_training_export(tmp_path, data_dir, monkeypatch):

@@ -52,8 +52,10 @@ class SoapBpnn(EnergyModel):
         metadata: Optional[ModelMetadata] = None,
     ):
         super().__init__(
-            hypers, dataset_info, metadata if metadata is not None else ModelMetadata(),
-            hypers.cutoff
+            hypers,
+            dataset_info,
+            metadata if metadata is not None else ModelMetadata(),
+            hypers.cutoff,
         )
         self.soap = SoapPowerSpectrum(
             cutoff=hypers.cutoff,

@@ -9,14 +9,14 @@ import sys
 import ase.io
 import numpy as np
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from metatomic_ase import MetatomicCalculator
 
 model = sys.argv[1] if len(sys.argv) > 1 else "model.pt"
 atoms = ase.io.read("../data/ethanol_reduced_100.xyz", index=0)
 atoms.calc = MetatomicCalculator(model, extensions_directory=None)
-MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
 Stationary(atoms)
 
 timestep_fs, steps = 0.5, 1000
@@ -35,6 +35,8 @@ duration_ps = steps * timestep_fs / 1000
 drift = (energies[-1] - energies[0]) / len(atoms) / duration_ps
 print(f"ran {steps} steps ({duration_ps} ps) of NVE MD with {model}")
 print(f"temperature at the end: {atoms.get_temperature():.0f} K")
-print(f"total energy: start {energies[0]:.5f} eV, end {energies[-1]:.5f} eV, "
-      f"fluctuation {energies.std() / len(atoms) * 1000:.3f} meV/atom, "
-      f"drift {drift * 1000:.3f} meV/atom/ps")
+print(
+    f"total energy: start {energies[0]:.5f} eV, end {energies[-1]:.5f} eV, "
+    f"fluctuation {energies.std() / len(atoms) * 1000:.3f} meV/atom, "
+    f"drift {drift * 1000:.3f} meV/atom/ps"
+)

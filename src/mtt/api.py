@@ -43,6 +43,8 @@ class Settings:
 
 def read_options(path: str) -> Dict[str, Any]:
     """``options.yaml`` as a dict (safe YAML only), with one-line errors."""
+    if os.path.isdir(path):
+        raise MttError(f"{path!r} is a directory; give the options file (e.g. options.yaml)")
     if not os.path.isfile(path):
         raise MttError(f"options file not found: {path!r}")
     try:
@@ -51,8 +53,9 @@ def read_options(path: str) -> Dict[str, Any]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise MttError(f"{path!r} is not valid YAML{where}: "
-                       f"{getattr(error, 'problem', None) or error}") from None
+        raise MttError(
+            f"{path!r} is not valid YAML{where}: {getattr(error, 'problem', None) or error}"
+        ) from None
     if not isinstance(data, dict):
         raise MttError(f"{path!r} must hold a mapping of options (architecture, training_set, ...)")
     return data
@@ -60,25 +63,46 @@ def read_options(path: str) -> Dict[str, Any]:
 
 def validate_options(raw: Dict[str, Any]) -> Settings:
     """Check all options, the architecture's included, and report every problem at once."""
-    from . import architectures
-
-    options = hypers_module.parse(Options, raw)
     problems: List[str] = []
-    architecture = architectures.load(options.architecture.name)
-    model_class, trainer_class = architecture.__model__, architecture.__trainer__
-    parsed = {}
-    for key, cls in (("model", model_class.__hypers__), ("training", trainer_class.__hypers__)):
-        try:
-            parsed[key] = hypers_module.parse(cls, getattr(options.architecture, key),
-                                              f"architecture.{key}")
-        except OptionsError as error:
-            problems += error.problems
+    options = None
+    try:
+        options = hypers_module.parse(Options, raw)
+    except OptionsError as error:
+        problems += error.problems
+    architecture, parsed = _architecture_sections(raw, problems)
     if problems:
         raise OptionsError(problems)
     expanded = hypers_module.to_dict(options)
     expanded["architecture"]["model"] = hypers_module.to_dict(parsed["model"])
     expanded["architecture"]["training"] = hypers_module.to_dict(parsed["training"])
     return Settings(options, parsed["model"], parsed["training"], architecture, expanded)
+
+
+def _architecture_sections(raw: Any, problems: List[str]):
+    """The architecture package and its parsed ``model``/``training`` hypers, validated even
+    when other options have problems, so that a user sees everything in one go."""
+    from . import architectures
+
+    section = raw.get("architecture") if isinstance(raw, dict) else None
+    name = section.get("name") if isinstance(section, dict) else None
+    if not isinstance(name, str):
+        return None, {}
+    try:
+        architecture = architectures.load(name)
+    except MttError as error:
+        problems.append(str(error))
+        return None, {}
+    parsed = {}
+    classes = {"model": architecture.__model__, "training": architecture.__trainer__}
+    for key, cls in classes.items():
+        value = section.get(key)
+        if value is not None and not isinstance(value, dict):
+            continue  # the type error is already reported by the top-level parse
+        try:
+            parsed[key] = hypers_module.parse(cls.__hypers__, value or {}, f"architecture.{key}")
+        except OptionsError as error:
+            problems += error.problems
+    return architecture, parsed
 
 
 def pick_device(requested: str, supported: Sequence[str]) -> torch.device:
@@ -89,8 +113,9 @@ def pick_device(requested: str, supported: Sequence[str]) -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise MttError(f"option 'device' must be auto, cpu, cuda or cuda:N, got {requested!r}"
-                       ) from None
+        raise MttError(
+            f"option 'device' must be auto, cpu, cuda or cuda:N, got {requested!r}"
+        ) from None
     if device.type not in supported:
         raise MttError(f"this architecture runs on {supported}, not {device.type!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -101,8 +126,9 @@ def pick_device(requested: str, supported: Sequence[str]) -> torch.device:
 def _log_to(run_dir: str) -> logging.Handler:
     handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
     LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
+    LOGGER.setLevel(logging.DEBUG)
     return handler
 
 
@@ -132,6 +158,11 @@ def train(
     handler = _log_to(run_dir)
     try:
         return _train_in(settings, base_dir, run_dir, checkpoint_path, training_set, output)
+    except Exception as error:
+        # the traceback goes to the run's log only; the command line prints one line
+        LOGGER.debug("training failed", exc_info=True)
+        error.log_file = handler.baseFilename  # type: ignore[attr-defined]
+        raise
     finally:
         LOGGER.removeHandler(handler)
         handler.close()
@@ -161,11 +192,12 @@ def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, ou
     info = DatasetInfo(train_set.length_unit, train_set.atomic_types, train_set.targets)
     _log_sets(train_set, val_set, test_set)
     model_class = settings.architecture.__model__
-    trainer_class = settings.architecture.__trainer__
     dtype = DTYPES[options.base_precision]
     if dtype not in model_class.__supported_dtypes__:
-        raise MttError(f"option 'base_precision': {options.base_precision} bits is not supported "
-                       f"by {options.architecture.name}")
+        raise MttError(
+            f"option 'base_precision': {options.base_precision} bits is not supported "
+            f"by {options.architecture.name}"
+        )
     device = pick_device(options.device, model_class.__supported_devices__)
     model, trainer = _model_and_trainer(settings, info, checkpoint_path)
     trainer.options = settings.expanded
@@ -196,7 +228,8 @@ def _model_and_trainer(settings: Settings, info: DatasetInfo, checkpoint_path: O
             f"{checkpoint_path!r} is a checkpoint of {checkpoint.get('architecture')!r}, but "
             f"the options ask for {name!r}; set architecture.name to match"
         )
-    model = model_class.load_checkpoint(checkpoint, "restart").restart(info)
+    _, model = model_from_checkpoint(checkpoint, checkpoint_path, "restart")
+    model = model.restart(info)
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
     LOGGER.info("restarting from %s after epoch %d", checkpoint_path, trainer.epoch)
     return model, trainer
@@ -207,7 +240,8 @@ def _log_sets(*sets) -> None:
         if dataset is not None:
             labels = ", ".join(
                 f"{q}: {sum(q in labels for labels in dataset.labels)}"
-                for t in dataset.targets.values() for q in t.quantities
+                for t in dataset.targets.values()
+                for q in t.quantities
             )
             LOGGER.info("%s: %d structures (%s)", dataset.name, len(dataset), labels)
 
@@ -220,17 +254,32 @@ def _final_report(trainer, model, sets, device) -> None:
         metrics = trainer.evaluate(model, dataset, device)
         for key, value in metrics.items():
             if key.endswith("_rmse") or key.endswith("_mae"):
-                quantity = key[len(dataset.name) + 1:].rsplit("_", 1)[0]
+                quantity = key[len(dataset.name) + 1 :].rsplit("_", 1)[0]
                 target = quantity.replace("_per_atom", "").split("/forces")[0].split("/stress")[0]
                 unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
-                LOGGER.info("%s: %s %s = %.5g %s", dataset.name, quantity,
-                            key.rsplit("_", 1)[1].upper(), value, unit)
+                LOGGER.info(
+                    "%s: %s %s = %.5g %s",
+                    dataset.name,
+                    quantity,
+                    key.rsplit("_", 1)[1].upper(),
+                    value,
+                    unit,
+                )
         for index, name in enumerate(model.target_names):
-            rmse = baseline_rmse(dataset, name, model.atomic_types,
-                                 model.baseline[index].detach().cpu().double().numpy())
+            rmse = baseline_rmse(
+                dataset,
+                name,
+                model.atomic_types,
+                model.baseline[index].detach().cpu().double().numpy(),
+            )
             if rmse is not None:
-                LOGGER.info("%s: %s RMSE of the composition baseline alone = %.5g %s/atom",
-                            dataset.name, name, rmse, units[name])
+                LOGGER.info(
+                    "%s: %s RMSE of the composition baseline alone = %.5g %s/atom",
+                    dataset.name,
+                    name,
+                    rmse,
+                    units[name],
+                )
 
 
 def save_model(exported, path: str) -> None:
@@ -249,17 +298,38 @@ def copy_file(source: str, destination: str) -> None:
         shutil.copyfile(source, tmp)
 
 
-def export(checkpoint_path: str, output: str = "model.pt", force: bool = False,
-           metadata: Optional[ModelMetadata] = None) -> str:
-    """Export the best model of a checkpoint to ``output`` (``mtt export``)."""
+def model_from_checkpoint(checkpoint: Dict[str, Any], path: str, context: str):
+    """The architecture package and model of a checkpoint read from ``path``."""
     from . import architectures
 
+    name = checkpoint.get("architecture")
+    if name not in architectures.names():
+        raise MttError(
+            f"{path!r} holds a model of architecture {name!r}, which this mtt does not have "
+            f"(it has {', '.join(architectures.names())}); use the mtt that wrote it or upgrade"
+        )
+    architecture = architectures.load(name)
+    try:
+        model = architecture.__model__.load_checkpoint(checkpoint, context)
+    except MttError:
+        raise
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
+        raise MttError(
+            f"{path!r} is damaged or incomplete ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:120] if str(error) else ''}); use another checkpoint"
+        ) from None
+    return architecture, model
+
+
+def export(
+    checkpoint_path: str,
+    output: str = "model.pt",
+    force: bool = False,
+    metadata: Optional[ModelMetadata] = None,
+) -> str:
+    """Export the best model of a checkpoint to ``output`` (``mtt export``)."""
     refuse_overwrite(output, force)
     checkpoint = read_checkpoint(checkpoint_path)
-    name = checkpoint.get("architecture")
-    if not isinstance(name, str):
-        raise MttError(f"{checkpoint_path!r} does not say which architecture it holds")
-    architecture = architectures.load(name)
-    model = architecture.__model__.load_checkpoint(checkpoint, "export")
+    _, model = model_from_checkpoint(checkpoint, checkpoint_path, "export")
     save_model(model.export(metadata), output)
     return output

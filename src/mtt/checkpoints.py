@@ -10,6 +10,8 @@ message to upgrade mtt.
 import importlib
 import os
 import pickle
+import warnings
+import zipfile
 from typing import Any, Callable, Dict
 
 import torch
@@ -29,19 +31,31 @@ def save_checkpoint(checkpoint: Dict[str, Any], path: str) -> None:
 def read_checkpoint(path: str) -> Dict[str, Any]:
     """Load a checkpoint safely; any problem is a one-line error naming the file."""
     if not os.path.isfile(path):
-        raise MttError(f"checkpoint not found: {path!r}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first = str(error).splitlines()[0][:200]
         raise MttError(
-            f"refusing to load {path!r}: it holds objects a checkpoint must not contain "
-            f"({first}); only load checkpoints written by mtt from a source you trust"
+            f"checkpoint not found: {path!r}; give the .ckpt file written by "
+            "'mtt train' (outputs/<run>/model.ckpt)"
+        )
+    if _is_exported_model(path):
+        raise MttError(
+            f"{path!r} is an exported model, not a checkpoint; give the .ckpt file "
+            "written by 'mtt train' (outputs/<run>/model.ckpt)"
+        )
+    try:
+        with warnings.catch_warnings():  # e.g. on pickle protocols: the error below says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = _unpickling_reason(error)
+        what = "it asks to load Python objects" if "GLOBAL" in reason else "it is not a checkpoint"
+        raise MttError(
+            f"refusing to load {path!r}: {what} ({reason}); mtt reads only tensors and plain "
+            "values, so nothing in it was run; only load checkpoints written by 'mtt train'"
         ) from None
     except Exception as error:
+        first = str(error).splitlines()[0][:200] if str(error).strip() else "empty or truncated"
         raise MttError(
-            f"{path!r} is not a readable mtt checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200] if str(error) else ''})"
+            f"{path!r} is not a readable mtt checkpoint ({type(error).__name__}: {first}); give "
+            "a .ckpt file written by 'mtt train'"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise MttError(
@@ -49,6 +63,26 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             "model.pt cannot be used as a checkpoint"
         )
     return checkpoint
+
+
+def _is_exported_model(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive (an exported ``.pt``), which torch refuses to
+    load safely with a message that suggests the unsafe way."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[-1] == "constants.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """torch's reason for refusing a file, without its advice to load it unsafely instead."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return (useful[0] if useful else type(error).__name__)[:200]
 
 
 def upgrade_model_checkpoint(model_class, checkpoint: Dict[str, Any]) -> Dict[str, Any]:

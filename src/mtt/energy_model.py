@@ -40,8 +40,9 @@ class EnergyModel(ModelInterface):
 
     __architecture__: str = ""  # registry name, set by mtt.architectures on import
 
-    def __init__(self, hypers: Any, dataset_info: DatasetInfo, metadata: ModelMetadata,
-                 cutoff: float):
+    def __init__(
+        self, hypers: Any, dataset_info: DatasetInfo, metadata: ModelMetadata, cutoff: float
+    ):
         super().__init__(hypers, dataset_info, metadata)
         self.cutoff = float(cutoff)
         self.atomic_types: List[int] = [int(z) for z in dataset_info.atomic_types]
@@ -99,8 +100,11 @@ class EnergyModel(ModelInterface):
 
     def supported_outputs(self) -> Dict[str, ModelOutput]:
         return {
-            name: ModelOutput(unit=unit, sample_kind="atom",
-                              description=self.dataset_info.targets[name].description)
+            name: ModelOutput(
+                unit=unit,
+                sample_kind="atom",
+                description=self.dataset_info.targets[name].description,
+            )
             for name, unit in zip(self.target_names, self.energy_units)
         }
 
@@ -111,12 +115,15 @@ class EnergyModel(ModelInterface):
     def collate_fn(self, data: Sequence[Graph]) -> Graph:
         return collate_graphs(list(data))
 
-    def predict(self, batch: Graph, quantities: List[str], training: bool) -> Dict[str, torch.Tensor]:
+    def predict(
+        self, batch: Graph, quantities: List[str], training: bool
+    ) -> Dict[str, torch.Tensor]:
         def energies(graph: Graph) -> Dict[str, torch.Tensor]:
             per_atom = self.atomic_energies(graph)
             n_systems = graph.n_atoms.shape[0]
-            totals = torch.zeros(n_systems, per_atom.shape[1], dtype=per_atom.dtype,
-                                 device=per_atom.device).index_add(0, graph.system_index, per_atom)
+            totals = torch.zeros(
+                n_systems, per_atom.shape[1], dtype=per_atom.dtype, device=per_atom.device
+            ).index_add(0, graph.system_index, per_atom)
             return {name: totals[:, i] for i, name in enumerate(self.target_names)}
 
         return energies_and_gradients(energies, batch, quantities, create_graph=training)
@@ -138,7 +145,9 @@ class EnergyModel(ModelInterface):
         }
 
     @classmethod
-    def load_checkpoint(cls, checkpoint: Dict[str, Any], context: CheckpointContext) -> "EnergyModel":
+    def load_checkpoint(
+        cls, checkpoint: Dict[str, Any], context: CheckpointContext
+    ) -> "EnergyModel":
         checkpoint = cls.upgrade_checkpoint(checkpoint)
         hypers = parse(cls.__hypers__, checkpoint["model_hypers"], "architecture.model")
         info = DatasetInfo.from_dict(checkpoint["dataset_info"])

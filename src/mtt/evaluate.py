@@ -30,8 +30,10 @@ def load_model(path: str):
         return load_atomistic_model(path)
     except Exception as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise MttError(f"could not load {path!r} as a metatomic model: {first}; export one "
-                       "with 'mtt export model.ckpt'") from None
+        raise MttError(
+            f"could not load {path!r} as a metatomic model: {first}; export one "
+            "with 'mtt export model.ckpt'"
+        ) from None
 
 
 def _system(atoms: ase.Atoms, dtype: torch.dtype, strain: torch.Tensor):
@@ -39,16 +41,28 @@ def _system(atoms: ase.Atoms, dtype: torch.dtype, strain: torch.Tensor):
     pbc = torch.tensor(np.asarray(atoms.pbc, dtype=bool))
     cell = torch.tensor(np.asarray(atoms.cell[:]), dtype=dtype) * pbc[:, None]
     deformation = torch.eye(3, dtype=dtype) + strain
-    system = System(types=torch.tensor(atoms.numbers, dtype=torch.int32),
-                    positions=positions @ deformation, cell=cell @ deformation, pbc=pbc)
+    system = System(
+        types=torch.tensor(atoms.numbers, dtype=torch.int32),
+        positions=positions @ deformation,
+        cell=cell @ deformation,
+        pbc=pbc,
+    )
     return system, positions
 
 
-def predict(model, frames: List[ase.Atoms], energy: str, length_unit: str,
-            energy_unit: str, batch_size: int = 16) -> List[Dict[str, np.ndarray]]:
-    """Energy, forces and (for periodic structures) stress of each frame."""
+def predict(
+    model,
+    frames: List[ase.Atoms],
+    energy: str,
+    length_unit: str,
+    energy_unit: str,
+    batch_size: int = 16,
+    source: str = "the data",
+) -> List[Dict[str, np.ndarray]]:
+    """Energy, forces and (for periodic structures) stress of each frame; ``source`` names
+    the data in error messages."""
     capabilities = model.capabilities()
-    _check_elements(frames, capabilities.atomic_types)
+    _check_elements(frames, capabilities.atomic_types, source)
     dtype = DTYPES[capabilities.dtype]
     requests = model.requested_neighbor_lists()
     options = ModelEvaluationOptions(
@@ -56,7 +70,7 @@ def predict(model, frames: List[ase.Atoms], energy: str, length_unit: str,
     )
     results = []
     for start in range(0, len(frames), batch_size):
-        chunk = frames[start:start + batch_size]
+        chunk = frames[start : start + batch_size]
         strains = [torch.zeros(3, 3, dtype=dtype, requires_grad=True) for _ in chunk]
         built = [_system(atoms, dtype, s) for atoms, s in zip(chunk, strains)]
         systems = [system for system, _ in built]
@@ -65,8 +79,10 @@ def predict(model, frames: List[ase.Atoms], energy: str, length_unit: str,
         energies = model(systems, options, check_consistency=False)[energy].block().values
         grads = torch.autograd.grad(energies.sum(), [p for _, p in built] + strains)
         for k, atoms in enumerate(chunk):
-            result = {"energy": energies[k, 0].detach().double().numpy().copy(),
-                      "forces": -grads[k].double().numpy()}
+            result = {
+                "energy": energies[k, 0].detach().double().numpy().copy(),
+                "forces": -grads[k].double().numpy(),
+            }
             if atoms.pbc.all():
                 volume = abs(atoms.get_volume())
                 result["stress"] = grads[len(chunk) + k].double().numpy() / volume
@@ -85,14 +101,15 @@ def _in_unit(requests, length_unit: str):
     return converted
 
 
-def _check_elements(frames: List[ase.Atoms], atomic_types: List[int]) -> None:
+def _check_elements(frames: List[ase.Atoms], atomic_types: List[int], source: str) -> None:
     allowed = set(int(z) for z in atomic_types)
     for index, atoms in enumerate(frames):
         extra = sorted(set(atoms.numbers.tolist()) - allowed)
         if extra:
             raise MttError(
-                f"structure {index} has elements {extra} the model was not trained on (it knows "
-                f"{sorted(allowed)}); such structures cannot be evaluated with this model"
+                f"structure {index} of {source} has elements {extra} the model was not "
+                f"trained on (it knows {sorted(allowed)}); such structures cannot be evaluated "
+                "with this model"
             )
 
 
@@ -100,18 +117,23 @@ def error_metrics(frames, labels, predictions, energy: str) -> Dict[str, Dict[st
     """RMSE and MAE of energy per atom, forces and stress, over the frames with labels."""
     errors: Dict[str, List[np.ndarray]] = {}
     for atoms, label, prediction in zip(frames, labels, predictions):
-        pairs = {"energy_per_atom": (energy, "energy", len(atoms)),
-                 "forces": (f"{energy}/forces", "forces", 1),
-                 "stress": (f"{energy}/stress", "stress", 1)}
+        pairs = {
+            "energy_per_atom": (energy, "energy", len(atoms)),
+            "forces": (f"{energy}/forces", "forces", 1),
+            "stress": (f"{energy}/stress", "stress", 1),
+        }
         for name, (key, predicted, divide) in pairs.items():
             if key in label and predicted in prediction:
-                difference = (prediction[predicted] - label[key].reshape(
-                    prediction[predicted].shape)) / divide
+                difference = (
+                    prediction[predicted] - label[key].reshape(prediction[predicted].shape)
+                ) / divide
                 errors.setdefault(name, []).append(np.ravel(difference))
     return {
-        name: {"rmse": float(np.sqrt(np.mean(np.concatenate(e) ** 2))),
-               "mae": float(np.mean(np.abs(np.concatenate(e)))),
-               "count": float(len(e))}
+        name: {
+            "rmse": float(np.sqrt(np.mean(np.concatenate(e) ** 2))),
+            "mae": float(np.mean(np.abs(np.concatenate(e)))),
+            "count": float(len(e)),
+        }
         for name, e in errors.items()
     }
 

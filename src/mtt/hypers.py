@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import textwrap
 import types
@@ -60,7 +61,7 @@ _NONE = type(None)
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
 # The scalar types: how to say "one of them" and "several of them".
-_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 _WORDS[_NONE] = "null"
 _PLURALS = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
 _PLURALS[_NONE] = "nulls"
@@ -222,10 +223,12 @@ def _convert_scalar(tp: type, value: Any) -> Any:
         return value if type(value) is tp else _BAD
     if tp is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
-        return float(value)
+        value = float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # NaN and infinities are never a sensible setting (a NaN learning rate, an
+        # infinite cutoff) and would slip through every later range check
+        return float(value) if math.isfinite(value) else _BAD
     return _BAD
 
 

@@ -17,8 +17,9 @@ def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix,
-                                   dir=directory)
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory
+    )
     os.close(handle)
     try:
         yield tmp
@@ -33,5 +34,6 @@ def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
 def refuse_overwrite(path: str, force: bool, flag: str = "--force") -> None:
     """Never overwrite what a user made without being asked."""
     if os.path.exists(path) and not force:
-        raise MttError(f"{path!r} already exists; choose another output path or pass {flag} "
-                       "to overwrite it")
+        raise MttError(
+            f"{path!r} already exists; choose another output path or pass {flag} to overwrite it"
+        )

@@ -12,9 +12,7 @@ import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 
 
-def selected_atom_indices(
-    n_atoms: torch.Tensor, selected_atoms: Optional[Labels]
-) -> torch.Tensor:
+def selected_atom_indices(n_atoms: torch.Tensor, selected_atoms: Optional[Labels]) -> torch.Tensor:
     """Batch-wide indices of the selected atoms (all atoms when ``selected_atoms`` is None)."""
     total = int(n_atoms.sum())
     if selected_atoms is None:

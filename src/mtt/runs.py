@@ -36,8 +36,9 @@ def find_auto_restart(root: str) -> Optional[str]:
     atomically, but a file copied or damaged by hand is skipped rather than trusted."""
     runs = sorted(glob.glob(os.path.join(root, "*", "checkpoints")), reverse=True)
     for checkpoints in runs:
-        candidates = sorted(glob.glob(os.path.join(checkpoints, "epoch_*.ckpt")), key=_epoch,
-                            reverse=True)
+        candidates = sorted(
+            glob.glob(os.path.join(checkpoints, "epoch_*.ckpt")), key=_epoch, reverse=True
+        )
         for path in candidates:
             if _epoch(path) < 0:
                 continue

@@ -6,14 +6,20 @@ from .errors import MttError
 
 
 def _check(unit: str, reference: str, kind: str, where: str) -> str:
+    examples = f"{reference!r}, " + (
+        "'meV', 'kcal/mol', 'kJ/mol', 'Hartree'" if kind == "energy" else "'bohr', 'nm'"
+    )
+    if not unit.strip():  # metatomic reads an empty unit as "no unit", which hides the mistake
+        raise MttError(
+            f"{where}: the {kind} unit is empty; set one metatomic knows, e.g. {examples}"
+        )
     try:
         unit_conversion_factor(unit, reference)
     except ValueError as error:
         reason = str(error).splitlines()[0]
         raise MttError(
             f"{where}: {unit!r} is not a valid {kind} unit ({reason}); use one metatomic "
-            f"knows, e.g. {reference!r}"
-            + (", 'meV', 'kcal/mol', 'kJ/mol', 'Hartree'" if kind == "energy" else ", 'bohr', 'nm'")
+            f"knows, e.g. {examples}"
         ) from None
     return unit
 

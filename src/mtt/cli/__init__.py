@@ -1,8 +1,8 @@
 """The ``mtt`` command. Each sub-command is a module with ``add_arguments`` and ``run``.
 
 A problem with the user's input prints one line (``mtt: error: ...``) and exits with status 1;
-the full traceback goes to ``mtt-error.log`` in the current directory, or to the terminal with
-``--debug``. An unexpected failure (a bug) exits with status 2 the same way.
+during training the full traceback goes to the run's ``train.log``, and ``--debug`` prints it.
+An unexpected failure (a bug) exits with status 2 and keeps its traceback in ``mtt-error.log``.
 """
 
 import argparse
@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mtt", description="Train, export and evaluate machine-learning models of atoms."
     )
     parser.add_argument("--version", action="version", version=f"mtt {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="print full tracebacks instead of one-line errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="print full tracebacks instead of one-line errors"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__)
@@ -52,8 +53,9 @@ def _console_logging() -> None:
     if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
         handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setLevel(logging.INFO)
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # handlers filter: the console shows INFO and above
     logger.propagate = False
 
 
@@ -80,12 +82,17 @@ def _fail(args, error: BaseException, status: int, kind: str) -> int:
         lines = [f"{type(error).__name__}: {lines[0]}"]
     for line in lines:
         print(f"mtt: {kind}: {line}", file=sys.stderr)
-    if not args.debug:
+    log_file = getattr(error, "log_file", None)
+    if log_file:
+        print(f"mtt: the full traceback is in {log_file}", file=sys.stderr)
+    elif kind == "internal error" and not args.debug:
         try:
             with open("mtt-error.log", "w") as file:
                 traceback.print_exc(file=file)
-            print("mtt: the full traceback is in mtt-error.log (or rerun with --debug)",
-                  file=sys.stderr)
+            print(
+                "mtt: please report this bug with mtt-error.log (or rerun with --debug)",
+                file=sys.stderr,
+            )
         except OSError:
             pass
     return status

@@ -10,35 +10,62 @@ LOGGER = logging.getLogger("mtt")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported model (.pt)")
-    parser.add_argument("data", help="a data set section in YAML (systems and optional targets, "
-                        "as in training_set), or a structure file")
-    parser.add_argument("-o", "--output", default="predictions.xyz",
-                        help="file for the predictions (extxyz; default: predictions.xyz)")
-    parser.add_argument("-b", "--batch-size", type=int, default=16,
-                        help="structures evaluated together (default: 16)")
-    parser.add_argument("--output-name", default=None,
-                        help="energy output to evaluate, e.g. energy/pbe0 (default: energy)")
-    parser.add_argument("-f", "--force", action="store_true",
-                        help="overwrite the predictions file if it exists")
+    parser.add_argument(
+        "data",
+        help="a data set section in YAML (systems and optional targets, "
+        "as in training_set), or a structure file",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="predictions.xyz",
+        help="file for the predictions (extxyz; default: predictions.xyz)",
+    )
+    parser.add_argument(
+        "-b",
+        "--batch-size",
+        type=int,
+        default=16,
+        help="structures evaluated together (default: 16)",
+    )
+    parser.add_argument(
+        "--output-name",
+        default=None,
+        help="energy output to evaluate, e.g. energy/pbe0 (default: energy)",
+    )
+    parser.add_argument(
+        "-f", "--force", action="store_true", help="overwrite the predictions file if it exists"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..evaluate import (error_metrics, load_model, pick_energy_output, predict,
-                            write_predictions)
+    from ..evaluate import error_metrics, load_model, pick_energy_output, predict, write_predictions
     from ..io import refuse_overwrite
 
     refuse_overwrite(args.output, args.force)
     model = load_model(args.model)
     energy = pick_energy_output(model, args.output_name)
     frames, labels, length_unit, energy_unit = _read(args.data, energy, model)
-    predictions = predict(model, frames, energy, length_unit, energy_unit, args.batch_size)
+    predictions = predict(
+        model, frames, energy, length_unit, energy_unit, args.batch_size, repr(args.data)
+    )
     write_predictions(args.output, frames, predictions)
     LOGGER.info("predictions for %d structures written to %s", len(frames), args.output)
     for name, values in error_metrics(frames, labels, predictions, energy).items():
-        unit = {"energy_per_atom": f"{energy_unit}/atom", "forces": f"{energy_unit}/{length_unit}",
-                "stress": f"{energy_unit}/{length_unit}^3"}[name]
-        LOGGER.info("%s: RMSE %.5g %s, MAE %.5g %s (%d structures)", name, values["rmse"], unit,
-                    values["mae"], unit, values["count"])
+        unit = {
+            "energy_per_atom": f"{energy_unit}/atom",
+            "forces": f"{energy_unit}/{length_unit}",
+            "stress": f"{energy_unit}/{length_unit}^3",
+        }[name]
+        LOGGER.info(
+            "%s: RMSE %.5g %s, MAE %.5g %s (%d structures)",
+            name,
+            values["rmse"],
+            unit,
+            values["mae"],
+            unit,
+            values["count"],
+        )
 
 
 def _read(path: str, energy: str, model):
@@ -67,8 +94,11 @@ def _read(path: str, energy: str, model):
     dataset = load_dataset(options, os.path.dirname(os.path.abspath(path)), "eval")
     name = energy if energy in dataset.targets else next(iter(dataset.targets))
     labels = [
-        {energy + key[len(name):]: value for key, value in frame.items()
-         if key == name or key.startswith(name + "/")}
+        {
+            energy + key[len(name) :]: value
+            for key, value in frame.items()
+            if key == name or key.startswith(name + "/")
+        }
         for frame in dataset.labels
     ]
     return dataset.frames, labels, dataset.length_unit, dataset.targets[name].unit

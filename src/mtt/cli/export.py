@@ -7,10 +7,12 @@ HELP = "export a checkpoint (.ckpt) to a metatomic model (.pt)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by mtt train (.ckpt)")
-    parser.add_argument("-o", "--output", default="model.pt",
-                        help="path of the exported model (default: model.pt)")
-    parser.add_argument("-f", "--force", action="store_true",
-                        help="overwrite the output model if it exists")
+    parser.add_argument(
+        "-o", "--output", default="model.pt", help="path of the exported model (default: model.pt)"
+    )
+    parser.add_argument(
+        "-f", "--force", action="store_true", help="overwrite the output model if it exists"
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -7,21 +7,39 @@ HELP = "train a model from an options.yaml file"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("options", help="the options file (YAML)")
-    parser.add_argument("-o", "--output", default="model.pt",
-                        help="path of the exported model (default: model.pt)")
-    parser.add_argument("--output-dir", default="outputs",
-                        help="where run directories are made (default: outputs)")
-    parser.add_argument("-r", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an option, e.g. -r architecture.training.num_epochs=10")
-    parser.add_argument("--restart", metavar="PATH|auto",
-                        help="continue from a training checkpoint; 'auto' picks the newest "
-                        "complete one under --output-dir")
-    parser.add_argument("-f", "--force", action="store_true",
-                        help="overwrite the output model if it exists")
+    parser.add_argument(
+        "-o", "--output", default="model.pt", help="path of the exported model (default: model.pt)"
+    )
+    parser.add_argument(
+        "--output-dir", default="outputs", help="where run directories are made (default: outputs)"
+    )
+    parser.add_argument(
+        "-r",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an option, e.g. -r architecture.training.num_epochs=10",
+    )
+    parser.add_argument(
+        "--restart",
+        metavar="PATH|auto",
+        help="continue from a training checkpoint; 'auto' picks the newest "
+        "complete one under --output-dir",
+    )
+    parser.add_argument(
+        "-f", "--force", action="store_true", help="overwrite the output model if it exists"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     from ..api import train
 
-    train(args.options, output=args.output, output_dir=args.output_dir, restart=args.restart,
-          overrides=args.override, force=args.force)
+    train(
+        args.options,
+        output=args.output,
+        output_dir=args.output_dir,
+        restart=args.restart,
+        overrides=args.override,
+        force=args.force,
+    )

@@ -128,7 +128,7 @@ def build_dataset(
     sources: Optional[_FrameSources],
 ) -> LabelledDataset:
     for index, atoms in enumerate(frames):
-        check_structure(atoms, f"structure {index} of {source}")
+        check_structure(atoms, f"structure {index} of {source!r}")
     labels: List[Labels] = [{} for _ in frames]
     targets = {}
     for spec in specs:
@@ -165,13 +165,12 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
     info = TargetInfo(spec.name, options.unit, description=options.description)
     conservative = {s.conservative for s in spec.gradients.values()}
     if len(conservative) > 1:
-        raise MttError(
-            f"'{key_where}': forces and stress must both be conservative or both direct"
-        )
+        raise MttError(f"'{key_where}': forces and stress must both be conservative or both direct")
     info.conservative = conservative.pop() if conservative else True
     for kind, gradient in spec.gradients.items():
-        count = _read_gradient(spec.name, kind, gradient, source, sources, frames, labels,
-                               f"{key_where}.{kind}")
+        count = _read_gradient(
+            spec.name, kind, gradient, source, sources, frames, labels, f"{key_where}.{kind}"
+        )
         if kind == "forces":
             info.forces = count > 0
         else:
@@ -196,8 +195,9 @@ def _read_energies(name, key, frames, labels, path, where) -> int:
     return found
 
 
-def _read_gradient(name, kind, gradient: GradientSource, source, sources, frames, labels,
-                   where) -> int:
+def _read_gradient(
+    name, kind, gradient: GradientSource, source, sources, frames, labels, where
+) -> int:
     path, label_frames = _label_frames(
         source, sources, gradient.read_from, gradient.reader, frames, where
     )

@@ -19,17 +19,20 @@ from ..errors import MttError
 def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
     """All frames of ``path``, with a clear error for a missing or unreadable file."""
     if not os.path.exists(path):
-        raise MttError(f"file not found: {path!r}; check the path (relative paths start at the "
-                       "directory of options.yaml)")
+        raise MttError(
+            f"file not found: {path!r}; check the path (relative paths start at the "
+            "directory of options.yaml)"
+        )
     if os.path.isdir(path):
         raise MttError(f"{path!r} is a directory; give a structure file (e.g. an .xyz file)")
     try:
         frames = ase.io.read(path, index=":", format=reader)
     except Exception as error:  # ASE raises many types for malformed files
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise MttError(f"could not read structures from {path!r}: {first}; check the file "
-                       "format (set 'reader' to an ASE format name if it is guessed wrong)"
-                       ) from None
+        raise MttError(
+            f"could not read structures from {path!r}: {first}; check the file "
+            "format (set 'reader' to an ASE format name if it is guessed wrong)"
+        ) from None
     if isinstance(frames, ase.Atoms):
         frames = [frames]
     if len(frames) == 0:
@@ -44,8 +47,10 @@ def check_structure(atoms: ase.Atoms, where: str) -> None:
     if not np.all(np.isfinite(atoms.positions)):
         raise MttError(f"{where} has NaN or infinite positions; fix or remove that frame")
     if np.any(atoms.numbers <= 0) or np.any(atoms.numbers > 118):
-        raise MttError(f"{where} has atoms with an unknown element (atomic number "
-                       f"{sorted(set(atoms.numbers.tolist()))}); fix the species column")
+        raise MttError(
+            f"{where} has atoms with an unknown element (atomic number "
+            f"{sorted(set(atoms.numbers.tolist()))}); fix the species column"
+        )
     cell = np.asarray(atoms.cell[:])
     if not np.all(np.isfinite(cell)):
         raise MttError(f"{where} has a NaN or infinite cell")
@@ -54,8 +59,10 @@ def check_structure(atoms: ase.Atoms, where: str) -> None:
         raise MttError(f"{where} is periodic but its cell has zero volume; set a cell or pbc=F")
     for axis in np.nonzero(pbc)[0]:
         if np.linalg.norm(cell[axis]) < 1e-12:
-            raise MttError(f"{where} is periodic along cell vector {axis} but that vector is "
-                           "zero; set the cell or make that direction non-periodic")
+            raise MttError(
+                f"{where} is periodic along cell vector {axis} but that vector is "
+                "zero; set the cell or make that direction non-periodic"
+            )
 
 
 def _calculator_results(atoms: ase.Atoms) -> Dict[str, object]:
@@ -65,18 +72,15 @@ def _calculator_results(atoms: ase.Atoms) -> Dict[str, object]:
 
 
 def lookup(atoms: ase.Atoms, key: str, per_atom: bool) -> Optional[np.ndarray]:
-    """The label ``key`` of one frame (``None`` if the frame lacks it)."""
+    """The label ``key`` of one frame (``None`` if the frame lacks it or it is not numeric)."""
     if per_atom and key in atoms.arrays:
-        return np.asarray(atoms.arrays[key], dtype=np.float64)
+        return _as_numbers(atoms.arrays[key])
     if not per_atom and key in atoms.info:
-        try:
-            return np.asarray(atoms.info[key], dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
+        return _as_numbers(atoms.info[key])
     value = _calculator_results(atoms).get(key)
     if value is None:
         return None
-    return np.asarray(value, dtype=np.float64)
+    return _as_numbers(value)
 
 
 def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
@@ -84,16 +88,23 @@ def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
     keys = set()
     for atoms in frames[:20]:
         if per_atom:
-            keys.update(k for k in atoms.arrays if k not in ("numbers", "positions"))
+            keys.update(
+                k
+                for k, v in atoms.arrays.items()
+                if k not in ("numbers", "positions") and _is_numeric(v)
+            )
         else:
             keys.update(k for k, v in atoms.info.items() if _is_numeric(v))
-        keys.update(_calculator_results(atoms))
+        keys.update(k for k, v in _calculator_results(atoms).items() if _is_numeric(v))
     return sorted(keys)
 
 
-def _is_numeric(value) -> bool:
+def _as_numbers(value) -> Optional[np.ndarray]:
     try:
-        np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        return False
-    return True
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):  # text, ragged lists, mappings: not a label
+        return None
+
+
+def _is_numeric(value) -> bool:
+    return _as_numbers(value) is not None

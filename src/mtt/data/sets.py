@@ -52,8 +52,9 @@ def _like_training(value: Union[str, DatasetOptions], options: Options) -> Datas
     systems = training.systems
     if isinstance(systems, str):
         return DatasetOptions(systems=value, targets=training.targets)
-    return DatasetOptions(systems=SystemsOptions(value, length_unit=systems.length_unit),
-                          targets=training.targets)
+    return DatasetOptions(
+        systems=SystemsOptions(value, length_unit=systems.length_unit), targets=training.targets
+    )
 
 
 def _fraction_count(fraction: float, total: int) -> int:

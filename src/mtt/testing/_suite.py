@@ -78,7 +78,8 @@ class ArchitectureTests:
         n_atoms = sum(len(s) for s in systems)
         for kind, names, rows in (("system", ["system"], 2), ("atom", ["system", "atom"], n_atoms)):
             block = model(systems, {"energy": ModelOutput(unit="eV", sample_kind=kind)})[
-                "energy"].block()
+                "energy"
+            ].block()
             assert block.samples.names == names
             assert block.values.shape == (rows, 1)
             assert block.values.dtype == dtype
@@ -103,15 +104,18 @@ class ArchitectureTests:
         chosen = [[0, 1], [0, 4], [1, 0], [1, 3], [1, 7]]
         selected = Labels(["system", "atom"], torch.tensor(chosen, dtype=torch.int32))
         per_atom = [energy_of(model, atoms, per_atom=True) for atoms in frames]
-        expected = torch.stack([sum(per_atom[s][a] for s2, a in chosen if s2 == s)
-                                for s in range(2)])
+        expected = torch.stack(
+            [sum(per_atom[s][a] for s2, a in chosen if s2 == s) for s in range(2)]
+        )
         out = model(systems, {"energy": ModelOutput(unit="eV")}, selected)["energy"].block()
         torch.testing.assert_close(out.values.reshape(-1), expected)
-        out = model(systems, {"energy": ModelOutput(unit="eV", sample_kind="atom")},
-                    selected)["energy"].block()
+        out = model(systems, {"energy": ModelOutput(unit="eV", sample_kind="atom")}, selected)[
+            "energy"
+        ].block()
         assert out.samples.values.tolist() == chosen
-        torch.testing.assert_close(out.values.reshape(-1),
-                                   torch.stack([per_atom[s][a] for s, a in chosen]))
+        torch.testing.assert_close(
+            out.values.reshape(-1), torch.stack([per_atom[s][a] for s, a in chosen])
+        )
 
     def test_ghost_atoms_like_lammps(self):
         """A non-periodic cluster of a crystal's images, with the original atoms selected,
@@ -119,13 +123,16 @@ class ArchitectureTests:
         model = self.model()
         crystal = periodic_crystal()
         widths = crystal.cell.volume / np.linalg.norm(
-            np.cross(crystal.cell[[1, 2, 0]], crystal.cell[[2, 0, 1]]), axis=1)
+            np.cross(crystal.cell[[1, 2, 0]], crystal.cell[[2, 0, 1]]), axis=1
+        )
         reps = 2 * int(math.ceil(2 * model.cutoff / widths.min())) + 1
         cluster = crystal.repeat(reps)
         middle = reps // 2 * (len(crystal) * (reps * reps + reps + 1))
         cluster.pbc = False
-        selected = Labels(["system", "atom"], torch.tensor(
-            [[0, middle + i] for i in range(len(crystal))], dtype=torch.int32))
+        selected = Labels(
+            ["system", "atom"],
+            torch.tensor([[0, middle + i] for i in range(len(crystal))], dtype=torch.int32),
+        )
         local = energy_of(model, cluster, selected=selected)
         torch.testing.assert_close(local, energy_of(model, crystal), rtol=1e-10, atol=1e-10)
 
@@ -136,8 +143,9 @@ class ArchitectureTests:
         single = [energy_of(model, ase.Atoms(s), dtype) for s in ("H", "O")]
         pair = ase.Atoms("HO", positions=[[0, 0, 0], [0, 0, 3 * model.cutoff + 1]])
         assert all(torch.isfinite(e).all() for e in single)
-        torch.testing.assert_close(energy_of(model, pair, dtype)[0], single[0][0] + single[1][0],
-                                   **tolerance(dtype))
+        torch.testing.assert_close(
+            energy_of(model, pair, dtype)[0], single[0][0] + single[1][0], **tolerance(dtype)
+        )
 
     def test_cell_smaller_than_cutoff(self):
         """A periodic cell smaller than the cutoff and its supercell have the same energy per
@@ -146,8 +154,9 @@ class ArchitectureTests:
         crystal = periodic_crystal()
         supercell = crystal.repeat((2, 1, 2))
         assert min(crystal.cell.lengths()) < 2 * model.cutoff
-        torch.testing.assert_close(energy_of(model, supercell) / 4, energy_of(model, crystal),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            energy_of(model, supercell) / 4, energy_of(model, crystal), rtol=1e-10, atol=1e-10
+        )
 
     # --- symmetry ---------------------------------------------------------------------------
     def test_invariance_and_equivariance(self, dtype):
@@ -164,13 +173,15 @@ class ArchitectureTests:
                 moved.positions[0] += moved.cell[1]  # another periodic image of atom 0
             out = self._predict(model, [moved])
             np.testing.assert_allclose(out["energy"], ref["energy"], **tol)
-            np.testing.assert_allclose(out["energy/forces"], ref["energy/forces"] @ rotation.T,
-                                       **tol)
+            np.testing.assert_allclose(
+                out["energy/forces"], ref["energy/forces"] @ rotation.T, **tol
+            )
             permutation = np.random.default_rng(0).permutation(len(atoms))
             out = self._predict(model, [atoms[permutation]])
             np.testing.assert_allclose(out["energy"], ref["energy"], **tol)
-            np.testing.assert_allclose(out["energy/forces"], ref["energy/forces"][permutation],
-                                       **tol)
+            np.testing.assert_allclose(
+                out["energy/forces"], ref["energy/forces"][permutation], **tol
+            )
 
     # --- gradients against finite differences -----------------------------------------------
     def test_forces_finite_differences(self):
@@ -229,12 +240,15 @@ class ArchitectureTests:
 
         for kind in ("system", "atom"):
             options = ModelEvaluationOptions(
-                length_unit="angstrom",
-                outputs={"energy": ModelOutput(unit="eV", sample_kind=kind)})
+                length_unit="angstrom", outputs={"energy": ModelOutput(unit="eV", sample_kind=kind)}
+            )
             systems = systems_with_neighbors(model, frames, dtype)
             exported = loaded(systems, options, check_consistency=True)["energy"].block().values
-            eager = model(systems, {"energy": ModelOutput(unit="eV", sample_kind=kind)})[
-                "energy"].block().values
+            eager = (
+                model(systems, {"energy": ModelOutput(unit="eV", sample_kind=kind)})["energy"]
+                .block()
+                .values
+            )
             torch.testing.assert_close(exported, eager.detach())
 
     def test_exported_model_in_fresh_process(self, tmp_path):
@@ -249,11 +263,15 @@ class ArchitectureTests:
         offsets = np.cumsum([0] + [len(a) for a in frames])
         for k, result in enumerate(results):
             np.testing.assert_allclose(result["energy"], reference["energy"][k], rtol=1e-10)
-            np.testing.assert_allclose(np.array(result["forces"]),
-                                       reference["energy/forces"][offsets[k]:offsets[k + 1]],
-                                       rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(np.array(results[1]["stress"]), reference["energy/stress"][1],
-                                   rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(
+                np.array(result["forces"]),
+                reference["energy/forces"][offsets[k] : offsets[k + 1]],
+                rtol=1e-8,
+                atol=1e-10,
+            )
+        np.testing.assert_allclose(
+            np.array(results[1]["stress"]), reference["energy/stress"][1], rtol=1e-8, atol=1e-10
+        )
 
     # --- checkpoints ------------------------------------------------------------------------
     def test_checkpoint_round_trip(self, dtype, tmp_path):
@@ -263,8 +281,9 @@ class ArchitectureTests:
         save_checkpoint(model.get_checkpoint(), path)
         loaded = type(model).load_checkpoint(read_checkpoint(path), "export").eval()
         for atoms in (molecule(), periodic_crystal()):
-            torch.testing.assert_close(energy_of(loaded, atoms, dtype),
-                                       energy_of(model, atoms, dtype))
+            torch.testing.assert_close(
+                energy_of(loaded, atoms, dtype), energy_of(model, atoms, dtype)
+            )
 
     def test_newer_checkpoint_refused(self):
         """A checkpoint from a newer mtt fails with a message to upgrade, not a crash."""

@@ -31,8 +31,10 @@ def periodic_crystal(seed: int = 0) -> ase.Atoms:
     atoms = ase.build.bulk("C", "diamond", a=3.6, cubic=True)
     atoms.numbers[[1, 5]] = 8
     atoms.numbers[[2]] = 1
-    atoms.set_cell(atoms.cell[:] @ np.array([[1.0, 0.05, 0.0], [0.0, 1.0, 0.03], [0.02, 0, 1.0]]),
-                   scale_atoms=True)
+    atoms.set_cell(
+        atoms.cell[:] @ np.array([[1.0, 0.05, 0.0], [0.0, 1.0, 0.03], [0.02, 0, 1.0]]),
+        scale_atoms=True,
+    )
     atoms.rattle(0.08, seed=seed)
     return atoms
 
@@ -55,8 +57,9 @@ def random_model(name: str, model_hypers: Dict[str, Any], dtype: torch.dtype, se
     return model.to(dtype).eval()
 
 
-def systems_with_neighbors(model, frames: List[ase.Atoms], dtype: torch.dtype,
-                           positions_grad: bool = False) -> List[System]:
+def systems_with_neighbors(
+    model, frames: List[ase.Atoms], dtype: torch.dtype, positions_grad: bool = False
+) -> List[System]:
     systems = []
     for atoms in frames:
         pbc = torch.tensor(np.asarray(atoms.pbc, dtype=bool))
@@ -71,8 +74,13 @@ def systems_with_neighbors(model, frames: List[ase.Atoms], dtype: torch.dtype,
     return systems
 
 
-def energy_of(model, atoms: ase.Atoms, dtype: torch.dtype = torch.float64,
-              per_atom: bool = False, selected: Optional[Labels] = None) -> torch.Tensor:
+def energy_of(
+    model,
+    atoms: ase.Atoms,
+    dtype: torch.dtype = torch.float64,
+    per_atom: bool = False,
+    selected: Optional[Labels] = None,
+) -> torch.Tensor:
     """Energy of one structure through the model's metatomic ``forward``."""
     systems = systems_with_neighbors(model, [atoms], dtype)
     output = ModelOutput(unit="eV", sample_kind="atom" if per_atom else "system")
@@ -118,7 +126,11 @@ def exported_in_fresh_process(model_path: str, frames: List[ase.Atoms], workdir:
     env.pop("PYTHONPATH", None)
     completed = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS_SCRIPT, model_path, structures],
-        capture_output=True, text=True, env=env, cwd=workdir, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=600,
     )
     if completed.returncode != 0:
         raise AssertionError(f"fresh process failed:\n{completed.stderr[-3000:]}")

@@ -35,8 +35,9 @@ class PreparedSet:
         self.quantities = quantities
         self.data = [model.atoms_to_data(atoms) for atoms in dataset.frames]
         self.n_atoms = [len(atoms) for atoms in dataset.frames]
-        self.labels = [_frame_labels(labels, n, quantities)
-                       for labels, n in zip(dataset.labels, self.n_atoms)]
+        self.labels = [
+            _frame_labels(labels, n, quantities) for labels, n in zip(dataset.labels, self.n_atoms)
+        ]
         self.collate = model.collate_fn
 
     def __len__(self) -> int:
@@ -44,7 +45,7 @@ class PreparedSet:
 
     def batches(self, order: List[int], batch_size: int) -> Iterator[Tuple[Any, LabelBatch]]:
         for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
+            indices = order[start : start + batch_size]
             yield self.collate([self.data[i] for i in indices]), self._labels(indices)
 
     def _labels(self, indices: List[int]) -> LabelBatch:
@@ -67,7 +68,10 @@ def _frame_labels(labels: Dict[str, Any], n_atoms: int, quantities: List[str]):
             value = torch.tensor(labels[q], dtype=torch.float64).reshape(shape)
             result[q] = (value, torch.ones(rows, dtype=torch.bool))
         else:
-            result[q] = (torch.zeros(shape, dtype=torch.float64), torch.zeros(rows, dtype=torch.bool))
+            result[q] = (
+                torch.zeros(shape, dtype=torch.float64),
+                torch.zeros(rows, dtype=torch.bool),
+            )
     return result
 
 

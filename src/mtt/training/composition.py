@@ -34,8 +34,13 @@ def _element(key: str, where: str) -> int:
     raise MttError(f"'{where}': {key!r} is not an element symbol or atomic number")
 
 
-def fit_baseline(dataset: LabelledDataset, target: str, atomic_types: List[int],
-                 fixed: Dict[str, float], where: str) -> Tuple[np.ndarray, float]:
+def fit_baseline(
+    dataset: LabelledDataset,
+    target: str,
+    atomic_types: List[int],
+    fixed: Dict[str, float],
+    where: str,
+) -> Tuple[np.ndarray, float]:
     """Reference energies per element and the spread (std) of the per-atom remainder."""
     counts = composition_matrix(dataset, atomic_types)
     rows = [i for i, labels in enumerate(dataset.labels) if target in labels]
@@ -60,8 +65,12 @@ def fit_baseline(dataset: LabelledDataset, target: str, atomic_types: List[int],
     return weights, spread
 
 
-def quantity_scales(dataset: LabelledDataset, quantities: List[str],
-                    energy_spread: Dict[str, float], per_structure: set) -> Dict[str, float]:
+def quantity_scales(
+    dataset: LabelledDataset,
+    quantities: List[str],
+    energy_spread: Dict[str, float],
+    per_structure: set,
+) -> Dict[str, float]:
     """The spread of each quantity in the training set, to make the loss dimensionless."""
     scales = {}
     for q in quantities:
@@ -72,13 +81,18 @@ def quantity_scales(dataset: LabelledDataset, quantities: List[str],
                 scale *= float(np.mean([len(a) for a in dataset.frames]))
         else:
             values = [labels[q] for labels in dataset.labels if q in labels]
-            scale = float(np.sqrt(np.mean(np.concatenate([v.ravel() for v in values]) ** 2))) \
-                if values else 0.0
+            scale = (
+                float(np.sqrt(np.mean(np.concatenate([v.ravel() for v in values]) ** 2)))
+                if values
+                else 0.0
+            )
         scales[q] = scale if scale > 1e-10 else 1.0
     return scales
 
 
-def model_scales(quantities: List[str], targets: List[str], scales: Dict[str, float]) -> torch.Tensor:
+def model_scales(
+    quantities: List[str], targets: List[str], scales: Dict[str, float]
+) -> torch.Tensor:
     """Output scale of each energy: the force scale if forces are learnt (the model's
     gradients must span them), else the spread of per-atom energies."""
     values = []
@@ -88,8 +102,9 @@ def model_scales(quantities: List[str], targets: List[str], scales: Dict[str, fl
     return torch.tensor(values, dtype=torch.float64)
 
 
-def baseline_rmse(dataset: LabelledDataset, target: str, atomic_types: List[int],
-                  weights: np.ndarray):
+def baseline_rmse(
+    dataset: LabelledDataset, target: str, atomic_types: List[int], weights: np.ndarray
+):
     """Per-atom energy RMSE of the composition baseline alone: what a model must beat."""
     rows = [i for i, labels in enumerate(dataset.labels) if target in labels]
     if not rows:

@@ -19,12 +19,15 @@ class LossHypers:
     """Where Huber switches from quadratic to linear, in units of each quantity's scale."""
     weights: Dict[str, float] = field(default_factory=dict)
     """Weight of each quantity in the loss, e.g. ``{energy: 1.0, energy/forces: 10.0,
-    energy/stress: 1.0}``; quantities left out weigh 1. Each quantity is divided by its
-    spread in the training set first, so weights compare like with like."""
+    energy/stress: 1.0}``; quantities left out weigh 1, forces 10. Each quantity is divided
+    by its spread in the training set first, so weights compare like with like."""
 
     def validate(self) -> List[Tuple[str, str]]:
-        problems = [("weights", f"weight of {k!r} must be >= 0, got {w}")
-                    for k, w in self.weights.items() if w < 0]
+        problems = [
+            ("weights", f"weight of {k!r} must be >= 0, got {w}")
+            for k, w in self.weights.items()
+            if w < 0
+        ]
         if self.huber_delta <= 0:
             problems.append(("huber_delta", f"must be positive, got {self.huber_delta}"))
         return problems

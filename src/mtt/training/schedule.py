@@ -7,8 +7,9 @@ import torch
 from .hypers import TrainingHypers
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, hypers: TrainingHypers,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, hypers: TrainingHypers, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = hypers.warmup_epochs * steps_per_epoch
     total = max(hypers.num_epochs * steps_per_epoch, 1)
     floor = hypers.min_learning_rate_ratio

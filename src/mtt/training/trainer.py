@@ -54,20 +54,34 @@ class Trainer(TrainerInterface):
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         kind = torch.optim.AdamW if self.hypers.optimizer == "adamw" else torch.optim.Adam
-        return kind(self.parameter_groups(model), lr=self.hypers.learning_rate,
-                    weight_decay=self.hypers.weight_decay)
+        return kind(
+            self.parameter_groups(model),
+            lr=self.hypers.learning_rate,
+            weight_decay=self.hypers.weight_decay,
+        )
 
     # --- the loop ---------------------------------------------------------------------------
-    def train(self, model, dtype, devices, train_datasets: List[LabelledDataset],
-              val_datasets: List[LabelledDataset], checkpoint_dir: str) -> None:
+    def train(
+        self,
+        model,
+        dtype,
+        devices,
+        train_datasets: List[LabelledDataset],
+        val_datasets: List[LabelledDataset],
+        checkpoint_dir: str,
+    ) -> None:
         device = devices[0]
         self.run_dir = checkpoint_dir
         model.to(device=device, dtype=dtype)
         quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
         if self.epoch == 0:
             self._fit_baseline(model, train_datasets[0], quantities)
-        loss = Loss(self.hypers.loss, quantities, self.state["scales"],
-                    set(self.hypers.per_structure_targets))
+        loss = Loss(
+            self.hypers.loss,
+            quantities,
+            self.state["scales"],
+            set(self.hypers.per_structure_targets),
+        )
         train = PreparedSet(train_datasets[0], model, quantities)
         val = PreparedSet(val_datasets[0], model, quantities) if val_datasets else None
         if self.epoch == 0:
@@ -88,12 +102,17 @@ class Trainer(TrainerInterface):
     def _epoch(self, model, loss, train, val, optimizer, scheduler, epoch, device):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(train), generator=generator).tolist()
-        row: Dict[str, float] = {"epoch": epoch + 1,
-                                 "learning_rate": optimizer.param_groups[0]["lr"]}
+        row: Dict[str, float] = {
+            "epoch": epoch + 1,
+            "learning_rate": optimizer.param_groups[0]["lr"],
+        }
         row.update(self._pass(model, loss, train, order, device, optimizer, scheduler, "train"))
         if val is not None:
-            row.update(self._pass(model, loss, val, list(range(len(val))), device, None, None,
-                                  "validation"))
+            row.update(
+                self._pass(
+                    model, loss, val, list(range(len(val))), device, None, None, "validation"
+                )
+            )
         if not math.isfinite(row["train_loss"]):
             raise MttError(
                 f"the training loss became {row['train_loss']} in epoch {epoch + 1}; the "
@@ -132,19 +151,27 @@ class Trainer(TrainerInterface):
         """Loss and RMSE/MAE of ``model`` on ``dataset`` (keys ``<set name>_...``)."""
         quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
         quantities = [q for q in quantities if any(q in labels for labels in dataset.labels)]
-        loss = Loss(self.hypers.loss, quantities, self.state["scales"],
-                    set(self.hypers.per_structure_targets))
+        loss = Loss(
+            self.hypers.loss,
+            quantities,
+            self.state["scales"],
+            set(self.hypers.per_structure_targets),
+        )
         prepared = PreparedSet(dataset, model, quantities)
-        return self._pass(model, loss, prepared, list(range(len(prepared))), device, None, None,
-                          dataset.name)
+        return self._pass(
+            model, loss, prepared, list(range(len(prepared))), device, None, None, dataset.name
+        )
 
     def _end_epoch(self, model, row, optimizer, scheduler) -> None:
         self.epoch = int(row["epoch"])
         self.history.append(row)
         metric = row.get("validation_loss", row["train_loss"])
         if self.best is None or metric < self.best["metric"]:
-            self.best = {"epoch": self.epoch, "metric": metric,
-                         "state_dict": copy.deepcopy(model.state_dict())}
+            self.best = {
+                "epoch": self.epoch,
+                "metric": metric,
+                "state_dict": copy.deepcopy(model.state_dict()),
+            }
         self.state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         self._write_csv()
         if self.epoch % self.hypers.log_interval == 0 or self.epoch == self.hypers.num_epochs:
@@ -160,17 +187,21 @@ class Trainer(TrainerInterface):
         baselines, spreads = [], {}
         for name in model.target_names:
             where = f"architecture.training.fixed_composition_weights.{name}"
-            weights, spread = fit_baseline(dataset, name, model.atomic_types,
-                                           fixed_all.get(name, {}), where)
+            weights, spread = fit_baseline(
+                dataset, name, model.atomic_types, fixed_all.get(name, {}), where
+            )
             baselines.append(torch.tensor(weights))
             spreads[name] = spread
         per_structure = set(self.hypers.per_structure_targets)
         scales = quantity_scales(dataset, quantities, spreads, per_structure)
-        model.set_baseline(torch.stack(baselines), model_scales(quantities, model.target_names,
-                                                                scales))
+        model.set_baseline(
+            torch.stack(baselines), model_scales(quantities, model.target_names, scales)
+        )
         self.state["scales"] = scales
-        LOGGER.info("composition baseline and scales: %s",
-                    ", ".join(f"{q}: {s:.4g}" for q, s in scales.items()))
+        LOGGER.info(
+            "composition baseline and scales: %s",
+            ", ".join(f"{q}: {s:.4g}" for q, s in scales.items()),
+        )
 
     def _write_csv(self) -> None:
         path = os.path.join(self.run_dir, "train.csv")
@@ -189,10 +220,14 @@ class Trainer(TrainerInterface):
             trainer_checkpoint_version=self.__checkpoint_version__,
             train_hypers=to_dict(self.hypers),
             best_model_state_dict=self.best["state_dict"] if self.best else None,
-            trainer_state={"epoch": self.epoch, "seed": self.seed, "history": self.history,
-                           "best_epoch": self.best["epoch"] if self.best else 0,
-                           "best_metric": self.best["metric"] if self.best else math.inf,
-                           **self.state},
+            trainer_state={
+                "epoch": self.epoch,
+                "seed": self.seed,
+                "history": self.history,
+                "best_epoch": self.best["epoch"] if self.best else 0,
+                "best_metric": self.best["metric"] if self.best else math.inf,
+                **self.state,
+            },
             options=self.options,
         )
         save_checkpoint(checkpoint, str(path))
@@ -202,8 +237,9 @@ class Trainer(TrainerInterface):
         return upgrade_trainer_checkpoint(cls, checkpoint)
 
     @classmethod
-    def load_checkpoint(cls, checkpoint: Dict[str, Any], hypers: TrainingHypers,
-                        context: CheckpointContext) -> "Trainer":
+    def load_checkpoint(
+        cls, checkpoint: Dict[str, Any], hypers: TrainingHypers, context: CheckpointContext
+    ) -> "Trainer":
         trainer = cls(hypers)
         if context != "restart":
             return trainer
@@ -214,8 +250,11 @@ class Trainer(TrainerInterface):
         trainer.history = list(state.pop("history"))
         best_epoch, best_metric = state.pop("best_epoch"), state.pop("best_metric")
         if checkpoint.get("best_model_state_dict") is not None:
-            trainer.best = {"epoch": best_epoch, "metric": best_metric,
-                            "state_dict": checkpoint["best_model_state_dict"]}
+            trainer.best = {
+                "epoch": best_epoch,
+                "metric": best_metric,
+                "state_dict": checkpoint["best_model_state_dict"],
+            }
         trainer.state = state
         return trainer
 
@@ -241,15 +280,20 @@ def metric_unit(quantity: str, energy_unit: str, length_unit: str) -> str:
 
 
 def _format_row(row: Dict[str, float], model) -> str:
-    parts = [f"epoch {int(row['epoch']):4d}", f"lr {row['learning_rate']:.2e}",
-             f"loss {row['train_loss']:.4g}"]
+    parts = [
+        f"epoch {int(row['epoch']):4d}",
+        f"lr {row['learning_rate']:.2e}",
+        f"loss {row['train_loss']:.4g}",
+    ]
     if "validation_loss" in row:
         parts.append(f"val loss {row['validation_loss']:.4g}")
     units = dict(zip(model.target_names, model.energy_units))
     for key, value in row.items():
         if key.startswith("validation_") and key.endswith("_rmse"):
-            quantity = key[len("validation_"):-len("_rmse")]
-            target = quantity.replace("_per_atom", "").removesuffix("/forces").removesuffix("/stress")
+            quantity = key[len("validation_") : -len("_rmse")]
+            target = (
+                quantity.replace("_per_atom", "").removesuffix("/forces").removesuffix("/stress")
+            )
             unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
             parts.append(f"{quantity} RMSE {value:.4g} {unit}")
     return " | ".join(parts)

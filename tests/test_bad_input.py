@@ -1,0 +1,767 @@
+"""Bad input never crashes: each problem is one line naming the key, file or structure and saying
+how to fix it, the exit status is 1, and no model.pt or checkpoint (not even half of one) is left.
+
+Every test drives the real command line in-process (``mtt.cli.main``) in a fresh directory; the
+two property tests throw random options and random structures at the validators.
+"""
+
+import copy
+import math
+import os
+import pickle
+import signal
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase.calculators.singlepoint import SinglePointCalculator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mtt.api import validate_options
+from mtt.cli import main
+from mtt.data.dataset import dataset_from_atoms, load_dataset
+from mtt.errors import MttError, OptionsError
+from mtt.options import DatasetOptions, EnergyTargetOptions
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def example(name: str) -> Path:
+    """A shipped data file (in ``examples/data``, or beside the example using it)."""
+    found = [p for p in (EXAMPLES / "data", EXAMPLES / "ethanol", EXAMPLES) if (p / name).is_file()]
+    return (found[0] if found else EXAMPLES / "data") / name
+
+
+ETHANOL = example("ethanol_reduced_100.xyz")
+CARBON = example("carbon_reduced_100.xyz")
+HINT = "mtt: the full traceback is in "  # followed by the run's train.log
+PREFIX = "mtt: error: "
+
+# Options of a tiny model that trains in a few seconds on a dozen ethanol structures.
+OPTIONS = {
+    "architecture": {
+        "name": "soap_bpnn",
+        "model": {"cutoff": 3.0, "max_radial": 2, "max_angular": 1, "num_neurons_per_layer": 4},
+        "training": {"num_epochs": 1, "batch_size": 4},
+    },
+    "training_set": {"systems": "train.xyz", "targets": {"energy": {"unit": "kcal/mol"}}},
+    "validation_set": 0.2,
+}
+
+
+@cache
+def _read(path: Path, count: int):
+    return ase.io.read(path, f":{count}")
+
+
+def _copy(atoms: ase.Atoms) -> ase.Atoms:
+    """A copy with its labels (``Atoms.copy`` drops the calculator that holds them)."""
+    copy = atoms.copy()
+    if atoms.calc is not None:
+        copy.calc = SinglePointCalculator(copy, **atoms.calc.results)
+    return copy
+
+
+def ethanol(count: int = 12):
+    return [_copy(atoms) for atoms in _read(ETHANOL, count)]
+
+
+def carbon(count: int = 3):
+    return [_copy(atoms) for atoms in _read(CARBON, count)]
+
+
+def with_labels(atoms: ase.Atoms, **results) -> ase.Atoms:
+    """``atoms`` with exactly these calculator results (what extxyz writes as labels)."""
+    atoms = atoms.copy()
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def options(**changes):
+    """The tiny options with changes at ``__``-separated paths, e.g. ``architecture__name="x"``."""
+    result = copy.deepcopy(OPTIONS)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = result
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return result
+
+
+def write_options(data, name: str = "options.yaml") -> str:
+    with open(name, "w") as file:
+        yaml.safe_dump(data, file)
+    return name
+
+
+def artifacts(root: Path):
+    """Files a run must not leave behind when it fails: models, checkpoints, temporary files."""
+    return {
+        (path, path.stat().st_mtime_ns)
+        for path in root.rglob("*")
+        if path.is_file() and (path.suffix in (".pt", ".ckpt") or path.name.startswith("."))
+    }
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty working directory holding a dozen ethanol structures as ``train.xyz``."""
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("train.xyz", ethanol())
+    return tmp_path
+
+
+def run(capsys, *argv):
+    """Exit status and the error lines (without the ``mtt: error:`` prefix) of one command."""
+    status = main([str(arg) for arg in argv])
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    problems = [line[len(PREFIX) :] for line in lines if line.startswith(PREFIX)]
+    noise = [line for line in lines if not line.startswith(PREFIX) and not line.startswith(HINT)]
+    assert not noise, f"unexpected output on stderr:\n{err}"
+    return status, problems
+
+
+def fail(capsys, *argv, count: int = 1):
+    """Run a command that must refuse its input: status 1, ``count`` one-line problems, and no
+    model, checkpoint or temporary file created or touched. Returns the problems' text."""
+    root = Path.cwd()
+    before = artifacts(root)
+    status, problems = run(capsys, *argv)
+    assert status == 1, problems
+    assert len(problems) == count, problems
+    assert artifacts(root) == before, "a failed command left a model or checkpoint behind"
+    return problems[0] if count == 1 else problems
+
+
+def train(capsys, options_file="options.yaml"):
+    return fail(capsys, "train", options_file)
+
+
+# ------------------------------------------------------------------------------ options
+
+
+def test_unknown_top_level_option(work, capsys):
+    write_options(options(seeed=1))
+    assert train(capsys) == "unknown option 'seeed'; did you mean 'seed'?"
+
+
+def test_unknown_nested_option(work, capsys):
+    write_options(options(architecture__training__num_epoch=3))
+    message = train(capsys)
+    assert message == "unknown option 'architecture.training.num_epoch'; did you mean 'num_epochs'?"
+
+
+def test_unknown_option_without_close_match_lists_valid_ones(work, capsys):
+    write_options(options(training_set__targets__energy__colour="blue"))
+    message = train(capsys)
+    assert "unknown option 'training_set.targets.energy.colour'" in message
+    assert "valid options here are" in message and "'unit'" in message
+
+
+def test_wrong_type(work, capsys):
+    write_options(options(architecture__training__batch_size="ten"))
+    message = train(capsys)
+    assert (
+        message == "option 'architecture.training.batch_size' must be an integer, got 'ten' (str)"
+    )
+
+
+def test_several_problems_reported_at_once(work, capsys):
+    write_options(
+        options(
+            architecture__training__num_epoch=3,
+            architecture__training__batch_size="ten",
+            architecture__model__cutof=4.0,
+        )
+    )
+    problems = fail(capsys, "train", "options.yaml", count=3)
+    assert any("'architecture.training.num_epoch'" in p and "'num_epochs'" in p for p in problems)
+    assert any("'architecture.training.batch_size' must be an integer" in p for p in problems)
+    assert any("'architecture.model.cutof'" in p and "'cutoff'" in p for p in problems)
+
+
+def test_several_top_level_problems_reported_at_once(work, capsys):
+    write_options(options(seeed=1, device=3))
+    problems = fail(capsys, "train", "options.yaml", count=2)
+    assert any("'seeed'" in p and "did you mean 'seed'" in p for p in problems)
+    assert any("option 'device' must be a string, got 3 (int)" == p for p in problems)
+
+
+def test_top_level_and_architecture_problems_reported_at_once(work, capsys):
+    write_options(options(seeed=1, architecture__training__batch_size="ten"))
+    fail(capsys, "train", "options.yaml", count=2)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("training", {"learning_rate": math.nan}), ("model", {"cutoff": math.inf})]
+)
+def test_nan_or_infinite_hypers_are_refused(key, value):
+    raw = options(**{f"architecture__{key}": value})
+    with pytest.raises(OptionsError, match=f"architecture.{key}.{next(iter(value))}"):
+        validate_options(raw)
+
+
+def test_missing_options_file(work, capsys):
+    message = train(capsys, "nope.yaml")
+    assert "'nope.yaml'" in message and "not found" in message
+
+
+def test_options_file_that_is_not_yaml(work, capsys):
+    Path("options.yaml").write_text("architecture:\n  name: [soap_bpnn\ntraining_set: a.xyz\n")
+    message = train(capsys)
+    assert message.startswith("'options.yaml' is not valid YAML at line ")
+
+
+def test_options_file_that_holds_a_list(work, capsys):
+    Path("options.yaml").write_text("- architecture\n- training_set\n")
+    message = train(capsys)
+    assert "'options.yaml'" in message and "must hold a mapping of options" in message
+
+
+def test_malformed_override(work, capsys):
+    write_options(options())
+    message = fail(capsys, "train", "options.yaml", "-r", "architecture.training.num_epochs")
+    assert message == (
+        "malformed override 'architecture.training.num_epochs'; expected the form -r key.path=value"
+    )
+
+
+def test_unknown_architecture(work, capsys):
+    write_options(options(architecture__name="soap_bpn"))
+    message = train(capsys)
+    assert "'soap_bpn'" in message and "'architecture.name'" in message
+    assert "did you mean 'soap_bpnn'?" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "unit", "expected"),
+    [
+        ("training_set__targets__energy__unit", "kcals", "unknown unit 'kcals'"),
+        ("training_set__targets__energy__unit", "angstrom", "dimension mismatch"),
+        ("training_set__targets__energy__unit", "", "the energy unit is empty"),
+        (
+            "training_set__systems",
+            {"read_from": "train.xyz", "length_unit": "furlong"},
+            "unknown unit 'furlong'",
+        ),
+        (
+            "training_set__systems",
+            {"read_from": "train.xyz", "length_unit": "eV"},
+            "dimension mismatch",
+        ),
+    ],
+)
+def test_bad_units(work, capsys, key, unit, expected):
+    write_options(options(**{key: unit}))
+    message = train(capsys)
+    where = (
+        "training_set.targets.energy.unit" if "unit" in key else "training_set.systems.length_unit"
+    )
+    assert message.startswith(f"{where}: ") and expected in message
+    kind = "energy" if "unit" in key else "length"
+    assert f"e.g. {'eV' if kind == 'energy' else 'angstrom'!r}" in message  # the fix
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1])
+def test_validation_fraction_outside_0_1(work, capsys, fraction):
+    write_options(options(validation_set=fraction))
+    message = train(capsys)
+    assert message == f"option 'validation_set' must be a fraction in [0, 1), got {float(fraction)}"
+
+
+def test_fractions_that_leave_no_training_structure(work, capsys):
+    ase.io.write("train.xyz", ethanol(2))
+    write_options(options(validation_set=0.5, test_set=0.5))
+    message = train(capsys)
+    assert "training set (2 structures) is empty" in message
+    assert "lower those fractions or add structures" in message
+
+
+def test_element_in_validation_set_that_training_set_lacks(work, capsys):
+    frames = ethanol(3)
+    frames[1].numbers[-1] = 7  # the oxygen becomes a nitrogen
+    ase.io.write("validation.xyz", frames)
+    validation = {"systems": "validation.xyz", "targets": {"energy": {"unit": "kcal/mol"}}}
+    write_options(options(validation_set=validation))
+    message = train(capsys)
+    assert "structure 1 of validation_set has elements [7]" in message
+    assert "add such structures to training_set" in message
+
+
+# ------------------------------------------------------------------------------ structure files
+
+
+def test_missing_structure_file(work, capsys):
+    write_options(options(training_set__systems="missing.xyz"))
+    message = train(capsys)
+    assert f"file not found: {str(work / 'missing.xyz')!r}" in message
+    assert "check the path" in message
+
+
+def test_unreadable_structure_file(work, capsys):
+    Path("train.xyz").write_bytes(os.urandom(300) + b"\n\x00garbage\n")
+    write_options(options())
+    message = train(capsys)
+    assert f"could not read structures from {str(work / 'train.xyz')!r}" in message
+    assert "set 'reader'" in message
+
+
+def test_directory_instead_of_structure_file(work, capsys):
+    os.mkdir("data")
+    write_options(options(training_set__systems="data"))
+    message = train(capsys)
+    assert f"{str(work / 'data')!r} is a directory; give a structure file" in message
+
+
+def test_energy_key_missing_in_every_structure(work, capsys):
+    frames = []
+    for atoms in ethanol():
+        relabelled = with_labels(atoms, forces=atoms.get_forces())
+        relabelled.info["E_dft"] = atoms.get_potential_energy()
+        frames.append(relabelled)
+    ase.io.write("train.xyz", frames)
+    write_options(options())
+    message = train(capsys)
+    assert f"no structure of {str(work / 'train.xyz')!r} has the energy key 'energy'" in message
+    assert "keys found: ['E_dft', 'forces']" in message
+    assert "set 'training_set.targets.energy.key' to the right one" in message
+
+
+def test_energy_missing_in_some_structures_is_masked(work):
+    frames = ethanol()
+    for index in (2, 5):
+        frames[index] = with_labels(frames[index], forces=frames[index].get_forces())
+    ase.io.write("train.xyz", frames)
+    options = DatasetOptions(
+        systems="train.xyz", targets={"energy": EnergyTargetOptions(unit="kcal/mol")}
+    )
+    dataset = load_dataset(options, str(work), "training_set")
+    assert len(dataset) == 12
+    assert [i for i, labels in enumerate(dataset.labels) if "energy" not in labels] == [2, 5]
+    assert all("energy/forces" in labels for labels in dataset.labels)
+    assert dataset.targets["energy"].forces
+
+
+def test_explicit_forces_key_that_does_not_exist(work, capsys):
+    write_options(options(training_set__targets__energy__forces="dft_forces"))
+    message = train(capsys)
+    assert f"no structure of {str(work / 'train.xyz')!r} has forces under the key" in message
+    assert "'dft_forces'; keys found: ['energy', 'forces']" in message
+    assert "set 'training_set.targets.energy.forces' to the right key, or to false" in message
+
+
+def test_nan_in_a_position(work, capsys):
+    frames = ethanol()
+    frames[4].positions[2, 0] = math.nan
+    ase.io.write("train.xyz", frames)
+    write_options(options())
+    message = train(capsys)
+    assert message.startswith(
+        f"structure 4 of {str(work / 'train.xyz')!r} has NaN or infinite positions"
+    )
+    assert "fix or remove that frame" in message
+
+
+def test_nan_in_an_energy(work, capsys):
+    frames = ethanol()
+    frames[7] = with_labels(frames[7], energy=math.nan, forces=frames[7].get_forces())
+    ase.io.write("train.xyz", frames)
+    write_options(options())
+    message = train(capsys)
+    assert message == (
+        f"energy 'energy' of structure 7 of {str(work / 'train.xyz')!r} is NaN or "
+        "infinite; fix or remove that structure"
+    )
+
+
+# ------------------------------------------------------------------------------ trained models
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny ethanol model: its run directory, checkpoint and exported model."""
+    root = tmp_path_factory.mktemp("trained")
+    ase.io.write(root / "train.xyz", ethanol())
+    with open(root / "options.yaml", "w") as file:
+        yaml.safe_dump(options(), file)
+    status = main(
+        [
+            "train",
+            str(root / "options.yaml"),
+            "-o",
+            str(root / "model.pt"),
+            "--output-dir",
+            str(root / "outputs"),
+        ]
+    )
+    assert status == 0
+    (checkpoint,) = root.glob("outputs/*/model.ckpt")
+    return {"root": root, "model": root / "model.pt", "checkpoint": checkpoint}
+
+
+def test_existing_output_is_refused_before_training_and_force_overwrites(work, capsys):
+    write_options(options())
+    Path("model.pt").write_bytes(b"my precious model")
+    message = train(capsys)
+    assert message == (
+        "'model.pt' already exists; choose another output path or pass --force to overwrite it"
+    )
+    assert Path("model.pt").read_bytes() == b"my precious model"
+    assert not Path("outputs").exists()  # refused before anything started
+
+    status, problems = run(capsys, "train", "options.yaml", "-f")
+    assert (status, problems) == (0, [])
+    assert Path("model.pt").read_bytes()[:2] == b"PK"  # a TorchScript archive now
+
+
+def checkpoint_dict(trained):
+    return torch.load(trained["checkpoint"], weights_only=True)
+
+
+def test_export_missing_file(work, capsys):
+    message = fail(capsys, "export", "missing.ckpt")
+    assert message.startswith("checkpoint not found: 'missing.ckpt'; give the .ckpt file")
+
+
+def test_export_random_bytes(work, capsys):
+    Path("random.ckpt").write_bytes(os.urandom(4096))
+    message = fail(capsys, "export", "random.ckpt")
+    assert "'random.ckpt'" in message and "checkpoint" in message
+    assert "weights_only" not in message  # never the advice to load it unsafely
+    assert "written by 'mtt train'" in message
+
+
+def test_export_empty_file(work, capsys):
+    Path("empty.ckpt").write_bytes(b"")
+    message = fail(capsys, "export", "empty.ckpt")
+    assert message.startswith("'empty.ckpt' is not a readable mtt checkpoint")
+
+
+def test_export_an_exported_model(work, capsys, trained):
+    message = fail(capsys, "export", trained["model"])
+    assert message.startswith(f"{str(trained['model'])!r} is an exported model, not a checkpoint")
+    assert "outputs/<run>/model.ckpt" in message
+
+
+class Payload:
+    """Unpickling this runs code: creates ``PWNED`` in the current directory."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle-2", "pickle"])
+def test_export_refuses_a_checkpoint_that_would_run_code(work, capsys, writer):
+    content = {"format": "mtt-checkpoint", "architecture": "soap_bpnn", "payload": Payload()}
+    if writer == "torch.save":
+        torch.save(content, "evil.ckpt")
+    else:
+        with open("evil.ckpt", "wb") as file:
+            pickle.dump(content, file, protocol=2 if writer == "pickle-2" else None)
+    message = fail(capsys, "export", "evil.ckpt")
+    assert not Path("PWNED").exists()
+    assert message.startswith("refusing to load 'evil.ckpt'")
+    assert "nothing in it was run" in message and "weights_only" not in message
+    if writer != "pickle":  # the default protocol frames the file: torch stops before the call
+        assert "asks to load Python objects" in message and "system" in message
+
+
+def test_export_truncated_checkpoint(work, capsys, trained):
+    content = trained["checkpoint"].read_bytes()
+    Path("half.ckpt").write_bytes(content[: len(content) // 2])
+    message = fail(capsys, "export", "half.ckpt")
+    assert message.startswith("'half.ckpt' is not a readable mtt checkpoint")
+    assert "written by 'mtt train'" in message
+
+
+def test_export_of_the_intact_checkpoint_works(work, capsys, trained):
+    """The control: the checks above do not refuse what mtt itself wrote."""
+    status, problems = run(capsys, "export", trained["checkpoint"], "-o", "exported.pt")
+    assert (status, problems) == (0, [])
+    assert Path("exported.pt").read_bytes()[:2] == b"PK"
+
+
+def test_export_checkpoint_from_a_newer_mtt(work, capsys, trained):
+    checkpoint = checkpoint_dict(trained)
+    checkpoint["model_checkpoint_version"] = 999
+    torch.save(checkpoint, "future.ckpt")
+    message = fail(capsys, "export", "future.ckpt")
+    assert "version 999, newer than the 1 this mtt reads" in message
+    assert "upgrade mtt (pip install --upgrade mtt)" in message
+
+
+def test_export_checkpoint_of_unknown_architecture(work, capsys, trained):
+    checkpoint = checkpoint_dict(trained)
+    checkpoint["architecture"] = "gap"
+    torch.save(checkpoint, "gap.ckpt")
+    message = fail(capsys, "export", "gap.ckpt")
+    assert "architecture 'gap'" in message and "it has soap_bpnn" in message
+
+
+def test_export_checkpoint_of_unknown_architecture_names_the_file(work, capsys, trained):
+    checkpoint = checkpoint_dict(trained)
+    checkpoint["architecture"] = "gap"
+    torch.save(checkpoint, "gap.ckpt")
+    message = fail(capsys, "export", "gap.ckpt")
+    assert "'gap.ckpt'" in message and "'architecture.name'" not in message
+
+
+def test_export_checkpoint_missing_a_part(work, capsys, trained):
+    checkpoint = checkpoint_dict(trained)
+    del checkpoint["model_hypers"]
+    torch.save(checkpoint, "damaged.ckpt")
+    message = fail(capsys, "export", "damaged.ckpt")
+    assert "'damaged.ckpt'" in message
+
+
+def test_restart_from_a_checkpoint_of_another_architecture(work, capsys, trained):
+    checkpoint = checkpoint_dict(trained)
+    checkpoint["architecture"] = "pet"
+    torch.save(checkpoint, "other.ckpt")
+    write_options(options())
+    message = fail(capsys, "train", "options.yaml", "--restart", "other.ckpt")
+    assert message == (
+        "'other.ckpt' is a checkpoint of 'pet', but the options ask for "
+        "'soap_bpnn'; set architecture.name to match"
+    )
+
+
+def test_eval_on_an_element_the_model_was_not_trained_on(work, capsys, trained):
+    frames = ethanol(2) + carbon(1) + ethanol(1)
+    frames[3].numbers[0] = 7  # carbon is known (ethanol has it); nitrogen is not
+    ase.io.write("test.xyz", frames)
+    message = fail(capsys, "eval", trained["model"], "test.xyz")
+    assert message.startswith("structure 3 of 'test.xyz' has elements [7] the model was not")
+    assert "it knows [1, 6, 8]" in message
+    assert not Path("predictions.xyz").exists()
+
+
+# ------------------------------------------------------------------------------ properties
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """Fail instead of hanging."""
+
+    def stop(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+KEYS = [
+    "architecture",
+    "name",
+    "model",
+    "training",
+    "training_set",
+    "validation_set",
+    "test_set",
+    "seed",
+    "device",
+    "base_precision",
+    "systems",
+    "targets",
+    "energy",
+    "energy/pbe",
+    "read_from",
+    "reader",
+    "length_unit",
+    "key",
+    "unit",
+    "forces",
+    "stress",
+    "virial",
+    "conservative",
+    "cutoff",
+    "max_radial",
+    "num_epochs",
+    "batch_size",
+    "learning_rate",
+    "loss",
+    "type",
+    "weights",
+    "fixed_composition_weights",
+    "per_structure_targets",
+    "soap_bpnn",
+]
+keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=6), st.integers(-2, 2), st.none())
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=8),
+    st.sampled_from(["soap_bpnn", "1e-3", "eV", "auto", "cuda:7", "mse"]),
+)
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(keys, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+VALID = {
+    "architecture": {
+        "name": "soap_bpnn",
+        "model": {"cutoff": 4.0, "max_radial": 3, "standardize_features": True},
+        "training": {
+            "num_epochs": 2,
+            "learning_rate": 0.01,
+            "loss": {"type": "mse"},
+            "fixed_composition_weights": {"energy": {"H": -1.0}},
+        },
+    },
+    "training_set": {
+        "systems": {"read_from": "a.xyz", "length_unit": "angstrom"},
+        "targets": {"energy": {"unit": "eV", "forces": {"key": "f"}, "stress": False}},
+    },
+    "validation_set": 0.1,
+    "test_set": "b.xyz",
+    "seed": 1,
+}
+
+
+@st.composite
+def mutated_options(draw):
+    """The valid options with a few values replaced or keys added at random depths."""
+    result = copy.deepcopy(VALID)
+    for _ in range(draw(st.integers(1, 3))):
+        node = result
+        while draw(st.booleans()):
+            children = [k for k, v in node.items() if isinstance(v, dict)]
+            if not children:
+                break
+            node = node[draw(st.sampled_from(children))]
+        replace = node and draw(st.sampled_from([True, True, True, False]))
+        node[draw(st.sampled_from(list(node)) if replace else keys)] = draw(values)
+    return result
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(raw=st.one_of(mutated_options(), values))
+def test_any_options_are_accepted_or_refused_with_an_mtt_error(raw):
+    with time_limit(10):
+        try:
+            validate_options(raw)
+        except OptionsError as error:
+            assert error.problems and all(p.strip() and "\n" not in p for p in error.problems)
+        except MttError as error:
+            assert str(error).strip() and "\n" not in str(error)
+
+
+label_numbers = st.one_of(st.floats(-10, 10), st.sampled_from([math.nan, math.inf]))
+
+
+def arrays(shape):
+    return st.lists(label_numbers, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))).map(
+        lambda xs: np.array(xs, dtype=float).reshape(shape)
+    )
+
+
+@st.composite
+def weird_atoms(draw):
+    """A small structure, often with one flaw, and labels of any type and shape."""
+    n = draw(st.integers(1, 3))
+    numbers = draw(st.lists(st.sampled_from([1, 6, 8]), min_size=n, max_size=n))
+    positions = draw(st.lists(st.floats(-4, 4), min_size=3 * n, max_size=3 * n))
+    periodic = draw(st.sampled_from([True, False]))
+    atoms = ase.Atoms(
+        numbers=numbers,
+        positions=np.reshape(positions, (n, 3)),
+        cell=np.eye(3) * 5.0 if periodic else None,
+        pbc=periodic,
+    )
+    flaw = draw(st.sampled_from(["none"] * 8 + ["position", "number", "cell", "pbc", "no atoms"]))
+    if flaw == "no atoms":
+        atoms = atoms[:0]
+    elif flaw == "position":
+        atoms.positions[draw(st.integers(0, n - 1)), 0] = draw(
+            st.sampled_from([math.nan, math.inf, -math.inf])
+        )
+    elif flaw == "number":
+        atoms.numbers[draw(st.integers(0, n - 1))] = draw(st.sampled_from([0, -1, 119]))
+    elif flaw == "cell":
+        atoms.cell = draw(st.one_of(arrays((3, 3)), st.just(np.ones((3, 3)))))
+    elif flaw == "pbc":  # periodic without a cell, or along a zero cell vector
+        atoms.cell[draw(st.integers(0, 2))] = 0.0
+        atoms.pbc = draw(st.lists(st.booleans(), min_size=3, max_size=3))
+    sizes = st.sampled_from([(), (1,), (2,), (3,), (6,), (9,), (3, 3), (n, 3), (n, 2), (n,)])
+    labels = st.one_of(
+        sizes.flatmap(arrays),
+        label_numbers,
+        st.text(max_size=3),
+        st.none(),
+        st.lists(st.lists(label_numbers, max_size=2), max_size=2),  # ragged
+        st.just(np.array(["a"] * 3 * n).reshape(n, 3)),
+        st.just({"value": 1.0}),
+    )
+    if draw(st.sampled_from([True, True, True, False])):
+        atoms.info["energy"] = draw(label_numbers | labels)
+    for name in ("stress", "virial"):
+        if draw(st.booleans()):
+            atoms.info[name] = draw(labels)
+    where = draw(st.sampled_from(["none", "arrays", "calculator"]))
+    if where == "arrays":
+        atoms.arrays["forces"] = draw(labels)
+    elif where == "calculator":  # results set directly: SinglePointCalculator converts them
+        atoms.calc = SinglePointCalculator(atoms)
+        atoms.calc.results = {"forces": draw(labels), "energy": draw(labels)}
+    return atoms
+
+
+targets = st.builds(
+    EnergyTargetOptions,
+    forces=st.sampled_from([True, False, "forces"]),
+    stress=st.booleans(),
+    virial=st.booleans(),
+)
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    frames=st.lists(weird_atoms(), min_size=1, max_size=3) | st.just([]),
+    target=targets,
+    length_unit=st.sampled_from(["angstrom"] * 5 + ["bohr", "furlong", ""]),
+)
+def test_any_structures_are_accepted_or_refused_with_an_mtt_error(frames, target, length_unit):
+    with time_limit(10):
+        try:
+            dataset = dataset_from_atoms(frames, {"energy": target}, length_unit)
+        except MttError as error:
+            assert str(error).strip() and "\n" not in str(error)
+            return
+    for atoms, labels in dataset:  # what is accepted is fit to train on
+        assert np.all(np.isfinite(atoms.positions))
+        for name, value in labels.items():
+            assert np.all(np.isfinite(value)), name
+            expected = {"energy": (1,), "energy/forces": (len(atoms), 3), "energy/stress": (3, 3)}[
+                name
+            ]
+            assert value.shape == expected, name

@@ -1,0 +1,91 @@
+"""A run killed at any moment resumes, with ``--restart auto``, to bitwise the same end."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ase.io
+import torch
+import yaml
+from helpers import TINY_MODEL
+
+from mtt.checkpoints import read_checkpoint
+
+
+def options_file(tmp_path, data_dir):
+    frames = ase.io.read(os.path.join(data_dir, "ethanol_reduced_100.xyz"), ":24")
+    ase.io.write(tmp_path / "small.xyz", frames)
+    path = tmp_path / "options.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "architecture": {
+                    "name": "soap_bpnn",
+                    "model": dict(TINY_MODEL, max_radial=2, max_angular=1, num_neurons_per_layer=4),
+                    "training": {"num_epochs": 12, "batch_size": 4, "checkpoint_interval": 1},
+                },
+                "training_set": {
+                    "systems": "small.xyz",
+                    "targets": {"energy": {"unit": "kcal/mol"}},
+                },
+                "validation_set": 0.25,
+            }
+        )
+    )
+    return str(path)
+
+
+def mtt(*args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return [sys.executable, "-m", "mtt", *args], {"cwd": cwd, "env": env}
+
+
+def final(run_root):
+    (run_dir,) = glob.glob(os.path.join(run_root, "*"))
+    checkpoint = read_checkpoint(os.path.join(run_dir, "model.ckpt"))
+    return checkpoint["model_state_dict"], checkpoint["trainer_state"]["history"]
+
+
+def test_sigkill_then_restart_auto_is_exact(tmp_path, data_dir):
+    """SIGKILL during training leaves no model.pt and only complete checkpoints; ``--restart
+    auto`` continues the same run from the newest one and ends bitwise like a run that was
+    never interrupted (weights and every metric of every epoch)."""
+    options = options_file(tmp_path, data_dir)
+    command, kwargs = mtt("train", options, "--output-dir", "ref", "-o", "ref.pt", cwd=tmp_path)
+    subprocess.run(command, check=True, capture_output=True, **kwargs)
+
+    command, kwargs = mtt("train", options, "--output-dir", "runs", "-o", "killed.pt", cwd=tmp_path)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    )
+    deadline = time.time() + 300
+    while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoints" / "epoch_4.ckpt")):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed.pt").exists()
+
+    command, kwargs = mtt(
+        "train",
+        options,
+        "--output-dir",
+        "runs",
+        "-o",
+        "killed.pt",
+        "--restart",
+        "auto",
+        cwd=tmp_path,
+    )
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stderr
+    assert "restarting from" in result.stdout
+    reference_state, reference_history = final(tmp_path / "ref")
+    state, history = final(tmp_path / "runs")
+    assert history == reference_history
+    for key, value in reference_state.items():
+        assert torch.equal(value, state[key]), key
