@@ -1,6 +1,7 @@
 """Training on real data: errors fall well below the composition baseline, the exported model
 gives the same numbers in a fresh process, restarts are exact."""
 
+import glob
 import os
 import shutil
 
@@ -218,3 +219,44 @@ def test_export_command_matches_training_export(tmp_path, data_dir, monkeypatch)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a["energy"], b["energy"])
     shutil.rmtree("outputs")
+
+
+def test_loss_becoming_nan_stops_with_a_clear_message(tmp_path, data_dir, monkeypatch, capsys):
+    """A diverging run stops at the epoch where the loss became NaN/inf, says why it likely
+    happened, keeps earlier checkpoints, and exports nothing."""
+    monkeypatch.chdir(tmp_path)
+    options = tiny_run_options(tmp_path, data_dir, epochs=3, interval=1)
+    status = main(
+        [
+            "train",
+            options,
+            "-r",
+            "architecture.training.learning_rate=1e30",
+            "-r",
+            "architecture.training.grad_clip_norm=null",
+        ]
+    )
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "loss became nan" in error and "in epoch 1" in error
+    assert "learning rate (1e+30) is probably too high" in error
+    assert not os.path.exists("model.pt")
+
+
+def test_checkpoint_contexts_pick_latest_or_best_weights(tmp_path, data_dir, monkeypatch):
+    """Restarting loads the latest weights; fine-tuning and export load the best ones."""
+    monkeypatch.chdir(tmp_path)
+    options = tiny_run_options(tmp_path, data_dir, epochs=3, interval=3)
+    assert main(["train", options]) == 0
+    path = glob.glob(os.path.join("outputs", "*", "checkpoints", "epoch_3.ckpt"))[0]
+    checkpoint = read_checkpoint(path)
+    from mtt.architectures.soap_bpnn import SoapBpnn
+
+    for context, key in (
+        ("restart", "model_state_dict"),
+        ("finetune", "best_model_state_dict"),
+        ("export", "best_model_state_dict"),
+    ):
+        state = SoapBpnn.load_checkpoint(checkpoint, context).state_dict()
+        for name, value in checkpoint[key].items():
+            assert torch.equal(state[name], value), (context, name)

@@ -31,6 +31,8 @@ from .gradients import energies_and_gradients
 from .hypers import parse, to_dict
 from .metadata import merge_metadata
 from .outputs import scalar_tensormap
+from .verification import METADATA_KEY, verification_metadata
+from .version import __version__
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -194,4 +196,14 @@ class EnergyModel(ModelInterface):
             dtype=DTYPE_NAMES[self.baseline.dtype],
         )
         merged = merge_metadata(self.__default_metadata__, metadata)
+        extra = dict(merged.extra)
+        extra.update(architecture=self.__architecture__, mtt_version=__version__)
+        extra[METADATA_KEY] = verification_metadata(model)
+        merged = ModelMetadata(
+            merged.name or f"mtt {self.__architecture__} model",
+            merged.description,
+            merged.authors,
+            merged.references,
+            extra,
+        )
         return AtomisticModel(model, merged, capabilities)

@@ -16,8 +16,14 @@ from ..version import __version__
 from . import eval as eval_command
 from . import export as export_command
 from . import train as train_command
+from . import verify as verify_command
 
-COMMANDS = {"train": train_command, "export": export_command, "eval": eval_command}
+COMMANDS = {
+    "train": train_command,
+    "export": export_command,
+    "eval": eval_command,
+    "verify": verify_command,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,9 @@
 """The tests every architecture passes; see :mod:`mtt.testing`."""
 
+import glob
+import json
 import math
+import os
 from typing import Any, Dict, Tuple
 
 import ase
@@ -10,14 +13,18 @@ import torch
 from metatensor.torch import Labels
 from metatomic.torch import ModelOutput, load_atomistic_model
 
+from .. import architectures
 from ..api import save_model
+from ..hypers import parse
 from ..checkpoints import read_checkpoint, save_checkpoint
 from ..data.graph import atoms_to_graph, collate_graphs
 from ..errors import MttError
+from ..verification import METADATA_KEY, verify
 from ._tools import (
     energy_of,
     exported_in_fresh_process,
     molecule,
+    nve_energies_in_fresh_process,
     periodic_crystal,
     random_model,
     systems_with_neighbors,
@@ -273,6 +280,36 @@ class ArchitectureTests:
             np.array(results[1]["stress"]), reference["energy/stress"][1], rtol=1e-8, atol=1e-10
         )
 
+    def test_energy_conservation_in_nve(self, tmp_path):
+        """A short NVE run of the exported model (ASE velocity Verlet, fresh process) conserves
+        the total energy: the drift per atom per ps stays far below what MD users accept. A
+        failure means forces are not the exact gradient of the energy, or are not smooth."""
+        model = self.model(torch.float64)
+        path = str(tmp_path / "model.pt")
+        save_model(model.export(), path)
+        steps, timestep_fs = 400, 0.25
+        energies = np.array(
+            nve_energies_in_fresh_process(path, molecule(), str(tmp_path), steps, timestep_fs)
+        )
+        duration_ps = steps * timestep_fs / 1000
+        drift = abs(energies[-1] - energies[0]) / len(molecule()) / duration_ps
+        fluctuation = energies.std() / len(molecule())
+        print(f"NVE drift {drift * 1000:.4f} meV/atom/ps, fluctuation {fluctuation * 1e3:.4f} meV")
+        assert drift < 1e-3  # eV/atom/ps
+        assert fluctuation < 1e-3
+
+    def test_exported_model_verifies(self, dtype, tmp_path):
+        """The reference results stored at export are reproduced by the exported model (what
+        ``mtt verify`` checks), and a tampered reference is caught."""
+        model = self.model(dtype)
+        path = str(tmp_path / "model.pt")
+        save_model(model.export(), path)
+        loaded = load_atomistic_model(path)
+        stored = json.loads(loaded.metadata().extra[METADATA_KEY])
+        assert verify(loaded, stored, loaded.capabilities().dtype) == []
+        stored["structures"][1]["forces"][0][0] += 1e-2
+        assert len(verify(loaded, stored, loaded.capabilities().dtype)) == 1
+
     # --- checkpoints ------------------------------------------------------------------------
     def test_checkpoint_round_trip(self, dtype, tmp_path):
         """A model saved to a checkpoint file and loaded back predicts the same energies."""
@@ -284,6 +321,26 @@ class ArchitectureTests:
             torch.testing.assert_close(
                 energy_of(loaded, atoms, dtype), energy_of(model, atoms, dtype)
             )
+
+    def test_golden_checkpoints_still_load(self, tmp_path):
+        """Checkpoints written by earlier versions (``tests/checkpoints/*.ckpt`` of the
+        architecture) still load through ``upgrade_checkpoint``, export, and restart training.
+        A failure means users' old checkpoints would be unusable after an upgrade."""
+        folder = os.path.join(
+            os.path.dirname(architectures.load(self.architecture).__file__), "tests", "checkpoints"
+        )
+        paths = sorted(glob.glob(os.path.join(folder, "*.ckpt")))
+        if not paths:
+            pytest.skip(f"{self.architecture} has no golden checkpoints yet")
+        for path in paths:
+            checkpoint = read_checkpoint(path)
+            architecture = architectures.load(checkpoint["architecture"])
+            model = architecture.__model__.load_checkpoint(checkpoint, "export")
+            save_model(model.export(), str(tmp_path / "golden.pt"))
+            hypers_class = architecture.__trainer__.__hypers__
+            train_hypers = parse(hypers_class, checkpoint["train_hypers"], "training")
+            trainer = architecture.__trainer__.load_checkpoint(checkpoint, train_hypers, "restart")
+            assert trainer.epoch == checkpoint["trainer_state"]["epoch"]
 
     def test_newer_checkpoint_refused(self):
         """A checkpoint from a newer mtt fails with a message to upgrade, not a crash."""

@@ -115,6 +115,54 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
+NVE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.simplefilter("ignore")
+    sys.modules["mtt"] = None
+    import ase.io, numpy as np
+    from ase import units
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+    from ase.md.verlet import VelocityVerlet
+    from metatomic_ase import MetatomicCalculator
+
+    model_path, structure, steps, timestep_fs = sys.argv[1:5]
+    atoms = ase.io.read(structure)
+    atoms.calc = MetatomicCalculator(model_path, extensions_directory=None)
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    Stationary(atoms)
+    dynamics = VelocityVerlet(atoms, timestep=float(timestep_fs) * units.fs)
+    energies = []
+    dynamics.attach(lambda: energies.append(atoms.get_total_energy()), interval=1)
+    dynamics.run(int(steps))
+    print(json.dumps(energies))
+    """
+)
+
+
+def nve_energies_in_fresh_process(
+    model_path: str, atoms: ase.Atoms, workdir: str, steps: int = 200, timestep_fs: float = 0.25
+) -> List[float]:
+    """Total energies (eV) along a velocity-Verlet NVE run of the exported model alone."""
+    import ase.io
+
+    structure = os.path.join(workdir, "nve_start.traj")
+    ase.io.write(structure, atoms)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", NVE_SCRIPT, model_path, structure, str(steps), str(timestep_fs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=600,
+    )
+    if completed.returncode != 0:
+        raise AssertionError(f"NVE run failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def exported_in_fresh_process(model_path: str, frames: List[ase.Atoms], workdir: str):
     """Energies, forces and stress from metatomic's ASE calculator in a new Python process in
     which ``mtt`` cannot be imported: what a user of the ``.pt`` file alone gets."""

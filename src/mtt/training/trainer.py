@@ -113,13 +113,29 @@ class Trainer(TrainerInterface):
                     model, loss, val, list(range(len(val))), device, None, None, "validation"
                 )
             )
-        if not math.isfinite(row["train_loss"]):
+        losses = [row["train_loss"], row.get("validation_loss", 0.0)]
+        if not all(math.isfinite(value) for value in losses):
             raise MttError(
-                f"the training loss became {row['train_loss']} in epoch {epoch + 1}; the "
-                f"learning rate ({self.hypers.learning_rate}) is probably too high or some "
-                f"labels are wrong; the last good checkpoint is in {self.run_dir}/checkpoints"
+                f"the loss became {losses[0]} (validation: {losses[1]}) in epoch {epoch + 1}; "
+                f"the learning rate ({self.hypers.learning_rate}) is probably too high or some "
+                f"labels are wrong; {self._last_checkpoint_note()}"
             )
         return row
+
+    def _last_checkpoint_note(self) -> str:
+        directory = os.path.join(self.run_dir, "checkpoints")
+        epochs = (
+            [
+                int(name[6:-5])
+                for name in os.listdir(directory)
+                if name.startswith("epoch_") and name.endswith(".ckpt")
+            ]
+            if os.path.isdir(directory)
+            else []
+        )
+        if not epochs:
+            return "no checkpoint was written before this epoch"
+        return f"the last good checkpoint is {directory}/epoch_{max(epochs)}.ckpt"
 
     def _pass(self, model, loss, data, order, device, optimizer, scheduler, prefix):
         """One pass over ``data``: optimisation steps if an optimizer is given."""

@@ -1,0 +1,31 @@
+"""Check an exported model: recompute the reference structures stored in it at export."""
+
+import argparse
+import json
+
+HELP = "check that an exported model (.pt) still gives the results stored in it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an exported model (.pt) written by mtt")
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..errors import MttError
+    from ..evaluate import load_model
+    from ..verification import METADATA_KEY, verify
+
+    model = load_model(args.model)
+    stored = model.metadata().extra.get(METADATA_KEY)
+    if stored is None:
+        raise MttError(
+            f"{args.model!r} holds no reference results (it was not exported by this version of mtt); "
+            "nothing to verify"
+        )
+    problems = verify(model, json.loads(stored), model.capabilities().dtype)
+    if problems:
+        raise MttError(
+            f"{args.model!r} does not reproduce its reference results: " + "; ".join(problems)
+        )
+    count = len(json.loads(stored)["structures"])
+    print(f"{args.model}: all {count} reference structures reproduced (energy, forces, stress)")

@@ -1,0 +1,124 @@
+"""A model file that can check itself: reference structures and results stored at export.
+
+At export, a few structures made from the model's own elements (a cluster and a periodic cell)
+are evaluated by the eager model (the training code path) and stored, with the results, in the
+model's metadata. ``mtt verify model.pt`` recomputes them through the exported TorchScript model
+exactly as engines run it and reports any mismatch: a way to check a model on a new machine or
+after a library upgrade, without any data.
+"""
+
+import json
+from typing import Any, Dict, List
+
+import ase
+import numpy as np
+import torch
+
+from .data.graph import atoms_to_graph, collate_graphs
+
+METADATA_KEY = "mtt-verification"
+TOLERANCE = {"float32": 1e-4, "float64": 1e-8}
+
+
+def reference_structures(atomic_types: List[int], cutoff: float) -> List[ase.Atoms]:
+    """A jittered cluster holding every element and a sheared periodic cell, deterministic."""
+    rng = np.random.default_rng(20261122)
+    types = list(atomic_types) * max(1, 6 // len(atomic_types))
+    grid = np.array([[i, j, k] for i in range(3) for j in range(3) for k in range(3)], float)
+    spacing = 1.4
+    cluster = ase.Atoms(
+        numbers=types,
+        positions=grid[: len(types)] * spacing + rng.normal(scale=0.1, size=(len(types), 3)),
+    )
+    n_cell = max(4, len(atomic_types))
+    cell = np.diag([2.6, 2.9, 3.2]) + np.array([[0, 0.3, 0], [0, 0, 0.2], [0.1, 0, 0]])
+    crystal = ase.Atoms(
+        numbers=[atomic_types[i % len(atomic_types)] for i in range(n_cell)],
+        scaled_positions=rng.uniform(size=(n_cell, 3)),
+        cell=cell,
+        pbc=True,
+    )
+    _spread(crystal, minimum=0.9)
+    return [cluster, crystal]
+
+
+def _spread(atoms: ase.Atoms, minimum: float) -> None:
+    """Nudge atoms apart until no two are closer than ``minimum`` (a physical-ish cell)."""
+    for _ in range(200):
+        distances = atoms.get_all_distances(mic=True) + np.eye(len(atoms)) * 1e9
+        i, j = np.unravel_index(np.argmin(distances), distances.shape)
+        if distances[i, j] >= minimum:
+            return
+        vector = atoms.get_distance(i, j, mic=True, vector=True)
+        atoms.positions[j] += 0.2 * vector / max(np.linalg.norm(vector), 1e-3)
+        atoms.wrap()
+
+
+def expected_results(model, structures: List[ase.Atoms]) -> List[Dict[str, Any]]:
+    """Energy, forces and stress of the eager model, through the training code path."""
+    dtype = model.baseline.dtype
+    graph = collate_graphs([atoms_to_graph(a, model.cutoff, dtype) for a in structures])
+    name = model.target_names[0]
+    wanted = [name, f"{name}/forces", f"{name}/stress"]
+    device = next(model.buffers()).device
+    graph = type(graph)(*[t.to(device) for t in graph])
+    predictions = {
+        key: value.detach().cpu().double().numpy()
+        for key, value in model.predict(graph, wanted, training=False).items()
+    }
+    offsets = np.cumsum([0] + [len(a) for a in structures])
+    results = []
+    for k, atoms in enumerate(structures):
+        entry = {
+            "numbers": atoms.numbers.tolist(),
+            "positions": atoms.positions.tolist(),
+            "cell": np.asarray(atoms.cell[:]).tolist(),
+            "pbc": [bool(p) for p in atoms.pbc],
+            "energy": float(predictions[name][k]),
+            "forces": predictions[f"{name}/forces"][offsets[k] : offsets[k + 1]].tolist(),
+        }
+        if atoms.pbc.all():
+            entry["stress"] = predictions[f"{name}/stress"][k].tolist()
+        results.append(entry)
+    return results
+
+
+def verification_metadata(model) -> str:
+    """The JSON stored under ``METADATA_KEY`` in the exported model's metadata."""
+    structures = reference_structures(model.atomic_types, model.cutoff)
+    with torch.enable_grad():
+        results = expected_results(model, structures)
+    return json.dumps(
+        {
+            "output": model.target_names[0],
+            "energy_unit": model.energy_units[0],
+            "length_unit": model.dataset_info.length_unit,
+            "structures": results,
+        }
+    )
+
+
+def verify(model, stored: Dict[str, Any], dtype: str) -> List[str]:
+    """Recompute the stored structures with an exported model; the mismatches, as lines."""
+    from .evaluate import predict
+
+    frames = [
+        ase.Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"])
+        for s in stored["structures"]
+    ]
+    got = predict(model, frames, stored["output"], stored["length_unit"], stored["energy_unit"])
+    tolerance = TOLERANCE[dtype]
+    problems = []
+    for index, (reference, result) in enumerate(zip(stored["structures"], got)):
+        for key in ("energy", "forces", "stress"):
+            if key not in reference:
+                continue
+            expected, actual = np.asarray(reference[key]), np.asarray(result[key])
+            scale = max(np.abs(expected).max(), 1.0)
+            error = float(np.abs(actual - expected).max())
+            if error > tolerance * scale:
+                problems.append(
+                    f"structure {index}: {key} differs by {error:.3g} (allowed "
+                    f"{tolerance * scale:.3g})"
+                )
+    return problems
