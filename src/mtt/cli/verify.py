@@ -19,8 +19,8 @@ def run(args: argparse.Namespace) -> None:
     stored = model.metadata().extra.get(METADATA_KEY)
     if stored is None:
         raise MttError(
-            f"{args.model!r} holds no reference results (it was not exported by this version of mtt); "
-            "nothing to verify"
+            f"{args.model!r} holds no reference results (it was not exported by this version "
+            "of mtt); nothing to verify"
         )
     problems = verify(model, json.loads(stored), model.capabilities().dtype)
     if problems:

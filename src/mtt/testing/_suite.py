@@ -15,10 +15,10 @@ from metatomic.torch import ModelOutput, load_atomistic_model
 
 from .. import architectures
 from ..api import save_model
-from ..hypers import parse
 from ..checkpoints import read_checkpoint, save_checkpoint
 from ..data.graph import atoms_to_graph, collate_graphs
 from ..errors import MttError
+from ..hypers import parse
 from ..verification import METADATA_KEY, verify
 from ._tools import (
     energy_of,
