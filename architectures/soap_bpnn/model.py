@@ -95,6 +95,10 @@ class SoapBpnn(EnergyModel):
             energies = energies.index_copy(0, atoms, network(features[atoms]))
         return energies
 
+    def head_modules(self) -> List[str]:
+        """The last Linear layer of each element's network (one output per target)."""
+        return [f"networks.{k}.{len(network) - 1}" for k, network in enumerate(self.networks)]
+
     def fit_statistics(self, batches: Iterable[Graph]) -> None:
         """Mean and spread of each descriptor over the training set, fixed afterwards (unlike
         a per-atom layer norm, a fixed affine map keeps energies smooth at the cutoff)."""

@@ -7,8 +7,8 @@ contract) in place of the ``training_set`` file.
 import logging
 import os
 import shutil
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import ase
 import torch
@@ -21,10 +21,12 @@ from .data.dataset import LabelledDataset, dataset_from_atoms
 from .data.sets import as_dataset_options, load_sets
 from .data.targets import DatasetInfo
 from .errors import MttError, OptionsError
+from .finetune import apply_method, parse_method_config
 from .io import atomic_path, refuse_overwrite
 from .options import Options
 from .runs import find_auto_restart, new_run_dir
 from .training.composition import baseline_rmse
+from .units import conversion
 
 LOGGER = logging.getLogger("mtt")
 DTYPES = {32: torch.float32, 64: torch.float64}
@@ -102,6 +104,12 @@ def _architecture_sections(raw: Any, problems: List[str]):
             parsed[key] = hypers_module.parse(cls.__hypers__, value or {}, f"architecture.{key}")
         except OptionsError as error:
             problems += error.problems
+    finetune = getattr(parsed.get("training"), "finetune", None)
+    if finetune is not None:
+        try:
+            parse_method_config(finetune, "architecture.training.finetune")
+        except OptionsError as error:
+            problems += error.problems
     return architecture, parsed
 
 
@@ -140,8 +148,12 @@ def train(
     restart: Optional[str] = None,
     overrides: Sequence[str] = (),
     force: bool = False,
-) -> str:
+    dry_run: bool = False,
+) -> Optional[str]:
     """Train a model as ``mtt train`` does; return the path of the exported model.
+
+    With ``dry_run``, read and check everything (options, data, units, elements, a pretrained
+    model and its zero-shot errors on the new data), print a report, and train nothing.
 
     ``options`` is the path of an options file or the same content as a dict. With
     ``training_set`` (any sequence of ``ase.Atoms``), that data replaces the file named in the
@@ -152,6 +164,8 @@ def train(
     if training_set is not None:
         raw.setdefault("training_set", "<python dataset>")
     settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
+    if dry_run:
+        return _dry_run(settings, base_dir, training_set)
     refuse_overwrite(output, force)
     checkpoint_path = find_auto_restart(output_dir) if restart == "auto" else restart
     run_dir = _run_dir(checkpoint_path, output_dir, restart)
@@ -182,13 +196,26 @@ def _python_training_set(settings: Settings, frames) -> LabelledDataset:
     return dataset_from_atoms(frames, dataset.targets, unit, "training_set")
 
 
-def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, output) -> str:
+@dataclass
+class Prepared:
+    """Everything a run needs, read and checked."""
+
+    sets: Tuple[Any, Any, Any]
+    model: Any
+    trainer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prepared:
     options = settings.options
-    with open(os.path.join(run_dir, "options.yaml"), "w") as file:
-        yaml.safe_dump(settings.expanded, file, sort_keys=False)
-    LOGGER.info("run directory: %s", run_dir)
     python_set = _python_training_set(settings, frames) if frames is not None else None
     train_set, val_set, test_set = load_sets(options, base_dir, python_set)
+    if settings.train_hypers.finetune is not None:
+        units = _read_pretrained(settings, base_dir).dataset_info
+        for dataset in (train_set, val_set, test_set):
+            if dataset is not None:
+                _to_model_units(dataset, units)
     info = DatasetInfo(train_set.length_unit, train_set.atomic_types, train_set.targets)
     _log_sets(train_set, val_set, test_set)
     model_class = settings.architecture.__model__
@@ -199,13 +226,25 @@ def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, ou
             f"by {options.architecture.name}"
         )
     device = pick_device(options.device, model_class.__supported_devices__)
-    model, trainer = _model_and_trainer(settings, info, checkpoint_path)
+    model, trainer = _model_and_trainer(settings, info, checkpoint_path, base_dir)
     trainer.options = settings.expanded
-    trainer.train(model, dtype, [device], [train_set], [val_set] if val_set else [], run_dir)
+    return Prepared((train_set, val_set, test_set), model, trainer, device, dtype)
+
+
+def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, output) -> str:
+    with open(os.path.join(run_dir, "options.yaml"), "w") as file:
+        yaml.safe_dump(settings.expanded, file, sort_keys=False)
+    LOGGER.info("run directory: %s", run_dir)
+    run = _prepare(settings, base_dir, frames, checkpoint_path)
+    model, trainer = run.model, run.trainer
+    train_set, val_set, _ = run.sets
+    trainer.train(
+        model, run.dtype, [run.device], [train_set], [val_set] if val_set else [], run_dir
+    )
     if trainer.best is not None:
         model.load_state_dict(trainer.best["state_dict"])
     trainer.save_checkpoint(model, os.path.join(run_dir, "model.ckpt"))
-    _final_report(trainer, model, [train_set, val_set, test_set], device)
+    _final_report(trainer, model, list(run.sets), run.device)
     path = os.path.join(run_dir, "model.pt")
     save_model(model.export(), path)
     copy_file(path, output)
@@ -213,15 +252,76 @@ def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, ou
     return output
 
 
-def _model_and_trainer(settings: Settings, info: DatasetInfo, checkpoint_path: Optional[str]):
+def _dry_run(settings: Settings, base_dir: str, frames) -> None:
+    """Check everything and report, without training or writing anything."""
+    LOGGER.info("dry run: options are valid (%s)", settings.options.architecture.name)
+    run = _prepare(settings, base_dir, frames, None)
+    model, trainer = run.model, run.trainer
+    model.to(device=run.device, dtype=run.dtype)
+    train_set = run.sets[0]
+    trainer._fit_baseline(model, train_set, _labelled(model, train_set))
+    if trainer.pretrained_targets:
+        LOGGER.info("zero-shot errors of the pretrained model on the new training set:")
+        _final_report(trainer, model, [train_set], run.device)
+        for line in _force_scale_check(model, train_set, run.device):
+            LOGGER.warning(line)
+    LOGGER.info("dry run finished: nothing was trained or written")
+
+
+def _force_scale_check(model, dataset, device) -> List[str]:
+    """Forces do not depend on reference energies, so the ratio of the labels' spread to the
+    pretrained model's predictions exposes a wrong energy or length unit (23x for eV vs
+    kcal/mol) even when the reference method changed."""
+    from .training.batches import PreparedSet
+
+    warnings = []
+    for name in model.target_names:
+        quantity = f"{name}/forces"
+        if not any(quantity in labels for labels in dataset.labels):
+            continue
+        prepared = PreparedSet(dataset, model, [quantity])
+        predicted, labelled = [], []
+        for batch, labels in prepared.batches(list(range(len(prepared))), 16):
+            batch = type(batch)(*[t.to(device) for t in batch])
+            forces = model.predict(batch, [name, quantity], training=False)[quantity]
+            mask = labels.mask[quantity]
+            predicted.append(forces.detach().cpu().double()[mask])
+            labelled.append(labels.values[quantity][mask])
+        ratio = float(torch.cat(labelled).std() / torch.cat(predicted).std().clamp(min=1e-12))
+        LOGGER.info(
+            "%s: spread of the labels / spread of the pretrained predictions = %.3g",
+            quantity,
+            ratio,
+        )
+        if not 1 / 3 < ratio < 3:
+            warnings.append(
+                f"{quantity}: the labels spread {ratio:.3g} times as much as the pretrained "
+                "model's predictions; check the energy and length units of the new data (eV "
+                "vs kcal/mol is a factor 23)"
+            )
+    return warnings
+
+
+def _labelled(model, dataset) -> List[str]:
+    quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
+    return [q for q in quantities if any(q in labels for labels in dataset.labels)]
+
+
+def _model_and_trainer(
+    settings: Settings, info: DatasetInfo, checkpoint_path: Optional[str], base_dir: str = "."
+):
     model_class = settings.architecture.__model__
     trainer_class = settings.architecture.__trainer__
     name = settings.options.architecture.name
+    finetune = settings.train_hypers.finetune
     torch.manual_seed(settings.options.seed)
     if checkpoint_path is None:
         trainer = trainer_class(settings.train_hypers)
         trainer.seed = settings.options.seed
-        return model_class(settings.model_hypers, info), trainer
+        if finetune is None:
+            return model_class(settings.model_hypers, info), trainer
+        model = _pretrained(settings, info, base_dir, trainer)
+        return model, trainer
     checkpoint = read_checkpoint(checkpoint_path)
     if checkpoint.get("architecture") != name:
         raise MttError(
@@ -229,10 +329,72 @@ def _model_and_trainer(settings: Settings, info: DatasetInfo, checkpoint_path: O
             f"the options ask for {name!r}; set architecture.name to match"
         )
     _, model = model_from_checkpoint(checkpoint, checkpoint_path, "restart")
-    model = model.restart(info)
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
+    if finetune is not None:  # the same parameters train as before the interruption
+        pretrained = _read_pretrained(settings, base_dir)
+        trainer.pretrained_targets = list(pretrained.target_names)
+        trainer.reference_weights = _weights(pretrained)
+        apply_method(model, finetune)
+    model = model.restart(info, finetune.inherit_heads if finetune else None)
     LOGGER.info("restarting from %s after epoch %d", checkpoint_path, trainer.epoch)
     return model, trainer
+
+
+def _read_pretrained(settings: Settings, base_dir: str):
+    finetune = settings.train_hypers.finetune
+    path = finetune.read_from
+    path = path if os.path.isabs(path) else os.path.join(base_dir, path)
+    checkpoint = read_checkpoint(path)
+    name = settings.options.architecture.name
+    if checkpoint.get("architecture") != name:
+        raise MttError(
+            f"'architecture.training.finetune.read_from' ({path!r}) holds a "
+            f"{checkpoint.get('architecture')!r} model, but the options ask for {name!r}; set "
+            "architecture.name to the pretrained model's architecture"
+        )
+    _, model = model_from_checkpoint(checkpoint, path, "finetune")
+    return model
+
+
+def _to_model_units(dataset: LabelledDataset, model_info: DatasetInfo) -> None:
+    """Convert a data set's labels to a pretrained model's energy units, in place."""
+    if dataset.length_unit != model_info.length_unit:
+        raise MttError(
+            f"{dataset.name} is in {dataset.length_unit!r} but the pretrained model works in "
+            f"{model_info.length_unit!r}; declare the length unit the model uses"
+        )
+    for name, target in list(dataset.targets.items()):
+        known = model_info.targets.get(name)
+        if known is None or known.unit == target.unit:
+            continue
+        factor = conversion(target.unit, known.unit)
+        for labels in dataset.labels:
+            for key in [k for k in labels if k == name or k.startswith(name + "/")]:
+                labels[key] = labels[key] * factor
+        LOGGER.info(
+            "%s: %s converted from %s to the pretrained model's %s",
+            dataset.name,
+            name,
+            target.unit,
+            known.unit,
+        )
+        dataset.targets = {**dataset.targets, name: replace(target, unit=known.unit)}
+
+
+def _weights(model) -> Dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
+    """The pretrained model, adapted to the new data and with the chosen weights trainable."""
+    finetune = settings.train_hypers.finetune
+    model = _read_pretrained(settings, base_dir)
+    trainer.pretrained_targets = list(model.target_names)
+    trainer.reference_weights = _weights(model)
+    LOGGER.info("fine-tuning %s from %s", settings.options.architecture.name, finetune.read_from)
+    model = model.restart(info, finetune.inherit_heads)
+    apply_method(model, finetune)
+    return model
 
 
 def _log_sets(*sets) -> None:

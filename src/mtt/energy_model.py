@@ -29,6 +29,7 @@ from .data.targets import DatasetInfo
 from .errors import MttError
 from .gradients import energies_and_gradients
 from .hypers import parse, to_dict
+from .lora import adapter_config, merge_adapters, restore_adapters
 from .metadata import merge_metadata
 from .outputs import scalar_tensormap
 from .verification import METADATA_KEY, verification_metadata
@@ -47,6 +48,9 @@ class EnergyModel(ModelInterface):
     ):
         super().__init__(hypers, dataset_info, metadata)
         self.cutoff = float(cutoff)
+        # how far engines must provide neighbours (ghost atoms) for exact energies: the cutoff
+        # for models that read each atom's neighbours once; message passing multiplies it
+        self.interaction_range = self.cutoff
         self.atomic_types: List[int] = [int(z) for z in dataset_info.atomic_types]
         self.target_names: List[str] = list(dataset_info.targets)
         self.energy_units: List[str] = [t.unit for t in dataset_info.targets.values()]
@@ -63,6 +67,22 @@ class EnergyModel(ModelInterface):
     def per_atom_energies(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
         """Dimensionless per-atom energies ``[N, n_targets]`` (scaled and shifted here)."""
         raise NotImplementedError
+
+    def head_modules(self) -> List[str]:
+        """Names of the Linear layers that map features to the energies (one output per
+        target), for ``finetune.method: heads`` and new targets. Architectures override."""
+        raise MttError(
+            f"{self.__architecture__} does not name its output layers, so 'heads' fine-tuning "
+            "and new targets are not available for it; use method full, lora or freeze"
+        )
+
+    def head_parameter_names(self) -> List[str]:
+        names = set(self.head_modules())
+        return [
+            n
+            for n, _ in self.named_parameters()
+            if n.rsplit(".", 1)[0] in names or n.rsplit(".", 2)[0] in names
+        ]
 
     def fit_statistics(self, batches: Iterable[Graph]) -> None:
         """Fix data-dependent constants (e.g. descriptor statistics) before training starts;
@@ -138,6 +158,7 @@ class EnergyModel(ModelInterface):
     # --- checkpoints, restart, export -----------------------------------------------------
     def get_checkpoint(self) -> Dict[str, Any]:
         return {
+            "adapters": adapter_config(self),
             "architecture": self.__architecture__,
             "model_checkpoint_version": self.__checkpoint_version__,
             "model_hypers": to_dict(self.hypers),
@@ -156,6 +177,7 @@ class EnergyModel(ModelInterface):
         model = cls(hypers, info, ModelMetadata())
         dtype = {v: k for k, v in DTYPE_NAMES.items()}[checkpoint["dtype"]]
         model = model.to(dtype)
+        restore_adapters(model, checkpoint.get("adapters") or {})
         state = checkpoint["model_state_dict"]
         if context != "restart" and checkpoint.get("best_model_state_dict") is not None:
             state = checkpoint["best_model_state_dict"]
@@ -166,31 +188,66 @@ class EnergyModel(ModelInterface):
     def upgrade_checkpoint(cls, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
         return upgrade_model_checkpoint(cls, checkpoint)
 
-    def restart(self, dataset_info: DatasetInfo) -> "EnergyModel":
+    def restart(
+        self, dataset_info: DatasetInfo, inherit_heads: Optional[Dict[str, str]] = None
+    ) -> "EnergyModel":
+        """Adapt to new data: same elements; new energy targets get new outputs (copied from
+        ``inherit_heads[new]`` or starting at zero); targets absent from the data are kept."""
         new_types = sorted(set(dataset_info.atomic_types) - set(self.atomic_types))
-        new_targets = sorted(set(dataset_info.targets) - set(self.target_names))
-        if new_types or new_targets:
+        if new_types:
             raise MttError(
-                f"this {self.__architecture__} model was trained for elements "
-                f"{self.atomic_types} and targets {self.target_names}; the new data adds "
-                f"elements {new_types} and targets {new_targets}, which a restart cannot learn; "
-                "train a new model instead"
+                f"the new data has elements {new_types} that this {self.__architecture__} "
+                f"model was not trained on (it knows {self.atomic_types}); fine-tuning cannot "
+                "add elements to it: train a new model, or remove those structures"
             )
         for name, target in dataset_info.targets.items():
-            if target.unit != self.dataset_info.targets[name].unit:
+            known = self.dataset_info.targets.get(name)
+            if known is not None and target.unit != known.unit:
                 raise MttError(
                     f"target {name!r} is in {target.unit!r} in the new data but the model "
-                    f"predicts {self.dataset_info.targets[name].unit!r}; use the model's unit"
+                    f"predicts {known.unit!r}; declare the model's unit (metatomic converts) "
+                    "or convert the labels"
                 )
+        new_targets = [name for name in dataset_info.targets if name not in self.target_names]
+        if new_targets:
+            self._add_targets(new_targets, dataset_info, inherit_heads or {})
         return self
 
+    def _add_targets(self, names: List[str], info: DatasetInfo, inherit: Dict[str, str]) -> None:
+        sources = []
+        for name in names:
+            source = inherit.get(name)
+            if source is not None and source not in self.target_names:
+                raise MttError(
+                    f"'finetune.inherit_heads.{name}' names {source!r}, which the pretrained "
+                    f"model does not predict (it predicts {self.target_names})"
+                )
+            sources.append(None if source is None else self.target_names.index(source))
+        for module_name in self.head_modules():
+            head = self.get_submodule(module_name)
+            _replace_module(self, module_name, _grown_linear(head, sources))
+        pick = [s if s is not None else -1 for s in sources]
+        for buffer in ("baseline", "scale"):
+            old = getattr(self, buffer)
+            extra = torch.stack([old[s] if s >= 0 else torch.zeros_like(old[0]) for s in pick])
+            if buffer == "scale":
+                extra = torch.stack([old[s] if s >= 0 else old.mean() for s in pick])
+            setattr(self, buffer, torch.cat([old, extra]))
+        self.target_names = self.target_names + names
+        self.energy_units = self.energy_units + [info.targets[n].unit for n in names]
+        targets = dict(self.dataset_info.targets)
+        targets.update({n: info.targets[n] for n in names})
+        self.dataset_info = DatasetInfo(self.dataset_info.length_unit, self.atomic_types, targets)
+
     def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
-        # AtomisticModel switches off requires_grad in place: wrap a copy
+        # AtomisticModel switches off requires_grad in place: wrap a copy; LoRA adapters are
+        # folded into the weights so the exported model costs what the pretrained one did
         model = copy.deepcopy(self).eval()
+        merge_adapters(model)
         capabilities = ModelCapabilities(
             outputs=self.supported_outputs(),
             atomic_types=self.atomic_types,
-            interaction_range=self.cutoff,
+            interaction_range=self.interaction_range,
             length_unit=self.dataset_info.length_unit,
             supported_devices=self.__supported_devices__,
             dtype=DTYPE_NAMES[self.baseline.dtype],
@@ -207,3 +264,32 @@ class EnergyModel(ModelInterface):
             extra,
         )
         return AtomisticModel(model, merged, capabilities)
+
+
+def _replace_module(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _grown_linear(head: torch.nn.Linear, sources: List[Optional[int]]) -> torch.nn.Linear:
+    """``head`` with one more output per entry of ``sources``: a copy of output ``source``,
+    or zeros (the new target starts from its composition baseline)."""
+    grown = torch.nn.Linear(
+        head.in_features,
+        head.out_features + len(sources),
+        bias=head.bias is not None,
+        dtype=head.weight.dtype,
+        device=head.weight.device,
+    )
+    with torch.no_grad():
+        grown.weight.zero_()
+        grown.weight[: head.out_features] = head.weight
+        if head.bias is not None:
+            grown.bias.zero_()
+            grown.bias[: head.out_features] = head.bias
+        for k, source in enumerate(sources):
+            if source is not None:
+                grown.weight[head.out_features + k] = head.weight[source]
+                if head.bias is not None:
+                    grown.bias[head.out_features + k] = head.bias[source]
+    return grown

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--force", action="store_true", help="overwrite the output model if it exists"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check options, data, units and elements (and a pretrained model's reference "
+        "energies and zero-shot errors when fine-tuning), report, and train nothing",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -42,4 +48,5 @@ def run(args: argparse.Namespace) -> None:
         restart=args.restart,
         overrides=args.override,
         force=args.force,
+        dry_run=args.dry_run,
     )

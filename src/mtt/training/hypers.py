@@ -8,6 +8,8 @@ Names follow metatrain where they mean the same (``num_epochs``, ``batch_size``,
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple
 
+from ..finetune import FinetuneHypers
+
 
 @dataclass
 class LossHypers:
@@ -66,6 +68,9 @@ class TrainingHypers:
     """Write a training checkpoint every this many epochs (and always at the end)."""
     log_interval: int = 1
     """Print a line of metrics every this many epochs."""
+    finetune: Optional[FinetuneHypers] = None
+    """Start from a pretrained checkpoint: ``read_from``, ``method`` (full, heads, lora,
+    freeze), ``config``, ``inherit_heads``, ``reference_energies``, ``l2sp_weight``."""
 
     def validate(self) -> List[Tuple[str, str]]:
         problems = []

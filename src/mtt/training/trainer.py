@@ -15,7 +15,7 @@ import csv
 import logging
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -25,7 +25,7 @@ from ..data.dataset import LabelledDataset
 from ..errors import MttError
 from ..hypers import to_dict
 from ..version import __version__
-from .batches import PreparedSet, quantity_kind, to_device
+from .batches import LabelBatch, PreparedSet, quantity_kind, to_device
 from .composition import fit_baseline, model_scales, quantity_scales
 from .hypers import TrainingHypers
 from .loss import Loss, Metrics
@@ -46,11 +46,29 @@ class Trainer(TrainerInterface):
         self.history: List[Dict[str, float]] = []
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "state_dict"}
         self.options: Dict[str, Any] = {}
+        # fine-tuning: targets the pretrained model already had, and its weights (for L2-SP)
+        self.pretrained_targets: List[str] = []
+        self.reference_weights: Dict[str, torch.Tensor] = {}
         self.run_dir = "."
 
     # --- what an architecture may override ------------------------------------------------
     def parameter_groups(self, model: torch.nn.Module) -> List[Dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def regularization(self, model: torch.nn.Module) -> torch.Tensor:
+        """L2-SP: ``l2sp_weight * sum (w - w_pretrained)^2`` over the weights that train and
+        exist in the pretrained model (zero when not fine-tuning)."""
+        finetune = self.hypers.finetune
+        penalty = torch.zeros((), dtype=torch.float64)
+        if finetune is None or finetune.l2sp_weight == 0.0 or not self.reference_weights:
+            return penalty
+        for name, parameter in model.named_parameters():
+            reference = self.reference_weights.get(name)
+            if parameter.requires_grad and reference is not None:
+                if reference.shape == parameter.shape:
+                    reference = reference.to(parameter.device, parameter.dtype)
+                    penalty = penalty.to(parameter.device) + ((parameter - reference) ** 2).sum()
+        return finetune.l2sp_weight * penalty
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         kind = torch.optim.AdamW if self.hypers.optimizer == "adamw" else torch.optim.Adam
@@ -59,6 +77,14 @@ class Trainer(TrainerInterface):
             lr=self.hypers.learning_rate,
             weight_decay=self.hypers.weight_decay,
         )
+
+    def augment(
+        self, batch: Any, labels: LabelBatch, generator: torch.Generator
+    ) -> Tuple[Any, LabelBatch]:
+        """Data augmentation: transform each training batch and its labels before the step
+        (never validation). ``generator`` is seeded per epoch, so a restart draws the same.
+        Unchanged by default."""
+        return batch, labels
 
     # --- the loop ---------------------------------------------------------------------------
     def train(
@@ -73,7 +99,7 @@ class Trainer(TrainerInterface):
         device = devices[0]
         self.run_dir = checkpoint_dir
         model.to(device=device, dtype=dtype)
-        quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
+        quantities = _labelled_quantities(model, train_datasets[0])
         if self.epoch == 0:
             self._fit_baseline(model, train_datasets[0], quantities)
         loss = Loss(
@@ -84,7 +110,7 @@ class Trainer(TrainerInterface):
         )
         train = PreparedSet(train_datasets[0], model, quantities)
         val = PreparedSet(val_datasets[0], model, quantities) if val_datasets else None
-        if self.epoch == 0:
+        if self.epoch == 0 and not self.pretrained_targets:
             model.fit_statistics(
                 _batch_to(batch, device)
                 for batch, _ in train.batches(list(range(len(train))), self.hypers.batch_size)
@@ -142,12 +168,17 @@ class Trainer(TrainerInterface):
         training = optimizer is not None
         model.train(training)
         metrics, total, count = Metrics(loss), 0.0, 0
+        # for augment(): depends only on seed and epoch, and differs from the shuffling's
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_777_777)
         for batch, labels in data.batches(order, self.hypers.batch_size):
             batch = _batch_to(batch, device)
             labels = to_device(labels, device)
+            if training:
+                batch, labels = self.augment(batch, labels, generator)
             predictions = model.predict(batch, loss.quantities, training=training)
             value = loss(predictions, labels)
             if training:
+                value = value + self.regularization(model)
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 if self.hypers.grad_clip_norm is not None:
@@ -165,8 +196,7 @@ class Trainer(TrainerInterface):
 
     def evaluate(self, model, dataset: LabelledDataset, device) -> Dict[str, float]:
         """Loss and RMSE/MAE of ``model`` on ``dataset`` (keys ``<set name>_...``)."""
-        quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
-        quantities = [q for q in quantities if any(q in labels for labels in dataset.labels)]
+        quantities = [q for q in _labelled_quantities(model, dataset) if q in self.state["scales"]]
         loss = Loss(
             self.hypers.loss,
             quantities,
@@ -199,25 +229,52 @@ class Trainer(TrainerInterface):
 
     # --- set-up -----------------------------------------------------------------------------
     def _fit_baseline(self, model, dataset: LabelledDataset, quantities: List[str]) -> None:
+        """Reference energies per element and the scales of every labelled quantity. When
+        fine-tuning, pretrained targets keep their output scale, and their reference energies
+        are refitted or kept as ``finetune.reference_energies`` says (difference reported)."""
         fixed_all = self.hypers.fixed_composition_weights
+        old_baseline = model.baseline.detach().cpu().clone()
         baselines, spreads = [], {}
-        for name in model.target_names:
+        for index, name in enumerate(model.target_names):
+            if name not in quantities:  # no labels in this data: keep what the model has
+                baselines.append(old_baseline[index].double())
+                continue
             where = f"architecture.training.fixed_composition_weights.{name}"
             weights, spread = fit_baseline(
                 dataset, name, model.atomic_types, fixed_all.get(name, {}), where
             )
             baselines.append(torch.tensor(weights))
             spreads[name] = spread
-        per_structure = set(self.hypers.per_structure_targets)
-        scales = quantity_scales(dataset, quantities, spreads, per_structure)
-        model.set_baseline(
-            torch.stack(baselines), model_scales(quantities, model.target_names, scales)
+        scales = quantity_scales(
+            dataset, quantities, spreads, set(self.hypers.per_structure_targets)
         )
+        new_baseline = torch.stack(baselines)
+        output_scales = model.scale.detach().cpu().double().clone()
+        trained = [t for t in model.target_names if t in quantities]
+        fresh = model_scales(quantities, trained, scales)
+        for k, name in enumerate(trained):
+            if name not in self.pretrained_targets:
+                output_scales[model.target_names.index(name)] = fresh[k]
+        if self.pretrained_targets:
+            self._report_reference_energies(model, old_baseline, new_baseline, output_scales)
+            if self.hypers.finetune.reference_energies == "keep":
+                keep = [i for i, t in enumerate(model.target_names) if t in self.pretrained_targets]
+                new_baseline[keep] = old_baseline[keep].double()
+        model.set_baseline(new_baseline, output_scales)
         self.state["scales"] = scales
         LOGGER.info(
-            "composition baseline and scales: %s",
-            ", ".join(f"{q}: {s:.4g}" for q, s in scales.items()),
+            "scales of the quantities: %s", ", ".join(f"{q}: {s:.4g}" for q, s in scales.items())
         )
+
+    def _report_reference_energies(self, model, old, new, scales) -> None:
+        from ..finetune import report_reference_energies
+
+        LOGGER.info(
+            "reference energies (the pretrained ones are %s):",
+            "kept" if self.hypers.finetune.reference_energies == "keep" else "replaced",
+        )
+        for line in report_reference_energies(model, old, new, scales):
+            LOGGER.info("  %s", line)
 
     def _write_csv(self) -> None:
         path = os.path.join(self.run_dir, "train.csv")
@@ -273,6 +330,12 @@ class Trainer(TrainerInterface):
             }
         trainer.state = state
         return trainer
+
+
+def _labelled_quantities(model, dataset: LabelledDataset) -> List[str]:
+    """The model's quantities that this data labels (others are kept, not trained)."""
+    quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
+    return [q for q in quantities if any(q in labels for labels in dataset.labels)]
 
 
 def _batch_to(batch, device):

@@ -1,0 +1,210 @@
+"""Fine-tuning from a pretrained checkpoint: xTB-pretrained ethanol adapted to DFT labels."""
+
+import glob
+import os
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import TINY_MODEL
+
+from mtt.checkpoints import read_checkpoint
+from mtt.cli import main
+from mtt.evaluate import load_model, predict
+
+MODEL = dict(TINY_MODEL, max_radial=3, max_angular=2, num_neurons_per_layer=8)
+
+
+def run(tmp_path, name, training, train_file, extra=None, unit="kcal/mol"):
+    options = {
+        "architecture": {
+            "name": "soap_bpnn",
+            "model": MODEL,
+            "training": dict({"num_epochs": 8, "batch_size": 4}, **training),
+        },
+        "training_set": {"systems": train_file, "targets": {"energy": {"unit": unit}}},
+        "validation_set": 0.2,
+        **(extra or {}),
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(options))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir_module):
+    """A tiny model trained on 100 xTB frames of ethanol (eV)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    frames = ase.io.read(os.path.join(data_dir_module, "ethanol_xtb_200.xyz"), ":100")
+    ase.io.write(root / "xtb.xyz", frames)
+    dft = ase.io.read(os.path.join(data_dir_module, "ethanol_reduced_100.xyz"), ":")
+    ase.io.write(root / "dft_small.xyz", dft[:12])
+    ase.io.write(root / "dft_test.xyz", dft[50:80])
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        options = run(
+            root,
+            "pre",
+            {"num_epochs": 12, "batch_size": 8, "learning_rate": 0.005},
+            "xtb.xyz",
+            unit="eV",
+        )
+        assert main(["train", options, "-o", "pre.pt"]) == 0
+    finally:
+        os.chdir(cwd)
+    (checkpoint,) = glob.glob(str(root / "outputs" / "*" / "model.ckpt"))
+    return {"root": root, "checkpoint": checkpoint}
+
+
+@pytest.fixture(scope="module")
+def data_dir_module():
+    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "examples", "data"))
+
+
+def finetune(pretrained, tmp_path, monkeypatch, method="full", **options):
+    monkeypatch.chdir(tmp_path)
+    for name in ("dft_small.xyz", "dft_test.xyz"):
+        os.symlink(pretrained["root"] / name, tmp_path / name)
+    section = {"read_from": pretrained["checkpoint"], "method": method, **options}
+    path = run(tmp_path, "ft", {"finetune": section}, "dft_small.xyz")
+    assert main(["train", path, "-o", "ft.pt"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    return read_checkpoint(checkpoint)
+
+
+def changed(before, after):
+    return {
+        name
+        for name, value in before.items()
+        if name in after
+        and after[name].shape == value.shape
+        and not torch.equal(after[name], value)
+    }
+
+
+def test_finetuning_beats_training_from_scratch(pretrained, tmp_path, monkeypatch):
+    """With 12 DFT frames and equal epochs, the fine-tuned model predicts held-out DFT forces
+    better than a model trained from scratch on the same frames."""
+    finetune(pretrained, tmp_path, monkeypatch, "full")
+    assert main(["train", run(tmp_path, "scratch", {}, "dft_small.xyz"), "-o", "scratch.pt"]) == 0
+    test = ase.io.read("dft_test.xyz", ":")
+    labels = np.concatenate([a.get_forces() for a in test])  # kcal/mol/Å
+    errors = {}
+    for name, unit in (("ft.pt", "kcal/mol"), ("scratch.pt", "kcal/mol")):
+        forces = np.concatenate(
+            [p["forces"] for p in predict(load_model(name), test, "energy", "angstrom", unit)]
+        )
+        errors[name] = float(np.sqrt(np.mean((forces - labels) ** 2)))
+    assert errors["ft.pt"] < errors["scratch.pt"], errors
+
+
+def test_heads_trains_only_the_output_layers(pretrained, tmp_path, monkeypatch):
+    """``method: heads`` changes the last layer of each element network and nothing else."""
+    before = read_checkpoint(pretrained["checkpoint"])["best_model_state_dict"]
+    after = finetune(pretrained, tmp_path, monkeypatch, "heads")["best_model_state_dict"]
+    moved = {name for name in changed(before, after) if "networks" in name}
+    assert moved and all(name.split(".")[2] == "4" for name in moved), moved
+
+
+def test_freeze_keeps_matching_parameters(pretrained, tmp_path, monkeypatch):
+    """``method: freeze`` leaves the parameters matching its patterns untouched."""
+    before = read_checkpoint(pretrained["checkpoint"])["best_model_state_dict"]
+    after = finetune(
+        pretrained,
+        tmp_path,
+        monkeypatch,
+        "freeze",
+        config={"patterns": ["networks.0.*", "networks.1.0.*"]},
+    )
+    moved = changed(before, after["best_model_state_dict"])
+    assert moved
+    assert not any(n.startswith("networks.0.") or n.startswith("networks.1.0.") for n in moved)
+
+
+def test_lora_trains_adapters_and_export_equals_merged_model(pretrained, tmp_path, monkeypatch):
+    """LoRA trains only the adapters (base weights unchanged) and the exported model, with the
+    adapters merged into the weights, predicts what the adapted model predicts."""
+    from mtt.architectures.soap_bpnn import SoapBpnn
+    from mtt.testing import energy_of
+
+    before = read_checkpoint(pretrained["checkpoint"])["best_model_state_dict"]
+    checkpoint = finetune(
+        pretrained, tmp_path, monkeypatch, "lora", config={"rank": 2, "alpha": 4.0}
+    )
+    after = checkpoint["best_model_state_dict"]
+    adapters = [n for n in after if ".lora_" in n]
+    assert adapters and any(not torch.all(after[n] == 0) for n in adapters if "lora_b" in n)
+    for name, value in before.items():
+        if not name.startswith("networks."):
+            continue  # buffers: reference energies are refitted, statistics kept
+        base = name.rsplit(".", 1)
+        wrapped = f"{base[0]}.base.{base[1]}"
+        assert torch.equal(after.get(name, after.get(wrapped)), value), name
+    adapted = SoapBpnn.load_checkpoint(checkpoint, "export").eval()
+    test = ase.io.read("dft_test.xyz", ":3")
+    exported = predict(load_model("ft.pt"), test, "energy", "angstrom", "eV")
+    for atoms, result in zip(test, exported):
+        eager = float(energy_of(adapted, atoms, torch.float32)[0])
+        np.testing.assert_allclose(result["energy"], eager, rtol=1e-6)
+
+
+def test_new_target_inherits_a_head_and_old_target_is_kept(pretrained, tmp_path, monkeypatch):
+    """Transfer learning to a new energy target that starts from the pretrained head: the
+    exported model predicts both the new target and the pretrained one."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    options = run(
+        tmp_path,
+        "ft",
+        {
+            "finetune": {
+                "read_from": pretrained["checkpoint"],
+                "inherit_heads": {"energy/dft": "energy"},
+            }
+        },
+        "dft_small.xyz",
+    )
+    raw = yaml.safe_load((tmp_path / "ft.yaml").read_text())
+    raw["training_set"]["targets"] = {"energy/dft": {"key": "energy", "unit": "kcal/mol"}}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", options, "-o", "ft.pt"]) == 0
+    outputs = load_model("ft.pt").capabilities().outputs
+    assert {"energy", "energy/dft"} <= set(outputs)
+    assert outputs["energy"].unit == "eV" and outputs["energy/dft"].unit == "kcal/mol"
+
+
+def test_dry_run_reports_without_training_and_catches_a_wrong_unit(
+    pretrained, tmp_path, monkeypatch, capsys
+):
+    """``--dry-run`` prints reference energies and zero-shot errors and trains nothing; DFT
+    labels in kcal/mol declared as eV are flagged by the spread of the forces (23x)."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    section = {"finetune": {"read_from": pretrained["checkpoint"]}}
+    good = run(tmp_path, "good", section, "dft_small.xyz")
+    assert main(["train", good, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot errors" in out and "reference energies" in out
+    assert "check the energy and length units" not in out
+    assert not os.path.exists("outputs") and not os.path.exists("model.pt")
+    wrong = run(tmp_path, "wrong", section, "dft_small.xyz", unit="eV")
+    assert main(["train", wrong, "--dry-run"]) == 0
+    assert "check the energy and length units" in capsys.readouterr().out
+
+
+def test_dry_run_refuses_an_element_the_pretrained_model_lacks(
+    pretrained, tmp_path, monkeypatch, capsys
+):
+    """New data with an element the pretrained model never saw is refused, naming it."""
+    monkeypatch.chdir(tmp_path)
+    frames = ase.io.read(pretrained["root"] / "dft_small.xyz", ":")
+    frames[3].numbers[0] = 7
+    ase.io.write("with_n.xyz", frames)
+    options = run(
+        tmp_path, "n", {"finetune": {"read_from": pretrained["checkpoint"]}}, "with_n.xyz"
+    )
+    assert main(["train", options, "--dry-run"]) == 1
+    assert "elements [7]" in capsys.readouterr().err
