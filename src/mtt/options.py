@@ -33,8 +33,20 @@ class GradientOptions:
     reader: Optional[str] = None
     """ASE format name for ``read_from``; by default guessed from the file name."""
     conservative: bool = True
-    """``true``: computed as exact gradients of the energy (forces -dE/dx, stress (1/V) dE/dε);
-    ``false``: predicted by a separate (direct, non-conservative) head of the model."""
+    """``true``: exact gradients of the energy (forces -dE/dx, stress (1/V) dE/dε), the only
+    choice of the shipped architectures; ``false`` (direct, non-conservative heads) is
+    refused until an architecture offers it."""
+
+    def validate(self) -> List[Tuple[str, str]]:
+        if not self.conservative:
+            return [
+                (
+                    "conservative",
+                    "false (direct forces/stress) is not available in any "
+                    "shipped architecture yet; remove it to use exact energy gradients",
+                )
+            ]
+        return []
 
 
 @dataclass
@@ -52,6 +64,8 @@ class EnergyTargetOptions:
     """ASE format name for ``read_from``; by default guessed from the file name."""
     type: Literal["scalar"] = "scalar"
     """Kept for metatrain compatibility: an energy is a scalar."""
+    quantity: Literal["energy"] = "energy"
+    """Kept for metatrain compatibility: the quantity of an energy target is ``energy``."""
     per_atom: bool = False
     """Kept for metatrain compatibility: energy labels are per structure."""
     num_subtargets: int = 1
@@ -84,7 +98,8 @@ class SystemsOptions:
     read_from: str
     """Path of a file ASE can read (extxyz, ASE database, VASP, ...), relative to options.yaml."""
     reader: Optional[str] = None
-    """ASE format name; by default guessed from the file name."""
+    """ASE format name (``extxyz``, ``vasp-xml``, ...); by default, or with ``ase`` as in
+    metatrain's files, guessed from the file name."""
     length_unit: str = "angstrom"
     """Length unit of the positions and cells (``angstrom``, ``bohr``, ``nm``)."""
 
@@ -106,7 +121,7 @@ class ArchitectureOptions:
     """Which model to train and how."""
 
     name: str
-    """Architecture name, e.g. ``soap_bpnn`` (see ``mtt train --help`` for the list)."""
+    """Architecture name, e.g. ``soap_bpnn`` (``mtt train --help`` lists them)."""
     model: Dict[str, Any] = field(default_factory=dict)
     """Model hypers of the architecture (see its documentation page)."""
     training: Dict[str, Any] = field(default_factory=dict)

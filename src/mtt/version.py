@@ -1,3 +1,5 @@
+"""The installed version of mtt (stored in checkpoints and exported models)."""
+
 import importlib.metadata
 
 try:

@@ -6,6 +6,9 @@ HELP = "train a model from an options.yaml file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..architectures import names
+
+    parser.epilog = f"architectures: {', '.join(names())}"
     parser.add_argument("options", help="the options file (YAML)")
     parser.add_argument(
         "-o", "--output", default="model.pt", help="path of the exported model (default: model.pt)"

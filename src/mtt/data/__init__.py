@@ -1,0 +1,1 @@
+"""Data: options of data sets, reading structures and labels, splits and graphs."""

@@ -25,6 +25,8 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
         )
     if os.path.isdir(path):
         raise MttError(f"{path!r} is a directory; give a structure file (e.g. an .xyz file)")
+    if reader == "ase":  # metatrain's name for "read with ASE, format from the file name"
+        reader = None
     try:
         frames = ase.io.read(path, index=":", format=reader)
     except Exception as error:  # ASE raises many types for malformed files

@@ -5,7 +5,7 @@ here, before the first epoch, and only concatenated per batch.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -43,10 +43,26 @@ class PreparedSet:
     def __len__(self) -> int:
         return len(self.data)
 
-    def batches(self, order: List[int], batch_size: int) -> Iterator[Tuple[Any, LabelBatch]]:
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
+    def batches(
+        self, order: List[int], batch_size: int, max_atoms: Optional[int] = None
+    ) -> Iterator[Tuple[Any, LabelBatch]]:
+        """Consecutive structures of ``order``: at most ``batch_size`` of them and, if given,
+        at most ``max_atoms`` atoms (a larger structure alone makes its own batch)."""
+        for indices in self._groups(order, batch_size, max_atoms):
             yield self.collate([self.data[i] for i in indices]), self._labels(indices)
+
+    def _groups(self, order, batch_size, max_atoms) -> Iterator[List[int]]:
+        group: List[int] = []
+        atoms = 0
+        for index in order:
+            too_many = max_atoms is not None and atoms + self.n_atoms[index] > max_atoms
+            if group and (len(group) == batch_size or too_many):
+                yield group
+                group, atoms = [], 0
+            group.append(index)
+            atoms += self.n_atoms[index]
+        if group:
+            yield group
 
     def _labels(self, indices: List[int]) -> LabelBatch:
         values, mask = {}, {}

@@ -43,6 +43,8 @@ class TrainingHypers:
     """Passes over the training set."""
     batch_size: int = 8
     """Structures per optimisation step."""
+    max_atoms_per_batch: Optional[int] = None
+    """Also cap the atoms per batch (for data sets of mixed sizes); null: no cap."""
     learning_rate: float = 1e-3
     """Peak learning rate (reached after the warm-up)."""
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -51,8 +53,19 @@ class TrainingHypers:
     """Weight decay of the optimizer."""
     warmup_epochs: float = 0.0
     """Epochs of linear warm-up from zero to ``learning_rate`` (fractions allowed)."""
-    scheduler: Literal["cosine", "constant"] = "cosine"
-    """After the warm-up: cosine decay to ``min_learning_rate_ratio`` of the peak, or constant."""
+    scheduler: Literal["cosine", "constant", "plateau"] = "cosine"
+    """After the warm-up: cosine decay to ``min_learning_rate_ratio`` of the peak, constant,
+    or ``plateau``: multiplied by ``plateau_factor`` whenever the validation loss has not
+    improved for ``plateau_patience`` epochs."""
+    plateau_factor: float = 0.5
+    """Learning-rate factor of the plateau scheduler."""
+    plateau_patience: int = 10
+    """Epochs without improvement before the plateau scheduler lowers the learning rate."""
+    early_stopping_patience: Optional[int] = None
+    """Stop when the validation loss has not improved for this many epochs (null: never)."""
+    ema_decay: Optional[float] = None
+    """Keep an exponential moving average of the weights with this decay per step (e.g.
+    0.99); validation, the best model and the export then use the averaged weights."""
     min_learning_rate_ratio: float = 0.01
     """Final learning rate of the cosine schedule, as a fraction of ``learning_rate``."""
     grad_clip_norm: Optional[float] = 10.0
@@ -68,6 +81,8 @@ class TrainingHypers:
     """Write a training checkpoint every this many epochs (and always at the end)."""
     log_interval: int = 1
     """Print a line of metrics every this many epochs."""
+    progress_bar: bool = True
+    """Draw a per-batch progress bar with loss and ETA when attached to a terminal."""
     finetune: Optional[FinetuneHypers] = None
     """Start from a pretrained checkpoint: ``read_from``, ``method`` (full, heads, lora,
     freeze), ``config``, ``inherit_heads``, ``reference_energies``, ``l2sp_weight``."""
@@ -84,6 +99,14 @@ class TrainingHypers:
             problems.append(("weight_decay", "and warmup_epochs must not be negative"))
         if not 0 <= self.min_learning_rate_ratio <= 1:
             problems.append(("min_learning_rate_ratio", "must be in [0, 1]"))
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            problems.append(("ema_decay", f"must be in (0, 1), got {self.ema_decay}"))
+        if not 0 < self.plateau_factor < 1:
+            problems.append(("plateau_factor", f"must be in (0, 1), got {self.plateau_factor}"))
+        for name in ("early_stopping_patience", "max_atoms_per_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append((name, f"must be at least 1 or null, got {value}"))
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             problems.append(("grad_clip_norm", "must be positive or null"))
         return problems

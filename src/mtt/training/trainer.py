@@ -10,6 +10,7 @@ checkpoint holds the weights, the optimizer and scheduler states and the metric 
 resumed run ends bitwise like an uninterrupted one on the CPU.
 """
 
+import contextlib
 import copy
 import csv
 import logging
@@ -27,9 +28,11 @@ from ..hypers import to_dict
 from ..version import __version__
 from .batches import LabelBatch, PreparedSet, quantity_kind, to_device
 from .composition import fit_baseline, model_scales, quantity_scales
+from .ema import WeightAverage
 from .hypers import TrainingHypers
 from .loss import Loss, Metrics
-from .schedule import make_scheduler
+from .progress import ProgressBar
+from .schedule import Plateau, make_scheduler
 
 LOGGER = logging.getLogger("mtt")
 
@@ -48,6 +51,8 @@ class Trainer(TrainerInterface):
         self.options: Dict[str, Any] = {}
         # fine-tuning: targets the pretrained model already had, and its weights (for L2-SP)
         self.pretrained_targets: List[str] = []
+        self.ema: Optional[WeightAverage] = None
+        self.plateau: Optional[Plateau] = None
         self.reference_weights: Dict[str, torch.Tensor] = {}
         self.run_dir = "."
 
@@ -115,15 +120,31 @@ class Trainer(TrainerInterface):
                 _batch_to(batch, device)
                 for batch, _ in train.batches(list(range(len(train))), self.hypers.batch_size)
             )
-        steps = math.ceil(len(train) / self.hypers.batch_size)
+        steps = len(
+            list(
+                train.batches(
+                    list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
+                )
+            )
+        )
         optimizer = self.make_optimizer(model)
-        scheduler = make_scheduler(optimizer, self.hypers, steps)
+        self.plateau = Plateau(self.hypers.plateau_factor, self.hypers.plateau_patience)
+        scheduler = make_scheduler(optimizer, self.hypers, steps, self.plateau)
+        self.ema = WeightAverage(model, self.hypers.ema_decay) if self.hypers.ema_decay else None
         if "optimizer" in self.state:
             optimizer.load_state_dict(self.state["optimizer"])
             scheduler.load_state_dict(self.state["scheduler"])
+            self.plateau.load_state_dict(self.state["plateau"])
+            if self.ema is not None:
+                self.ema.load_state_dict(self.state["ema"])
         for epoch in range(self.epoch, self.hypers.num_epochs):
             row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
-            self._end_epoch(model, row, optimizer, scheduler)
+            if self._end_epoch(model, row, optimizer, scheduler):
+                break
+
+    def _averaged(self, model):
+        """The weight average in ``model`` while validating and keeping the best model."""
+        return self.ema.applied(model) if self.ema is not None else contextlib.nullcontext()
 
     def _epoch(self, model, loss, train, val, optimizer, scheduler, epoch, device):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -134,11 +155,12 @@ class Trainer(TrainerInterface):
         }
         row.update(self._pass(model, loss, train, order, device, optimizer, scheduler, "train"))
         if val is not None:
-            row.update(
-                self._pass(
-                    model, loss, val, list(range(len(val))), device, None, None, "validation"
+            with self._averaged(model):
+                row.update(
+                    self._pass(
+                        model, loss, val, list(range(len(val))), device, None, None, "validation"
+                    )
                 )
-            )
         losses = [row["train_loss"], row.get("validation_loss", 0.0)]
         if not all(math.isfinite(value) for value in losses):
             raise MttError(
@@ -170,7 +192,14 @@ class Trainer(TrainerInterface):
         metrics, total, count = Metrics(loss), 0.0, 0
         # for augment(): depends only on seed and epoch, and differs from the shuffling's
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_777_777)
-        for batch, labels in data.batches(order, self.hypers.batch_size):
+        progress = ProgressBar(
+            self.epoch + 1,
+            self.hypers.num_epochs,
+            len(order),
+            training and self.hypers.progress_bar,
+        )
+        batches = data.batches(order, self.hypers.batch_size, self.hypers.max_atoms_per_batch)
+        for batch, labels in batches:
             batch = _batch_to(batch, device)
             labels = to_device(labels, device)
             if training:
@@ -185,9 +214,13 @@ class Trainer(TrainerInterface):
                     torch.nn.utils.clip_grad_norm_(model.parameters(), self.hypers.grad_clip_norm)
                 optimizer.step()
                 scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(model)
             metrics.update(predictions, labels)
             total += float(value.detach()) * len(labels.n_atoms)
             count += len(labels.n_atoms)
+            progress.update(len(labels.n_atoms), float(value.detach()))
+        progress.close()
         row = {f"{prefix}_loss": total / max(count, 1)}
         for q, values in metrics.results().items():
             for name, value in values.items():
@@ -208,24 +241,39 @@ class Trainer(TrainerInterface):
             model, loss, prepared, list(range(len(prepared))), device, None, None, dataset.name
         )
 
-    def _end_epoch(self, model, row, optimizer, scheduler) -> None:
+    def _end_epoch(self, model, row, optimizer, scheduler) -> bool:
+        """Bookkeeping after an epoch; True when early stopping ends the run."""
         self.epoch = int(row["epoch"])
         self.history.append(row)
         metric = row.get("validation_loss", row["train_loss"])
         if self.best is None or metric < self.best["metric"]:
-            self.best = {
-                "epoch": self.epoch,
-                "metric": metric,
-                "state_dict": copy.deepcopy(model.state_dict()),
-            }
-        self.state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+            with self._averaged(model):
+                state = copy.deepcopy(model.state_dict())
+            self.best = {"epoch": self.epoch, "metric": metric, "state_dict": state}
+        self.plateau.step(metric)
+        self.state.update(
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            plateau=self.plateau.state_dict(),
+        )
+        if self.ema is not None:
+            self.state["ema"] = self.ema.state_dict()
+        patience = self.hypers.early_stopping_patience
+        stop = patience is not None and self.plateau.stale >= patience
         self._write_csv()
-        if self.epoch % self.hypers.log_interval == 0 or self.epoch == self.hypers.num_epochs:
+        last = self.epoch == self.hypers.num_epochs or stop
+        if self.epoch % self.hypers.log_interval == 0 or last:
             LOGGER.info(_format_row(row, model))
-        last = self.epoch == self.hypers.num_epochs
+        if stop:
+            LOGGER.info(
+                "early stopping: no improvement for %d epochs (best model: epoch %d)",
+                patience,
+                self.best["epoch"],
+            )
         if self.epoch % self.hypers.checkpoint_interval == 0 or last:
             path = os.path.join(self.run_dir, "checkpoints", f"epoch_{self.epoch}.ckpt")
             self.save_checkpoint(model, path)
+        return stop
 
     # --- set-up -----------------------------------------------------------------------------
     def _fit_baseline(self, model, dataset: LabelledDataset, quantities: List[str]) -> None:
@@ -374,5 +422,7 @@ def _format_row(row: Dict[str, float], model) -> str:
                 quantity.replace("_per_atom", "").removesuffix("/forces").removesuffix("/stress")
             )
             unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
+            if unit.lower().startswith("ev"):  # what users read: meV/atom, meV/angstrom
+                value, unit = 1000 * value, "m" + unit
             parts.append(f"{quantity} RMSE {value:.4g} {unit}")
     return " | ".join(parts)

@@ -1,0 +1,132 @@
+"""Schedules, stopping, weight averaging, batching by atoms and the progress bar."""
+
+import glob
+import os
+import pty
+import subprocess
+import sys
+
+import ase.io
+import torch
+import yaml
+from helpers import TINY_MODEL
+
+from mtt.checkpoints import read_checkpoint
+from mtt.cli import main
+from mtt.training.schedule import Plateau
+
+SMALL = dict(TINY_MODEL, max_radial=2, max_angular=1, num_neurons_per_layer=4)
+
+
+def options(tmp_path, data_dir, **training):
+    frames = ase.io.read(os.path.join(data_dir, "carbon_reduced_100.xyz"), ":20")
+    ase.io.write(tmp_path / "carbon.xyz", frames)
+    path = tmp_path / "options.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "architecture": {
+                    "name": "soap_bpnn",
+                    "model": SMALL,
+                    "training": dict({"num_epochs": 3, "batch_size": 4}, **training),
+                },
+                "training_set": {
+                    "systems": "carbon.xyz",
+                    "targets": {"energy": {"forces": "force", "stress": False}},
+                },
+                "validation_set": 0.25,
+            }
+        )
+    )
+    return str(path)
+
+
+def final_checkpoint(tmp_path):
+    (path,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    return read_checkpoint(path)
+
+
+def test_early_stopping_stops_and_keeps_the_best_model(tmp_path, data_dir, monkeypatch, capsys):
+    """With a learning rate too small to improve anything, training stops after
+    ``early_stopping_patience`` epochs without improvement instead of running all epochs."""
+    monkeypatch.chdir(tmp_path)
+    path = options(
+        tmp_path, data_dir, num_epochs=50, learning_rate=1e-12, early_stopping_patience=2
+    )
+    assert main(["train", path]) == 0
+    assert "early stopping" in capsys.readouterr().out
+    history = final_checkpoint(tmp_path)["trainer_state"]["history"]
+    assert len(history) == 3
+
+
+def test_weight_average_is_what_is_validated_and_exported(tmp_path, data_dir, monkeypatch):
+    """With ``ema_decay`` the best model (used for export) holds the averaged weights, not
+    the last iterate."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", options(tmp_path, data_dir, ema_decay=0.5, learning_rate=0.01)]) == 0
+    (path,) = glob.glob(str(tmp_path / "outputs" / "*" / "checkpoints" / "epoch_3.ckpt"))
+    checkpoint = read_checkpoint(path)
+    state = checkpoint["trainer_state"]
+    best, last = checkpoint["best_model_state_dict"], checkpoint["model_state_dict"]
+    if state["best_epoch"] == len(state["history"]):
+        for name, value in state["ema"].items():
+            assert torch.equal(best[name], value), name
+    assert any(not torch.equal(best[n], last[n]) for n in state["ema"])
+
+
+def test_plateau_lowers_the_learning_rate_after_patience():
+    """Reduce-on-plateau multiplies the rate by its factor once the loss stalls."""
+    plateau = Plateau(factor=0.5, patience=1)
+    for metric in (1.0, 0.9, 0.9, 0.9, 0.9):
+        plateau.step(metric)
+    assert plateau.scale == 0.5 and plateau.stale == 3
+
+
+def test_batches_respect_the_atom_budget(data_dir):
+    """``max_atoms_per_batch`` caps atoms per batch; a structure is never split or dropped."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.options import EnergyTargetOptions
+    from mtt.training.batches import PreparedSet
+
+    frames = ase.io.read(os.path.join(data_dir, "ethanol_reduced_100.xyz"), ":10")
+    shifted = frames[4].copy()
+    shifted.positions += 20.0
+    frames[3] = frames[3] + shifted  # an 18-atom structure among 9-atom ones
+    dataset = dataset_from_atoms(frames, {"energy": EnergyTargetOptions(unit="kcal/mol")})
+    prepared = PreparedSet(
+        dataset,
+        type("M", (), {"atoms_to_data": lambda s, a: len(a), "collate_fn": lambda s, d: list(d)})(),
+        ["energy"],
+    )
+    batches = [b for b, _ in prepared.batches(list(range(10)), 8, max_atoms=20)]
+    assert sum(len(b) for b in batches) == 10
+    assert all(sum(b) <= 20 or len(b) == 1 for b in batches)
+
+
+def test_progress_bar_in_a_terminal_and_plain_lines_otherwise(tmp_path, data_dir):
+    """In a pseudo-terminal a progress bar with percentage and ETA is drawn; without a
+    terminal only the per-epoch lines appear (with errors in meV for eV data)."""
+    path = options(tmp_path, data_dir, num_epochs=2)
+    command = [sys.executable, "-m", "mtt", "train", path, "-o", "a.pt"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=follower, env=env, cwd=tmp_path
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait() == 0
+    assert b"ETA" in output and b"%" in output
+    plain = subprocess.run(
+        command[:-1] + ["b.pt"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert plain.returncode == 0 and "ETA" not in plain.stderr
+    assert "meV/atom" in plain.stdout
