@@ -32,7 +32,7 @@ def element_network(n_in: int, width: int, n_hidden: int, n_out: int) -> torch.n
 
 
 class SoapBpnn(EnergyModel):
-    __checkpoint_version__ = 1
+    __checkpoint_version__ = 2
     __supported_devices__ = ["cuda", "cpu"]
     __supported_dtypes__ = [torch.float32, torch.float64]
     __hypers__ = ModelHypers
@@ -75,10 +75,18 @@ class SoapBpnn(EnergyModel):
                 hypers.num_hidden_layers,
                 len(self.target_names),
             )
-            for _ in self.atomic_types
+            for _ in (self.atomic_types if self.target_names else [])
         )
+        self.add_generic_heads(n_features + len(self.atomic_types))
 
-    def features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
+    def per_atom_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
+        """The descriptor and the element of each atom (one-hot), for generic targets."""
+        descriptor = self.descriptor(graph, species)
+        one_hot = torch.nn.functional.one_hot(species, len(self.atomic_types))
+        return torch.cat([descriptor, one_hot.to(descriptor.dtype)], dim=1)
+
+    def descriptor(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
+        """The standardised SOAP power spectrum of each atom."""
         vectors = edge_vectors(graph)
         features = self.soap(vectors, graph.edge_i, species[graph.edge_j], graph.positions.shape[0])
         if self.standardize:
@@ -86,7 +94,7 @@ class SoapBpnn(EnergyModel):
         return features
 
     def per_atom_energies(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
-        features = self.features(graph, species)
+        features = self.descriptor(graph, species)
         energies = torch.zeros(
             features.shape[0], len(self.target_names), dtype=features.dtype, device=features.device
         )

@@ -16,6 +16,7 @@ import yaml
 from metatomic.torch import ModelMetadata
 
 from . import hypers as hypers_module
+from . import plots
 from .checkpoints import read_checkpoint
 from .data.dataset import LabelledDataset, dataset_from_atoms
 from .data.sets import as_dataset_options, load_sets
@@ -227,6 +228,11 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
         )
     device = pick_device(options.device, model_class.__supported_devices__)
     model, trainer = _model_and_trainer(settings, info, checkpoint_path, base_dir)
+    if len(model.generic_heads) != len(model.generic_names):
+        raise MttError(
+            f"{options.architecture.name} does not offer generic targets such as "
+            f"{model.generic_names[0]!r}; use soap_bpnn for them, or remove them"
+        )
     trainer.options = settings.expanded
     return Prepared((train_set, val_set, test_set), model, trainer, device, dtype)
 
@@ -245,6 +251,7 @@ def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, ou
         model.load_state_dict(trainer.best["state_dict"])
     trainer.save_checkpoint(model, os.path.join(run_dir, "model.ckpt"))
     _final_report(trainer, model, list(run.sets), run.device)
+    plots.write_run_plots(trainer, model, list(run.sets), run.device, run_dir)
     path = os.path.join(run_dir, "model.pt")
     save_model(model.export(), path)
     copy_file(path, output)
@@ -411,7 +418,7 @@ def _log_sets(*sets) -> None:
 def _final_report(trainer, model, sets, device) -> None:
     from .training.trainer import metric_unit
 
-    units = dict(zip(model.target_names, model.energy_units))
+    units = {name: target.unit for name, target in model.dataset_info.targets.items()}
     for dataset in [s for s in sets if s is not None]:
         metrics = trainer.evaluate(model, dataset, device)
         for key, value in metrics.items():

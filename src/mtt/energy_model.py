@@ -24,10 +24,11 @@ from metatomic.torch import (
 
 from .abc import CheckpointContext, ModelInterface
 from .checkpoints import upgrade_model_checkpoint
-from .data.graph import Graph, atoms_to_graph, collate_graphs, systems_to_graph
+from .data.graph import Graph, atoms_to_graph, collate_graphs, edge_vectors, systems_to_graph
 from .data.targets import DatasetInfo
 from .errors import MttError
 from .gradients import energies_and_gradients
+from .heads import GenericHead, generic_tensormap, reduce_atoms
 from .hypers import parse, to_dict
 from .lora import adapter_config, merge_adapters, restore_adapters
 from .metadata import merge_metadata
@@ -42,6 +43,14 @@ class EnergyModel(ModelInterface):
     """Base of architectures predicting energies as sums of per-atom contributions."""
 
     __architecture__: str = ""  # registry name, set by mtt.architectures on import
+    # TorchScript needs the element types of lists that may be empty
+    atomic_types: List[int]
+    target_names: List[str]
+    energy_units: List[str]
+    generic_names: List[str]
+    generic_per_atom: List[bool]
+    generic_reduction: List[str]
+    generic_ranks: List[int]
 
     def __init__(
         self, hypers: Any, dataset_info: DatasetInfo, metadata: ModelMetadata, cutoff: float
@@ -52,8 +61,18 @@ class EnergyModel(ModelInterface):
         # for models that read each atom's neighbours once; message passing multiplies it
         self.interaction_range = self.cutoff
         self.atomic_types: List[int] = [int(z) for z in dataset_info.atomic_types]
-        self.target_names: List[str] = list(dataset_info.targets)
-        self.energy_units: List[str] = [t.unit for t in dataset_info.targets.values()]
+        energies = [t for t in dataset_info.targets.values() if t.kind == "energy"]
+        generic = [t for t in dataset_info.targets.values() if t.kind != "energy"]
+        self.target_names: List[str] = [t.name for t in energies]
+        self.energy_units: List[str] = [t.unit for t in energies]
+        # generic targets (mtt::<name>): heads added by the architecture (add_generic_heads)
+        self.generic_names: List[str] = [t.name for t in generic]
+        self.generic_per_atom: List[bool] = [t.per_atom for t in generic]
+        self.generic_reduction: List[str] = [t.reduction for t in generic]
+        self.generic_ranks: List[int] = [t.rank for t in generic]
+        self.generic_heads = torch.nn.ModuleList()
+        self.register_buffer("generic_shift", torch.zeros(len(generic), dtype=torch.float64))
+        self.register_buffer("generic_scale", torch.ones(len(generic), dtype=torch.float64))
         type_to_index = torch.full((119,), -1, dtype=torch.int64)
         type_to_index[self.atomic_types] = torch.arange(len(self.atomic_types))
         self.register_buffer("type_to_index", type_to_index)
@@ -67,6 +86,19 @@ class EnergyModel(ModelInterface):
     def per_atom_energies(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
         """Dimensionless per-atom energies ``[N, n_targets]`` (scaled and shifted here)."""
         raise NotImplementedError
+
+    def per_atom_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
+        """Rotation-invariant per-atom features ``[N, F]`` for generic targets' heads."""
+        raise NotImplementedError
+
+    def add_generic_heads(self, n_features: int) -> None:
+        """Create the heads of the generic targets; architectures that offer per-atom
+        features call this at the end of their ``__init__``."""
+        for name in self.generic_names:
+            target = self.dataset_info.targets[name]
+            self.generic_heads.append(
+                GenericHead(n_features, target.rank, target.num_subtargets, self.cutoff)
+            )
 
     def head_modules(self) -> List[str]:
         """Names of the Linear layers that map features to the energies (one output per
@@ -103,25 +135,51 @@ class EnergyModel(ModelInterface):
         selected_atoms: Optional[Labels] = None,
     ) -> Dict[str, TensorMap]:
         graph = systems_to_graph(systems, self.nl_options)
-        energies = self.atomic_energies(graph)
         results: Dict[str, TensorMap] = {}
-        for index, name in enumerate(self.target_names):
-            if name in outputs:
-                results[name] = scalar_tensormap(
-                    energies[:, index],
-                    graph.system_index,
-                    graph.n_atoms,
-                    "energy",
-                    outputs[name].sample_kind == "atom",
-                    selected_atoms,
-                )
+        if any(name in outputs for name in self.target_names):
+            energies = self.atomic_energies(graph)
+            for index, name in enumerate(self.target_names):
+                if name in outputs:
+                    results[name] = scalar_tensormap(
+                        energies[:, index],
+                        graph.system_index,
+                        graph.n_atoms,
+                        "energy",
+                        outputs[name].sample_kind == "atom",
+                        selected_atoms,
+                    )
+        if any(name in outputs for name in self.generic_names):
+            values = self.generic_values(graph)
+            for index, name in enumerate(self.generic_names):
+                if name in outputs:
+                    results[name] = generic_tensormap(
+                        values[index],
+                        graph.system_index,
+                        graph.n_atoms,
+                        self.generic_ranks[index],
+                        self.generic_per_atom[index],
+                        self.generic_reduction[index],
+                        selected_atoms,
+                    )
         return results
+
+    def generic_values(self, graph: Graph) -> List[torch.Tensor]:
+        """Per-atom values ``[N, C, k]`` of every generic target, in the targets' units."""
+        species = self.type_to_index[graph.types]
+        features = self.per_atom_features(graph, species)
+        vectors = edge_vectors(graph)
+        values: List[torch.Tensor] = []
+        for index, head in enumerate(self.generic_heads):
+            raw = head(features, vectors, graph.edge_i)
+            scale = self.generic_scale[index].to(raw.dtype)
+            values.append(raw * scale + self.generic_shift[index].to(raw.dtype))
+        return values
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [self.nl_options]
 
     def supported_outputs(self) -> Dict[str, ModelOutput]:
-        return {
+        outputs = {
             name: ModelOutput(
                 unit=unit,
                 sample_kind="atom",
@@ -129,6 +187,14 @@ class EnergyModel(ModelInterface):
             )
             for name, unit in zip(self.target_names, self.energy_units)
         }
+        for name, per_atom in zip(self.generic_names, self.generic_per_atom):
+            target = self.dataset_info.targets[name]
+            outputs[name] = ModelOutput(
+                unit=target.unit,
+                description=target.description,
+                sample_kind="atom" if per_atom else "system",
+            )
+        return outputs
 
     # --- training data (MatterTune's backbone interface) ----------------------------------
     def atoms_to_data(self, atoms: ase.Atoms) -> Graph:
@@ -148,7 +214,33 @@ class EnergyModel(ModelInterface):
             ).index_add(0, graph.system_index, per_atom)
             return {name: totals[:, i] for i, name in enumerate(self.target_names)}
 
-        return energies_and_gradients(energies, batch, quantities, create_graph=training)
+        generic = [q for q in quantities if q in self.generic_names]
+        energy_quantities = [q for q in quantities if q not in generic]
+        results: Dict[str, torch.Tensor] = {}
+        if energy_quantities:
+            results.update(
+                energies_and_gradients(energies, batch, energy_quantities, create_graph=training)
+            )
+        if generic:
+            values = self.generic_values(batch)
+            for index, name in enumerate(self.generic_names):
+                if name not in generic:
+                    continue
+                if self.generic_per_atom[index]:
+                    results[name] = values[index]
+                else:
+                    results[name] = reduce_atoms(
+                        values[index],
+                        batch.system_index,
+                        batch.n_atoms,
+                        self.generic_reduction[index],
+                    )
+        return results
+
+    def set_generic_normalization(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        """Per-atom shift and scale of each generic target's head output."""
+        self.generic_shift.copy_(shift)
+        self.generic_scale.copy_(scale)
 
     def set_baseline(self, baseline: torch.Tensor, scale: torch.Tensor) -> None:
         """Set the composition baseline ``[n_targets, n_types]`` and scales ``[n_targets]``."""

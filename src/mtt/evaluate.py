@@ -90,6 +90,33 @@ def predict(
     return results
 
 
+def generic_outputs(
+    model, frames: List[ase.Atoms], names: List[str], length_unit: str, batch_size: int = 16
+) -> List[Dict[str, np.ndarray]]:
+    """Values of non-energy outputs (``mtt::<name>``) for each frame, in the model's units:
+    per structure ``[components..., k]`` or per atom ``[n_atoms, components..., k]``."""
+    capabilities = model.capabilities()
+    dtype = DTYPES[capabilities.dtype]
+    outputs = {name: capabilities.outputs[name] for name in names}
+    options = ModelEvaluationOptions(length_unit=length_unit, outputs=outputs)
+    requests = _in_unit(model.requested_neighbor_lists(), length_unit)
+    results: List[Dict[str, np.ndarray]] = []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start : start + batch_size]
+        systems = [_system(a, dtype, torch.zeros(3, 3, dtype=dtype))[0] for a in chunk]
+        for system in systems:
+            attach_neighbor_lists(system, requests)
+        blocks = {name: tm.block() for name, tm in model(systems, options, False).items()}
+        for k in range(len(chunk)):
+            entry = {}
+            for name, block in blocks.items():
+                rows = block.samples.column("system") == k
+                values = block.values[rows].detach().double().numpy()
+                entry[name] = values if outputs[name].sample_kind == "atom" else values[0]
+            results.append(entry)
+    return results
+
+
 def _in_unit(requests, length_unit: str):
     """Neighbour-list requests with cutoffs in the data's length unit."""
     from metatomic.torch import NeighborListOptions

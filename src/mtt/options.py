@@ -50,45 +50,79 @@ class GradientOptions:
 
 
 @dataclass
-class EnergyTargetOptions:
-    """An energy target (``energy`` or a variant ``energy/<name>``) and its gradients."""
+class TargetOptions:
+    """A target: an energy (``energy``, ``energy/<variant>``) with its gradients, or a generic
+    property (``mtt::<name>``: scalars, vectors, symmetric rank-2 tensors, per structure or per
+    atom), in metatrain's syntax."""
 
-    key: str = "energy"
-    """Key in ``atoms.info`` or the calculator result holding the total energy."""
-    unit: str = "eV"
-    """Energy unit of the labels, as metatomic spells it (``eV``, ``meV``, ``kcal/mol``,
-    ``kJ/mol``, ``Hartree``, ...). The exported model predicts in this unit."""
+    key: Optional[str] = None
+    """Key in ``atoms.info`` (per structure), ``atoms.arrays`` (per atom) or the calculator
+    results; by default ``energy`` for energies and ``<name>`` for ``mtt::<name>``."""
+    unit: Optional[str] = None
+    """Unit of the labels as metatomic spells it (energies: ``eV``, ``meV``, ``kcal/mol``,
+    ``kJ/mol``, ``Hartree``; others e.g. ``D``, ``bohr^3``, or empty); by default ``eV`` for
+    energies and none for other targets. The exported model predicts in this unit."""
     read_from: Optional[str] = None
-    """File to read the energies from; by default the systems' file."""
+    """File to read the labels from; by default the systems' file."""
     reader: Optional[str] = None
     """ASE format name for ``read_from``; by default guessed from the file name."""
-    type: Literal["scalar"] = "scalar"
-    """Kept for metatrain compatibility: an energy is a scalar."""
-    quantity: Literal["energy"] = "energy"
-    """Kept for metatrain compatibility: the quantity of an energy target is ``energy``."""
+    type: Union[Literal["scalar"], Dict[str, Dict[str, int]]] = "scalar"
+    """``scalar``, or ``{cartesian: {rank: 1}}`` (a vector, e.g. a dipole: 3 numbers) or
+    ``{cartesian: {rank: 2}}`` (a symmetric tensor, e.g. a polarizability: 9 numbers,
+    row-major). Energies are scalars."""
+    quantity: str = ""
+    """Kept for metatrain compatibility (ignored)."""
     per_atom: bool = False
-    """Kept for metatrain compatibility: energy labels are per structure."""
+    """Labels per atom (``atoms.arrays``) instead of per structure; not for energies."""
     num_subtargets: int = 1
-    """Kept for metatrain compatibility: an energy has one sub-target."""
+    """Numbers per label of a scalar target (e.g. 3 class scores); vectors and tensors take
+    ``num_subtargets`` times 3 or 9 numbers. Energies have one."""
+    reduction: Literal["sum", "mean", "max"] = "sum"
+    """How per-atom contributions make a per-structure prediction (``max`` only for scalars);
+    energies are sums."""
     description: str = ""
     """Free text stored in the exported model."""
     forces: Union[bool, str, GradientOptions] = True
-    """``true``: train on forces if the data has them under ``forces``; a key name or a section:
-    read them from there (an error if absent); ``false``: do not train on forces."""
+    """Energies only. ``true``: train on forces if the data has them under ``forces``; a key
+    name or a section: read them from there (an error if absent); ``false``: no forces."""
     stress: Union[bool, str, GradientOptions] = True
-    """As ``forces``, for the stress (energy/length³, ASE's sign); only periodic structures."""
+    """Energies only. As ``forces``, for the stress (energy/length³, ASE's sign); only
+    periodic structures."""
     virial: Union[bool, str, GradientOptions] = False
-    """As ``forces``, for the virial (energy; converted to stress as -virial/volume)."""
+    """Energies only. As ``forces``, for the virial (energy; converted to stress as
+    -virial/volume)."""
 
     def validate(self) -> List[Tuple[str, str]]:
         problems = []
-        if self.per_atom:
-            problems.append(("per_atom", "must be false for an energy (labels are totals)"))
-        if self.num_subtargets != 1:
-            problems.append(("num_subtargets", "must be 1 for an energy"))
+        if self.num_subtargets < 1:
+            problems.append(("num_subtargets", f"must be at least 1, got {self.num_subtargets}"))
         if self.stress not in (False, True) and self.virial not in (False, True):
             problems.append(("virial", "cannot be read together with 'stress'; give one of them"))
+        if isinstance(self.type, dict) and cartesian_rank(self.type) is None:
+            problems.append(
+                (
+                    "type",
+                    "must be scalar, {cartesian: {rank: 1}} or "
+                    f"{{cartesian: {{rank: 2}}}}, got {self.type}",
+                )
+            )
         return problems
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.type == "scalar" else int(cartesian_rank(self.type) or 0)
+
+
+def cartesian_rank(value: Dict[str, Dict[str, int]]):
+    """The rank of a ``{cartesian: {rank: N}}`` type, or None if it is not one we support."""
+    if set(value) != {"cartesian"} or not isinstance(value["cartesian"], dict):
+        return None
+    rank = value["cartesian"].get("rank")
+    return rank if set(value["cartesian"]) == {"rank"} and rank in (1, 2) else None
+
+
+#: The previous name of :class:`TargetOptions`.
+EnergyTargetOptions = TargetOptions
 
 
 @dataclass
@@ -110,10 +144,8 @@ class DatasetOptions:
 
     systems: Union[str, SystemsOptions]
     """A file path, or a section with ``read_from``, ``reader`` and ``length_unit``."""
-    targets: Dict[str, EnergyTargetOptions] = field(
-        default_factory=lambda: {"energy": EnergyTargetOptions()}
-    )
-    """Targets by name: ``energy`` or variants like ``energy/pbe0``."""
+    targets: Dict[str, TargetOptions] = field(default_factory=lambda: {"energy": TargetOptions()})
+    """Targets by name: ``energy``, variants like ``energy/pbe0``, or ``mtt::<name>``."""
 
 
 @dataclass

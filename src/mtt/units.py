@@ -36,3 +36,18 @@ def check_length_unit(unit: str, where: str) -> str:
 
 def conversion(from_unit: str, to_unit: str) -> float:
     return float(unit_conversion_factor(from_unit, to_unit))
+
+
+def check_unit(unit: str, where: str) -> str:
+    """Return ``unit`` if metatomic knows it (any dimension), else raise naming ``where``."""
+    from metatomic.torch import ModelOutput
+
+    try:
+        ModelOutput(unit=unit)
+    except (ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0]
+        raise MttError(
+            f"{where}: {unit!r} is not a unit metatomic knows ({reason}); use e.g. 'D', "
+            "'e*angstrom', 'bohr^3', 'Hartree', or leave it empty"
+        ) from None
+    return unit

@@ -55,13 +55,15 @@ def _spread(atoms: ase.Atoms, minimum: float) -> None:
 
 
 def expected_results(model, structures: List[ase.Atoms]) -> List[Dict[str, Any]]:
-    """Energy, forces and stress of the eager model, through the training code path."""
+    """Energy, forces, stress and generic outputs of the eager model (training code path)."""
     dtype = model.baseline.dtype
     graph = collate_graphs([atoms_to_graph(a, model.cutoff, dtype) for a in structures])
-    name = model.target_names[0]
-    wanted = [name, f"{name}/forces", f"{name}/stress"]
     device = next(model.buffers()).device
     graph = type(graph)(*[t.to(device) for t in graph])
+    wanted = list(model.generic_names)
+    if model.target_names:
+        name = model.target_names[0]
+        wanted += [name, f"{name}/forces", f"{name}/stress"]
     predictions = {
         key: value.detach().cpu().double().numpy()
         for key, value in model.predict(graph, wanted, training=False).items()
@@ -69,16 +71,22 @@ def expected_results(model, structures: List[ase.Atoms]) -> List[Dict[str, Any]]
     offsets = np.cumsum([0] + [len(a) for a in structures])
     results = []
     for k, atoms in enumerate(structures):
-        entry = {
+        entry: Dict[str, Any] = {
             "numbers": atoms.numbers.tolist(),
             "positions": atoms.positions.tolist(),
             "cell": np.asarray(atoms.cell[:]).tolist(),
             "pbc": [bool(p) for p in atoms.pbc],
-            "energy": float(predictions[name][k]),
-            "forces": predictions[f"{name}/forces"][offsets[k] : offsets[k + 1]].tolist(),
+            "generic": {},
         }
-        if atoms.pbc.all():
-            entry["stress"] = predictions[f"{name}/stress"][k].tolist()
+        if model.target_names:
+            name = model.target_names[0]
+            entry["energy"] = float(predictions[name][k])
+            entry["forces"] = predictions[f"{name}/forces"][offsets[k] : offsets[k + 1]].tolist()
+            if atoms.pbc.all():
+                entry["stress"] = predictions[f"{name}/stress"][k].tolist()
+        for index, name in enumerate(model.generic_names):
+            rows = slice(offsets[k], offsets[k + 1]) if model.generic_per_atom[index] else k
+            entry["generic"][name] = predictions[name][rows].tolist()
         results.append(entry)
     return results
 
@@ -90,8 +98,8 @@ def verification_metadata(model) -> str:
         results = expected_results(model, structures)
     return json.dumps(
         {
-            "output": model.target_names[0],
-            "energy_unit": model.energy_units[0],
+            "output": model.target_names[0] if model.target_names else None,
+            "energy_unit": model.energy_units[0] if model.target_names else None,
             "length_unit": model.dataset_info.length_unit,
             "structures": results,
         }
@@ -100,20 +108,31 @@ def verification_metadata(model) -> str:
 
 def verify(model, stored: Dict[str, Any], dtype: str) -> List[str]:
     """Recompute the stored structures with an exported model; the mismatches, as lines."""
-    from .evaluate import predict
+    from .evaluate import generic_outputs, predict
 
     frames = [
         ase.Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"])
         for s in stored["structures"]
     ]
-    got = predict(model, frames, stored["output"], stored["length_unit"], stored["energy_unit"])
+    got = [{} for _ in frames]
+    if stored["output"] is not None:
+        got = predict(model, frames, stored["output"], stored["length_unit"], stored["energy_unit"])
+    names = sorted(stored["structures"][0].get("generic", {}))
+    if names:
+        for entry, values in zip(got, generic_outputs(model, frames, names, stored["length_unit"])):
+            entry.update(values)
     tolerance = TOLERANCE[dtype]
     problems = []
     for index, (reference, result) in enumerate(zip(stored["structures"], got)):
-        for key in ("energy", "forces", "stress"):
-            if key not in reference:
-                continue
-            expected, actual = np.asarray(reference[key]), np.asarray(result[key])
+        expected_values = {
+            k: reference[k] for k in ("energy", "forces", "stress") if k in reference
+        }
+        expected_values.update(reference.get("generic", {}))
+        for key, expected in expected_values.items():
+            expected, actual = (
+                np.asarray(expected),
+                np.asarray(result[key]).reshape(np.shape(expected)),
+            )
             scale = max(np.abs(expected).max(), 1.0)
             error = float(np.abs(actual - expected).max())
             if error > tolerance * scale:

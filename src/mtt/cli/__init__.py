@@ -15,6 +15,7 @@ from ..errors import MttError
 from ..version import __version__
 from . import eval as eval_command
 from . import export as export_command
+from . import plot as plot_command
 from . import train as train_command
 from . import verify as verify_command
 
@@ -22,6 +23,7 @@ COMMANDS = {
     "train": train_command,
     "export": export_command,
     "eval": eval_command,
+    "plot": plot_command,
     "verify": verify_command,
 }
 

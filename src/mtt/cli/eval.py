@@ -66,6 +66,38 @@ def run(args: argparse.Namespace) -> None:
             unit,
             values["count"],
         )
+    _parity(args, frames, labels, predictions, energy, (energy_unit, length_unit))
+
+
+def _parity(args, frames, labels, predictions, energy: str, units) -> None:
+    """A parity plot next to the predictions file (``predictions.png``) if there are labels."""
+    import numpy as np
+
+    from ..plots import parity_plot, quantity_units
+
+    sources = {  # quantity: (label key, prediction key)
+        f"{energy}_per_atom": (energy, "energy"),
+        f"{energy}/forces": (f"{energy}/forces", "forces"),
+        f"{energy}/stress": (f"{energy}/stress", "stress"),
+    }
+    predicted, reference = {}, {}
+    for atoms, label, prediction in zip(frames, labels, predictions):
+        for quantity, (key, kind) in sources.items():
+            if key in label and kind in prediction:
+                divide = len(atoms) if kind == "energy" else 1
+                predicted.setdefault(quantity, []).append(np.ravel(prediction[kind]) / divide)
+                reference.setdefault(quantity, []).append(np.ravel(label[key]) / divide)
+    if not predicted:
+        return
+    name = os.path.basename(args.data)
+    path = os.path.splitext(args.output)[0] + ".png"
+    parity_plot(
+        {name: {q: np.concatenate(v) for q, v in predicted.items()}},
+        {name: {q: np.concatenate(v) for q, v in reference.items()}},
+        path,
+        quantity_units(list(predicted), {energy: units[0]}, units[1]),
+    )
+    LOGGER.info("parity plot written to %s", path)
 
 
 def _read(path: str, energy: str, model):

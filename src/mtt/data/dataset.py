@@ -13,10 +13,10 @@ import ase
 import numpy as np
 
 from ..errors import MttError
-from ..options import DatasetOptions, EnergyTargetOptions, SystemsOptions
+from ..options import DatasetOptions, SystemsOptions, TargetOptions
 from ..units import check_length_unit
 from .reading import available_keys, check_structure, lookup, read_structures
-from .targets import EnergySpec, GradientSource, TargetInfo
+from .targets import GradientSource, TargetInfo, TargetSpec
 
 Labels = Dict[str, np.ndarray]
 
@@ -75,7 +75,7 @@ def load_dataset(options: DatasetOptions, base_dir: str, where: str) -> Labelled
 
 def dataset_from_atoms(
     atoms_dataset: Sequence[ase.Atoms],
-    targets: Dict[str, EnergyTargetOptions],
+    targets: Dict[str, TargetOptions],
     length_unit: str = "angstrom",
     name: str = "dataset",
 ) -> LabelledDataset:
@@ -95,11 +95,11 @@ def _resolve(path: str, base_dir: str) -> str:
     return path if os.path.isabs(path) else os.path.join(base_dir, path)
 
 
-def _specs(targets: Dict[str, EnergyTargetOptions], where: str) -> List[EnergySpec]:
+def _specs(targets: Dict[str, TargetOptions], where: str) -> List[TargetSpec]:
     if not targets:
         raise MttError(f"'{where}.targets' is empty; declare at least an 'energy' target")
     return [
-        EnergySpec.from_options(name, t, f"{where}.targets.{name}") for name, t in targets.items()
+        TargetSpec.from_options(name, t, f"{where}.targets.{name}") for name, t in targets.items()
     ]
 
 
@@ -121,7 +121,7 @@ class _FrameSources:
 
 def build_dataset(
     frames: List[ase.Atoms],
-    specs: List[EnergySpec],
+    specs: List[TargetSpec],
     source: str,
     length_unit: str,
     where: str,
@@ -155,18 +155,16 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
     path, label_frames = _label_frames(
         source, sources, options.read_from, options.reader, frames, key_where
     )
-    found = _read_energies(spec.name, options.key, label_frames, labels, path, key_where)
+    if spec.kind == "generic":
+        return _read_generic(spec, label_frames, labels, path, key_where)
+    found = _read_energies(spec.name, spec.key, label_frames, labels, path, key_where)
     if found == 0:
         keys = available_keys(label_frames, per_atom=False)
         raise MttError(
-            f"no structure of {path!r} has the energy key {options.key!r}; keys found: "
+            f"no structure of {path!r} has the energy key {spec.key!r}; keys found: "
             f"{keys}; set '{key_where}.key' to the right one"
         )
-    info = TargetInfo(spec.name, options.unit, description=options.description)
-    conservative = {s.conservative for s in spec.gradients.values()}
-    if len(conservative) > 1:
-        raise MttError(f"'{key_where}': forces and stress must both be conservative or both direct")
-    info.conservative = conservative.pop() if conservative else True
+    info = TargetInfo(spec.name, spec.unit, description=options.description)
     for kind, gradient in spec.gradients.items():
         count = _read_gradient(
             spec.name, kind, gradient, source, sources, frames, labels, f"{key_where}.{kind}"
@@ -175,6 +173,49 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
             info.forces = count > 0
         else:
             info.stress = info.stress or count > 0
+    return info
+
+
+def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
+    """Labels of ``mtt::<name>``: per structure ``(1, C, k)`` or per atom ``(n, C, k)`` with
+    ``C`` = 1, 3 or 9 Cartesian components and ``k`` sub-targets (given as ``k`` groups of
+    ``C`` numbers)."""
+    options = spec.options
+    info = TargetInfo(
+        spec.name,
+        spec.unit,
+        description=options.description,
+        kind="generic",
+        rank=options.rank,
+        per_atom=options.per_atom,
+        num_subtargets=options.num_subtargets,
+        reduction=options.reduction,
+    )
+    found = 0
+    for index, atoms in enumerate(frames):
+        value = lookup(atoms, spec.key, per_atom=options.per_atom)
+        if value is None:
+            continue
+        what = f"{spec.name} ({spec.key!r}) of structure {index} of {path!r}"
+        rows = len(atoms) if options.per_atom else 1
+        expected = rows * info.components * info.num_subtargets
+        if value.size != expected:
+            raise MttError(
+                f"{what} has {value.size} numbers, expected {expected} "
+                f"({'per atom, ' if options.per_atom else ''}{info.num_subtargets} x "
+                f"{info.components}); check '{where}.type' and 'num_subtargets'"
+            )
+        _check_finite(value, what)
+        shaped = value.reshape(rows, info.num_subtargets, info.components)
+        labels[index][spec.name] = np.ascontiguousarray(shaped.transpose(0, 2, 1))
+        found += 1
+    if found == 0:
+        keys = available_keys(frames, per_atom=options.per_atom)
+        place = "atoms.arrays" if options.per_atom else "atoms.info"
+        raise MttError(
+            f"no structure of {path!r} has {spec.key!r} in {place}; keys found: {keys}; set "
+            f"'{where}.key' (and 'per_atom' if the labels are per atom)"
+        )
     return info
 
 

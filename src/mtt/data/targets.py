@@ -6,12 +6,13 @@ and stress, each either conservative (exact gradients of the energy) or direct (
 as a plain dict and compared on restart and fine-tuning.
 """
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Union
 
 from ..errors import MttError
-from ..options import DEFAULT_GRADIENT_KEYS, EnergyTargetOptions, GradientOptions
-from ..units import check_energy_unit
+from ..options import DEFAULT_GRADIENT_KEYS, GradientOptions, TargetOptions
+from ..units import check_energy_unit, check_unit
 
 
 @dataclass
@@ -27,7 +28,11 @@ class GradientSource:
 
 @dataclass
 class TargetInfo:
-    """What the model predicts for one energy target."""
+    """What the model predicts for one target.
+
+    ``kind`` is ``energy`` (a per-structure sum with optional forces and stress as its exact
+    gradients) or ``generic`` (``mtt::<name>``: ``rank`` 0, 1 or 2 Cartesian values with
+    ``num_subtargets`` channels, per atom or reduced over atoms with ``reduction``)."""
 
     name: str
     unit: str
@@ -35,6 +40,11 @@ class TargetInfo:
     stress: bool = False
     conservative: bool = True
     description: str = ""
+    kind: str = "energy"
+    rank: int = 0
+    per_atom: bool = False
+    num_subtargets: int = 1
+    reduction: str = "sum"
 
     @property
     def quantities(self) -> List[str]:
@@ -43,6 +53,11 @@ class TargetInfo:
         names += [f"{self.name}/forces"] if self.forces else []
         names += [f"{self.name}/stress"] if self.stress else []
         return names
+
+    @property
+    def components(self) -> int:
+        """Cartesian components per channel: 1, 3 or 9."""
+        return 3**self.rank
 
 
 @dataclass
@@ -62,14 +77,16 @@ class DatasetInfo:
         return cls(data["length_unit"], [int(t) for t in data["atomic_types"]], targets)
 
 
-def check_target_name(name: str) -> None:
-    """Only energies (and their variants) are targets so far."""
-    base, _, variant = name.partition("/")
-    if base != "energy" or (name.count("/") > 0 and not variant):
-        raise MttError(
-            f"target {name!r} is not supported: targets are energies, named 'energy' or "
-            "'energy/<variant>' (e.g. 'energy/pbe0')"
-        )
+def target_kind(name: str) -> str:
+    """``energy`` for ``energy`` and ``energy/<variant>``, ``generic`` for ``mtt::<name>``."""
+    if re.fullmatch(r"energy(/[A-Za-z0-9_.\-]+)?", name):
+        return "energy"
+    if re.fullmatch(r"mtt::[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z0-9_.\-]+)?", name):
+        return "generic"
+    raise MttError(
+        f"target name {name!r} is not valid: use 'energy', 'energy/<variant>' (e.g. "
+        "'energy/pbe0') or 'mtt::<name>' for other properties (e.g. 'mtt::dipole')"
+    )
 
 
 def resolve_gradient(
@@ -87,20 +104,54 @@ def resolve_gradient(
 
 
 @dataclass
-class EnergySpec:
-    """An energy target resolved from the options, before reading the data."""
+class TargetSpec:
+    """A target resolved from the options, before reading the data."""
 
     name: str
-    options: EnergyTargetOptions
+    options: TargetOptions
     gradients: Dict[str, GradientSource]
+    kind: str
+    key: str
+    unit: str
 
     @classmethod
-    def from_options(cls, name: str, options: EnergyTargetOptions, where: str) -> "EnergySpec":
-        check_target_name(name)
-        check_energy_unit(options.unit, f"{where}.unit")
+    def from_options(cls, name: str, options: TargetOptions, where: str) -> "TargetSpec":
+        kind = target_kind(name)
+        if kind == "energy":
+            return cls._energy(name, options, where)
+        unit = options.unit or ""
+        if unit:
+            check_unit(unit, f"{where}.unit")
+        for gradient in ("forces", "stress", "virial"):
+            if getattr(options, gradient) not in (True, False):
+                raise MttError(f"'{where}.{gradient}': only energies have {gradient}; remove it")
+        if options.reduction == "max" and options.rank != 0:
+            raise MttError(f"'{where}.reduction': max is only for scalars; use sum or mean")
+        key = options.key or name.split("::", 1)[1].split("/")[0]
+        return cls(name, options, {}, kind, key, unit)
+
+    @classmethod
+    def _energy(cls, name: str, options: TargetOptions, where: str) -> "TargetSpec":
+        unit = options.unit if options.unit is not None else "eV"
+        check_energy_unit(unit, f"{where}.unit")
+        for field_name, wrong in (
+            ("per_atom", options.per_atom),
+            ("type", options.rank != 0),
+            ("num_subtargets", options.num_subtargets != 1),
+            ("reduction", options.reduction != "sum"),
+        ):
+            if wrong:
+                raise MttError(
+                    f"'{where}.{field_name}': an energy is one scalar per structure "
+                    f"(a sum over atoms); remove {field_name}"
+                )
         gradients = {}
         for kind in ("forces", "stress", "virial"):
             source = resolve_gradient(getattr(options, kind), kind)
             if source is not None:
                 gradients[kind] = source
-        return cls(name, options, gradients)
+        return cls(name, options, gradients, "energy", options.key or "energy", unit)
+
+
+#: The previous name of :class:`TargetSpec`.
+EnergySpec = TargetSpec

@@ -70,8 +70,19 @@ class ArchitectureTests:
             pytest.skip(f"{self.architecture} does not support {request.param}")
         return dtype
 
+    generic_targets: bool = True
+    """Whether the architecture offers generic targets (vectors, tensors, per-atom scalars)."""
+
     def model(self, dtype: torch.dtype = torch.float64):
-        return random_model(self.architecture, self.model_hypers, dtype)
+        return random_model(
+            self.architecture, self.model_hypers, dtype, generic=self.generic_targets
+        )
+
+    def _generic(self, model, frames, dtype, selected=None):
+        systems = systems_with_neighbors(model, frames, dtype)
+        outputs = {name: model.supported_outputs()[name] for name in model.generic_names}
+        result = model(systems, outputs, selected)
+        return {name: tensor.block() for name, tensor in result.items()}
 
     def _predict(self, model, frames, quantities=("energy", "energy/forces", "energy/stress")):
         """Energies and gradients through the training path (graphs, autograd)."""
@@ -194,6 +205,59 @@ class ArchitectureTests:
             np.testing.assert_allclose(
                 out["energy/forces"], ref["energy/forces"][permutation], **tol
             )
+
+    def test_generic_targets_shapes_and_symmetry(self, dtype):
+        """Generic targets have metatomic's layout (samples, Cartesian components, one
+        property per sub-target); scalars are invariant, vectors rotate as ``R v`` and rank-2
+        tensors as ``R T R^T`` and are symmetric. A failure means dipoles or polarizabilities
+        would come out in the wrong frame."""
+        if not self.generic_targets:
+            pytest.skip(f"{self.architecture} has no generic targets")
+        model = self.model(dtype)
+        frames = [molecule(), periodic_crystal()]
+        blocks = self._generic(model, frames, dtype)
+        n_atoms = sum(len(a) for a in frames)
+        assert blocks["mtt::dipole"].values.shape == (2, 3, 1)
+        assert [c.names for c in blocks["mtt::polar"].components] == [["xyz_1"], ["xyz_2"]]
+        assert blocks["mtt::polar"].values.shape == (2, 3, 3, 1)
+        assert blocks["mtt::charges"].values.shape == (n_atoms, 2)
+        assert blocks["mtt::charges"].samples.names == ["system", "atom"]
+        assert blocks["mtt::gap"].values.shape == (2, 1)
+        polar = blocks["mtt::polar"].values.detach()
+        torch.testing.assert_close(polar, polar.transpose(1, 2), **tolerance(dtype))
+        rotation = random_rotation(5)
+        turned = self._generic(model, [rotated(a, rotation) for a in frames], dtype)
+        r = torch.tensor(rotation, dtype=dtype)
+        torch.testing.assert_close(
+            turned["mtt::dipole"].values.detach()[..., 0],
+            blocks["mtt::dipole"].values.detach()[..., 0] @ r.T,
+            **tolerance(dtype),
+        )
+        torch.testing.assert_close(
+            turned["mtt::polar"].values.detach()[..., 0],
+            r @ polar[..., 0] @ r.T,
+            **tolerance(dtype),
+        )
+        for name in ("mtt::charges", "mtt::gap"):
+            torch.testing.assert_close(
+                turned[name].values.detach(), blocks[name].values.detach(), **tolerance(dtype)
+            )
+
+    def test_generic_targets_with_selected_atoms(self):
+        """Per-atom generic outputs give the rows of the selected atoms; per-structure sums
+        and means run over the selected atoms only (what LAMMPS would get)."""
+        if not self.generic_targets:
+            pytest.skip(f"{self.architecture} has no generic targets")
+        model = self.model()
+        frames = [molecule(), periodic_crystal()]
+        everything = self._generic(model, frames, torch.float64)
+        chosen = [[0, 2], [1, 1], [1, 5]]
+        selected = Labels(["system", "atom"], torch.tensor(chosen, dtype=torch.int32))
+        some = self._generic(model, frames, torch.float64, selected)
+        charges = everything["mtt::charges"]
+        rows = [charges.samples.values.tolist().index(pair) for pair in chosen]
+        torch.testing.assert_close(some["mtt::charges"].values, charges.values[rows])
+        assert some["mtt::charges"].samples.values.tolist() == chosen
 
     # --- gradients against finite differences -----------------------------------------------
     def test_forces_finite_differences(self):

@@ -39,21 +39,41 @@ def periodic_crystal(seed: int = 0) -> ase.Atoms:
     return atoms
 
 
-def dataset_info(types=(1, 6, 8), length_unit: str = "angstrom") -> DatasetInfo:
-    target = TargetInfo("energy", "eV", forces=True, stress=True)
-    return DatasetInfo(length_unit, list(types), {"energy": target})
+def dataset_info(
+    types=(1, 6, 8), length_unit: str = "angstrom", generic: bool = True
+) -> DatasetInfo:
+    """An energy with forces and stress, plus (``generic``) one target of every generic kind:
+    a dipole-like vector, a polarizability-like symmetric tensor, per-atom charges with two
+    channels and a scalar reduced by ``max``."""
+    targets = {"energy": TargetInfo("energy", "eV", forces=True, stress=True)}
+    if generic:
+        for target in (
+            TargetInfo("mtt::dipole", "D", kind="generic", rank=1),
+            TargetInfo("mtt::polar", "bohr^3", kind="generic", rank=2, reduction="mean"),
+            TargetInfo("mtt::charges", "", kind="generic", per_atom=True, num_subtargets=2),
+            TargetInfo("mtt::gap", "eV", kind="generic", reduction="max"),
+        ):
+            targets[target.name] = target
+    return DatasetInfo(length_unit, list(types), targets)
 
 
-def random_model(name: str, model_hypers: Dict[str, Any], dtype: torch.dtype, seed: int = 0):
-    """A freshly initialised model with a non-trivial composition baseline, in eval mode."""
+def random_model(
+    name: str, model_hypers: Dict[str, Any], dtype: torch.dtype, seed: int = 0, generic: bool = True
+):
+    """A freshly initialised model with a non-trivial composition baseline (and generic
+    targets with non-trivial normalisation), in eval mode."""
     torch.manual_seed(seed)
     architecture = architectures.load(name)
     model_class = architecture.__model__
     model_hypers = hypers.parse(model_class.__hypers__, model_hypers, "architecture.model")
-    model = model_class(model_hypers, dataset_info())
+    model = model_class(model_hypers, dataset_info(generic=generic))
     n_types = len(model.atomic_types)
     baseline = torch.linspace(-3.0, -1.0, n_types, dtype=torch.float64).reshape(1, -1)
     model.set_baseline(baseline, torch.tensor([0.7], dtype=torch.float64))
+    if generic:
+        model.set_generic_normalization(
+            torch.tensor([0.0, 0.0, 0.1, 0.2]), torch.tensor([1.5, 2.0, 0.5, 0.3])
+        )
     return model.to(dtype).eval()
 
 

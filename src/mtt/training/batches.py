@@ -22,9 +22,22 @@ class LabelBatch:
 
 
 def quantity_kind(quantity: str) -> str:
-    """``energy``, ``forces`` or ``stress`` for a label name like ``energy/pbe0/forces``."""
+    """``energy``, ``forces``, ``stress`` (for names like ``energy/pbe0/forces``) or
+    ``generic`` (``mtt::<name>``)."""
+    if quantity.startswith("mtt::"):
+        return "generic"
     tail = quantity.rsplit("/", 1)[-1]
     return tail if tail in ("forces", "stress") else "energy"
+
+
+def label_shape(quantity: str, targets: Dict[str, Any], n_atoms: int) -> Tuple[int, ...]:
+    """Shape of one structure's label: rows first (structures or atoms), as collated."""
+    kind = quantity_kind(quantity)
+    if kind == "generic":
+        target = targets[quantity]
+        rows = n_atoms if target.per_atom else 1
+        return (rows, target.components, target.num_subtargets)
+    return {"energy": (1,), "forces": (n_atoms, 3), "stress": (1, 3, 3)}[kind]
 
 
 class PreparedSet:
@@ -35,8 +48,10 @@ class PreparedSet:
         self.quantities = quantities
         self.data = [model.atoms_to_data(atoms) for atoms in dataset.frames]
         self.n_atoms = [len(atoms) for atoms in dataset.frames]
+        targets = getattr(getattr(model, "dataset_info", None), "targets", dataset.targets)
         self.labels = [
-            _frame_labels(labels, n, quantities) for labels, n in zip(dataset.labels, self.n_atoms)
+            _frame_labels(labels, n, quantities, targets)
+            for labels, n in zip(dataset.labels, self.n_atoms)
         ]
         self.collate = model.collate_fn
 
@@ -73,12 +88,11 @@ class PreparedSet:
         return LabelBatch(values, mask, n_atoms)
 
 
-def _frame_labels(labels: Dict[str, Any], n_atoms: int, quantities: List[str]):
+def _frame_labels(labels: Dict[str, Any], n_atoms: int, quantities: List[str], targets):
     """``{q: (values, mask)}`` with zeros and a false mask where the frame lacks ``q``."""
-    shapes = {"energy": (1,), "forces": (n_atoms, 3), "stress": (1, 3, 3)}
     result = {}
     for q in quantities:
-        shape = shapes[quantity_kind(q)]
+        shape = label_shape(q, targets, n_atoms)
         rows = shape[0]
         if q in labels:
             value = torch.tensor(labels[q], dtype=torch.float64).reshape(shape)

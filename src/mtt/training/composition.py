@@ -75,7 +75,11 @@ def quantity_scales(
     scales = {}
     for q in quantities:
         kind = quantity_kind(q)
-        if kind == "energy":
+        if kind == "generic":
+            values = [labels[q] for labels in dataset.labels if q in labels]
+            flat = np.concatenate([v.ravel() for v in values])
+            scale = float(np.std(flat)) if flat.size > 1 else float(np.abs(flat).mean())
+        elif kind == "energy":
             scale = energy_spread[q]
             if q in per_structure:
                 scale *= float(np.mean([len(a) for a in dataset.frames]))
@@ -113,3 +117,21 @@ def baseline_rmse(
     energies = np.array([dataset.labels[i][target][0] for i in rows])
     residual = (energies - counts @ weights) / counts.sum(axis=1)
     return float(np.sqrt(np.mean(residual**2)))
+
+
+def generic_normalization(dataset: LabelledDataset, target) -> Tuple[float, float]:
+    """Per-atom shift and scale of a generic target's head, from the training labels: the
+    head then predicts numbers of order one. Only scalars are shifted (a constant vector or
+    tensor would break rotational equivariance)."""
+    values = [
+        (labels[target.name], len(atoms))
+        for atoms, labels in zip(dataset.frames, dataset.labels)
+        if target.name in labels
+    ]
+    if not values:
+        return 0.0, 1.0
+    divide = not target.per_atom and target.reduction == "sum"
+    per_atom = np.concatenate([(v / n if divide else v).ravel() for v, n in values])
+    shift = float(per_atom.mean()) if target.rank == 0 else 0.0
+    spread = float(np.std(per_atom)) if target.rank == 0 else float(np.sqrt(np.mean(per_atom**2)))
+    return shift, spread if spread > 1e-10 else 1.0

@@ -26,7 +26,7 @@ def residual_pair(
     return prediction[mask], reference[mask]
 
 
-DEFAULT_WEIGHTS = {"energy": 1.0, "forces": 10.0, "stress": 1.0}
+DEFAULT_WEIGHTS = {"energy": 1.0, "forces": 10.0, "stress": 1.0, "generic": 1.0}
 
 
 def default_weight(quantity: str) -> float:

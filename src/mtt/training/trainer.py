@@ -18,6 +18,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..abc import CheckpointContext, TrainerInterface
@@ -27,10 +28,16 @@ from ..errors import MttError
 from ..hypers import to_dict
 from ..version import __version__
 from .batches import LabelBatch, PreparedSet, quantity_kind, to_device
-from .composition import fit_baseline, model_scales, quantity_scales
+from .composition import (
+    fit_baseline,
+    generic_normalization,
+    model_scales,
+    quantity_scales,
+)
 from .ema import WeightAverage
 from .hypers import TrainingHypers
-from .loss import Loss, Metrics
+from .loss import Loss, Metrics, residual_pair
+from .metrics_log import MetricsLog
 from .progress import ProgressBar
 from .schedule import Plateau, make_scheduler
 
@@ -55,6 +62,7 @@ class Trainer(TrainerInterface):
         self.plateau: Optional[Plateau] = None
         self.reference_weights: Dict[str, torch.Tensor] = {}
         self.run_dir = "."
+        self.metrics_log = MetricsLog()  # TensorBoard, if installed
 
     # --- what an architecture may override ------------------------------------------------
     def parameter_groups(self, model: torch.nn.Module) -> List[Dict[str, Any]]:
@@ -241,6 +249,26 @@ class Trainer(TrainerInterface):
             model, loss, prepared, list(range(len(prepared))), device, None, None, dataset.name
         )
 
+    def predictions(
+        self, model, dataset: LabelledDataset, device
+    ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """Predicted and reference values of ``dataset``, flattened, per quantity named and
+        compared as in the metrics (``energy_per_atom``, ``energy/forces``): parity plots."""
+        quantities = [q for q in _labelled_quantities(model, dataset) if q in self.state["scales"]]
+        loss = _Recorder(
+            self.hypers.loss,
+            quantities,
+            self.state["scales"],
+            set(self.hypers.per_structure_targets),
+        )
+        prepared = PreparedSet(dataset, model, quantities)
+        self._pass(model, loss, prepared, list(range(len(prepared))), device, None, None, "")
+        return {
+            metric_name(q, loss.per_atom(q)): (np.concatenate(pred), np.concatenate(ref))
+            for q, (pred, ref) in loss.pairs.items()
+            if pred
+        }
+
     def _end_epoch(self, model, row, optimizer, scheduler) -> bool:
         """Bookkeeping after an epoch; True when early stopping ends the run."""
         self.epoch = int(row["epoch"])
@@ -262,6 +290,7 @@ class Trainer(TrainerInterface):
         stop = patience is not None and self.plateau.stale >= patience
         self._write_csv()
         last = self.epoch == self.hypers.num_epochs or stop
+        self.metrics_log.write(self.run_dir, row, last)
         if self.epoch % self.hypers.log_interval == 0 or last:
             LOGGER.info(_format_row(row, model))
         if stop:
@@ -296,7 +325,7 @@ class Trainer(TrainerInterface):
         scales = quantity_scales(
             dataset, quantities, spreads, set(self.hypers.per_structure_targets)
         )
-        new_baseline = torch.stack(baselines)
+        new_baseline = torch.stack(baselines) if baselines else old_baseline.double()
         output_scales = model.scale.detach().cpu().double().clone()
         trained = [t for t in model.target_names if t in quantities]
         fresh = model_scales(quantities, trained, scales)
@@ -309,6 +338,14 @@ class Trainer(TrainerInterface):
                 keep = [i for i, t in enumerate(model.target_names) if t in self.pretrained_targets]
                 new_baseline[keep] = old_baseline[keep].double()
         model.set_baseline(new_baseline, output_scales)
+        if model.generic_names and not self.pretrained_targets:
+            pairs = [
+                generic_normalization(dataset, model.dataset_info.targets[name])
+                for name in model.generic_names
+            ]
+            model.set_generic_normalization(
+                torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+            )
         self.state["scales"] = scales
         LOGGER.info(
             "scales of the quantities: %s", ", ".join(f"{q}: {s:.4g}" for q, s in scales.items())
@@ -386,6 +423,21 @@ def _labelled_quantities(model, dataset: LabelledDataset) -> List[str]:
     return [q for q in quantities if any(q in labels for labels in dataset.labels)]
 
 
+class _Recorder(Loss):
+    """The loss, keeping the predicted and reference values it compares."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.pairs: Dict[str, Tuple[list, list]] = {q: ([], []) for q in self.quantities}
+
+    def __call__(self, predictions: Dict[str, torch.Tensor], labels: LabelBatch) -> torch.Tensor:
+        for q, (predicted, reference) in self.pairs.items():
+            pred, ref = residual_pair(q, predictions[q].detach(), labels, self.per_atom(q))
+            predicted.append(pred.cpu().numpy().ravel())
+            reference.append(ref.cpu().numpy().ravel())
+        return super().__call__(predictions, labels)
+
+
 def _batch_to(batch, device):
     if hasattr(batch, "_replace"):  # the default Graph (a NamedTuple of tensors)
         return type(batch)(*[t.to(device) for t in batch])
@@ -414,7 +466,7 @@ def _format_row(row: Dict[str, float], model) -> str:
     ]
     if "validation_loss" in row:
         parts.append(f"val loss {row['validation_loss']:.4g}")
-    units = dict(zip(model.target_names, model.energy_units))
+    units = {name: target.unit for name, target in model.dataset_info.targets.items()}
     for key, value in row.items():
         if key.startswith("validation_") and key.endswith("_rmse"):
             quantity = key[len("validation_") : -len("_rmse")]
