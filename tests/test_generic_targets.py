@@ -63,6 +63,26 @@ def test_polarizability_tensor_learnt_and_exported(tmp_path, data_dir, monkeypat
     spread = np.sqrt(np.mean((labels - labels.mean(axis=0)) ** 2))
     assert error < 0.7 * spread, (error, spread)  # the isotropic mean alone gives 1.0
 
+    (tmp_path / "eval.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "systems": "val.xyz",
+                "targets": {
+                    "mtt::polarizability": {
+                        "key": "polarizability",
+                        "unit": "bohr^3",
+                        "type": {"cartesian": {"rank": 2}},
+                    }
+                },
+            }
+        )
+    )
+    assert main(["eval", "model.pt", "eval.yaml", "-o", "pred.xyz"]) == 0
+    written = ase.io.read("pred.xyz", ":")
+    np.testing.assert_allclose(
+        np.reshape(written[0].info["polarizability"], (3, 3)), predicted[0], rtol=1e-5
+    )
+
 
 def test_qm9_energy_and_scalar_properties(tmp_path, data_dir, monkeypatch):
     """Energy (U0, Hartree) together with two graph properties: the dipole magnitude (a sum

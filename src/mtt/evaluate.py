@@ -165,15 +165,24 @@ def error_metrics(frames, labels, predictions, energy: str) -> Dict[str, Dict[st
     }
 
 
-def write_predictions(path: str, frames: List[ase.Atoms], predictions) -> None:
-    """An extxyz file with each frame's predictions as its calculator results."""
+def write_predictions(path: str, frames: List[ase.Atoms], predictions, generic=None) -> None:
+    """An extxyz file with each frame's energy predictions as its calculator results and
+    generic outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
+    ``arrays`` (per atom)."""
     out = []
-    for atoms, prediction in zip(frames, predictions):
+    for index, (atoms, prediction) in enumerate(zip(frames, predictions)):
         copy = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        results = {"energy": float(prediction["energy"]), "forces": prediction["forces"]}
-        if "stress" in prediction:
-            results["stress"] = prediction["stress"]
-        copy.calc = SinglePointCalculator(copy, **results)
+        if "energy" in prediction:
+            results = {"energy": float(prediction["energy"]), "forces": prediction["forces"]}
+            if "stress" in prediction:
+                results["stress"] = prediction["stress"]
+            copy.calc = SinglePointCalculator(copy, **results)
+        for name, value in (generic[index] if generic else {}).items():
+            key = name.split("::", 1)[1].replace("/", "_")
+            if value.ndim > 0 and value.shape[0] == len(atoms) and value.ndim >= 2:
+                copy.arrays[key] = value.reshape(len(atoms), -1)
+            else:
+                copy.info[key] = np.ravel(value)
         out.append(copy)
     with atomic_path(path, suffix=".xyz") as tmp:
         ase.io.write(tmp, out, format="extxyz")

@@ -39,34 +39,105 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..evaluate import error_metrics, load_model, pick_energy_output, predict, write_predictions
+    from ..evaluate import generic_outputs, load_model, write_predictions
     from ..io import refuse_overwrite
 
     refuse_overwrite(args.output, args.force)
     model = load_model(args.model)
-    energy = pick_energy_output(model, args.output_name)
+    outputs = model.capabilities().outputs
+    generic = [name for name in outputs if name.startswith("mtt::")]
+    energy = _energy_output(model, args.output_name, generic)
     frames, labels, length_unit, energy_unit = _read(args.data, energy, model)
+    predictions = [{} for _ in frames]
+    if energy is not None:
+        predictions = _energy_predictions(
+            args, model, frames, labels, energy, length_unit, energy_unit
+        )
+    values = generic_outputs(model, frames, generic, length_unit) if generic else None
+    write_predictions(args.output, frames, predictions, values)
+    LOGGER.info("predictions for %d structures written to %s", len(frames), args.output)
+    if generic:
+        _generic_errors(args.data, model, frames, generic, values)
+
+
+def _energy_output(model, requested, generic):
+    from ..evaluate import pick_energy_output
+
+    energies = [n for n in model.capabilities().outputs if n.split("/")[0] == "energy"]
+    if not energies and requested is None and generic:
+        return None  # a model of other properties only
+    return pick_energy_output(model, requested)
+
+
+def _energy_predictions(args, model, frames, labels, energy, length_unit, energy_unit):
+    from ..evaluate import error_metrics, predict
+
     predictions = predict(
         model, frames, energy, length_unit, energy_unit, args.batch_size, repr(args.data)
     )
-    write_predictions(args.output, frames, predictions)
-    LOGGER.info("predictions for %d structures written to %s", len(frames), args.output)
+    units = {
+        "energy_per_atom": f"{energy_unit}/atom",
+        "forces": f"{energy_unit}/{length_unit}",
+        "stress": f"{energy_unit}/{length_unit}^3",
+    }
     for name, values in error_metrics(frames, labels, predictions, energy).items():
-        unit = {
-            "energy_per_atom": f"{energy_unit}/atom",
-            "forces": f"{energy_unit}/{length_unit}",
-            "stress": f"{energy_unit}/{length_unit}^3",
-        }[name]
         LOGGER.info(
             "%s: RMSE %.5g %s, MAE %.5g %s (%d structures)",
             name,
             values["rmse"],
-            unit,
+            units[name],
             values["mae"],
-            unit,
+            units[name],
             values["count"],
         )
     _parity(args, frames, labels, predictions, energy, (energy_unit, length_unit))
+    return predictions
+
+
+def _generic_errors(path, model, frames, names, values) -> None:
+    """RMSE/MAE of generic outputs against the labels an eval YAML declares for them."""
+    import numpy as np
+
+    if os.path.splitext(path)[1].lower() not in (".yaml", ".yml"):
+        return
+    from .. import hypers
+    from ..api import read_options
+    from ..data.dataset import load_dataset
+    from ..options import DatasetOptions
+
+    raw = read_options(path)
+    declared = [n for n in (raw.get("targets") or {}) if n in names]
+    if not declared:
+        return
+    options = hypers.parse(
+        DatasetOptions, dict(raw, targets={n: raw["targets"][n] for n in declared})
+    )
+    dataset = load_dataset(options, os.path.dirname(os.path.abspath(path)), "eval")
+    for name in declared:
+        unit = model.capabilities().outputs[name].unit
+        if dataset.targets[name].unit != unit:
+            LOGGER.warning(
+                "%s: labels are in %r but the model predicts %r; not compared",
+                name,
+                dataset.targets[name].unit,
+                unit,
+            )
+            continue
+        errors = [
+            np.ravel(v[name]) - np.ravel(labels[name])
+            for v, labels in zip(values, dataset.labels)
+            if name in labels
+        ]
+        error = np.concatenate(errors)
+        LOGGER.info(
+            "%s: RMSE %.5g %s, MAE %.5g %s (%d structures)",
+            name,
+            float(np.sqrt(np.mean(error**2))),
+            unit,
+            float(np.mean(np.abs(error))),
+            unit,
+            len(errors),
+        )
 
 
 def _parity(args, frames, labels, predictions, energy: str, units) -> None:
@@ -108,7 +179,7 @@ def _read(path: str, energy: str, model):
     from ..data.reading import check_structure, read_structures
     from ..options import DatasetOptions
 
-    model_unit = model.capabilities().outputs[energy].unit
+    model_unit = model.capabilities().outputs[energy].unit if energy else ""
     if os.path.splitext(path)[1].lower() not in (".yaml", ".yml"):
         frames = read_structures(path)
         for index, atoms in enumerate(frames):
@@ -117,12 +188,11 @@ def _read(path: str, energy: str, model):
     raw = read_options(path)
     options = hypers.parse(DatasetOptions, raw)
     if "targets" not in raw:  # predictions only
-        systems = options.systems
-        read_from = systems if isinstance(systems, str) else systems.read_from
-        unit = "angstrom" if isinstance(systems, str) else systems.length_unit
-        full = os.path.join(os.path.dirname(os.path.abspath(path)), read_from)
-        frames = read_structures(full, None if isinstance(systems, str) else systems.reader)
-        return frames, [{} for _ in frames], unit, model_unit
+        return _frames_only(options, path, model_unit)
+    energies = {n: t for n, t in options.targets.items() if not n.startswith("mtt::")}
+    if energy is None or not energies:  # generic labels are read by _generic_errors
+        return _frames_only(options, path, model_unit)
+    options.targets = energies
     dataset = load_dataset(options, os.path.dirname(os.path.abspath(path)), "eval")
     name = energy if energy in dataset.targets else next(iter(dataset.targets))
     labels = [
@@ -134,3 +204,14 @@ def _read(path: str, energy: str, model):
         for frame in dataset.labels
     ]
     return dataset.frames, labels, dataset.length_unit, dataset.targets[name].unit
+
+
+def _frames_only(options, path: str, model_unit: str):
+    from ..data.reading import read_structures
+
+    systems = options.systems
+    read_from = systems if isinstance(systems, str) else systems.read_from
+    unit = "angstrom" if isinstance(systems, str) else systems.length_unit
+    full = os.path.join(os.path.dirname(os.path.abspath(path)), read_from)
+    frames = read_structures(full, None if isinstance(systems, str) else systems.reader)
+    return frames, [{} for _ in frames], unit, model_unit
