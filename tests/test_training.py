@@ -218,6 +218,13 @@ def test_export_command_matches_training_export(tmp_path, data_dir, monkeypatch)
     second = predict(load_model("again.pt"), frames, "energy", "angstrom", "kcal/mol")
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a["energy"], b["energy"])
+    assert (
+        main(["export", os.path.join(run, "model.ckpt"), "-o", "f64.pt", "--dtype", "float64"]) == 0
+    )
+    assert load_model("f64.pt").capabilities().dtype == "float64"
+    third = predict(load_model("f64.pt"), frames, "energy", "angstrom", "kcal/mol")
+    for a, b in zip(first, third):
+        np.testing.assert_allclose(a["energy"], b["energy"], rtol=1e-6)
     shutil.rmtree("outputs")
 
 

@@ -495,10 +495,17 @@ def export(
     output: str = "model.pt",
     force: bool = False,
     metadata: Optional[ModelMetadata] = None,
+    dtype: Optional[str] = None,
 ) -> str:
-    """Export the best model of a checkpoint to ``output`` (``mtt export``)."""
+    """Export the best model of a checkpoint to ``output`` (``mtt export``), optionally in
+    another precision (``float32`` or ``float64``), e.g. trained in float64, run in float32."""
     refuse_overwrite(output, force)
     checkpoint = read_checkpoint(checkpoint_path)
-    _, model = model_from_checkpoint(checkpoint, checkpoint_path, "export")
+    architecture, model = model_from_checkpoint(checkpoint, checkpoint_path, "export")
+    if dtype is not None:
+        wanted = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        if wanted not in architecture.__model__.__supported_dtypes__:
+            raise MttError(f"{checkpoint.get('architecture')} does not support {dtype}")
+        model = model.to(wanted)
     save_model(model.export(metadata), output)
     return output

@@ -13,10 +13,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--force", action="store_true", help="overwrite the output model if it exists"
     )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        help="precision of the exported model (default: the one it was trained in)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     from ..api import export
 
-    path = export(args.checkpoint, args.output, force=args.force)
+    path = export(args.checkpoint, args.output, force=args.force, dtype=args.dtype)
     print(f"exported {args.checkpoint} to {path}")

@@ -327,6 +327,33 @@ class ArchitectureTests:
             )
             torch.testing.assert_close(exported, eager.detach())
 
+    def test_export_in_another_dtype_and_device(self, tmp_path):
+        """A float64 model exported in float32 (``mtt export --dtype``) declares float32 and
+        agrees with the float64 model to float32 precision; the loaded model moves between
+        devices with ``.to()`` (CUDA only where available)."""
+        if torch.float32 not in self.dtypes:
+            pytest.skip(f"{self.architecture} has no float32")
+        from metatomic.torch import ModelEvaluationOptions
+
+        model = self.model(torch.float64)
+        path = str(tmp_path / "model32.pt")
+        save_model(model.to(torch.float32).export(), path)
+        loaded = load_atomistic_model(path)
+        assert loaded.capabilities().dtype == "float32"
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        frames = [molecule(), periodic_crystal()]
+        reference = torch.cat([energy_of(model.to(torch.float64), a) for a in frames])
+        options = ModelEvaluationOptions(
+            length_unit="angstrom", outputs={"energy": ModelOutput(unit="eV")}
+        )
+        for device in devices:
+            moved = loaded.to(device)
+            systems = [s.to(device) for s in systems_with_neighbors(model, frames, torch.float32)]
+            energies = moved(systems, options, True)["energy"].block().values
+            torch.testing.assert_close(
+                energies.reshape(-1).double().cpu(), reference, rtol=1e-5, atol=1e-4
+            )
+
     def test_exported_model_in_fresh_process(self, tmp_path):
         """Energy, forces and stress from the ``.pt`` file alone, through metatomic's ASE
         calculator in a process that cannot import mtt, equal the eager model's."""
