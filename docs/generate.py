@@ -299,8 +299,17 @@ def _outputs(model: type) -> str:
             "training set, per structure or per atom. Forces and stress are exact gradients "
             "of the energy (conservative), computed by the engine; there is no direct "
             "(non-conservative) forces head."
-        )
+        ) + _generic_note(model)
     return "See the description above."
+
+
+def _generic_note(model: type) -> str:
+    if model.per_atom_features is EnergyModel.per_atom_features:
+        return " Generic targets (``mtt::<name>``) are not available."
+    return (
+        " Generic targets ``mtt::<name>``: scalars, vectors and symmetric rank-2 tensors, per "
+        "structure (sum, mean or max over atoms) or per atom; see :doc:`/how-to/generic-targets`."
+    )
 
 
 def _defaults_block(name: str, model_hypers: type, train_hypers: type) -> str:

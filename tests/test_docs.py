@@ -176,6 +176,8 @@ def test_cli_reference_has_every_flag_of_every_command():
 
 
 def _hand_written() -> List[str]:
+    """The README and every .rst/.md file under docs/, sub-folders (how-to/) included, except
+    generated and private folders (names starting with ``_`` or ``.``)."""
     paths = [os.path.join(ROOT, "README.rst")]
     for folder, dirs, files in os.walk(DOCS):
         dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
@@ -242,6 +244,8 @@ def test_documented_options_are_found():
     assert any(i.startswith("docs/getting-started.rst") for i in ids)
     assert any(i.startswith("docs/examples.rst") for i in ids)
     assert any(i.startswith("README.rst") for i in ids)
+    for page in ("fine-tuning", "generic-targets", "watching-training"):  # sub-folders too
+        assert any(i.startswith(f"docs/how-to/{page}.rst") for i in ids), page
 
 
 @pytest.mark.parametrize("name", architectures.names())

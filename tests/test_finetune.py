@@ -208,3 +208,18 @@ def test_dry_run_refuses_an_element_the_pretrained_model_lacks(
     )
     assert main(["train", options, "--dry-run"]) == 1
     assert "elements [7]" in capsys.readouterr().err
+
+
+def test_finetuning_refuses_new_generic_targets_clearly(pretrained, tmp_path, monkeypatch, capsys):
+    """Adding an ``mtt::`` target while fine-tuning is not available yet: one clear line."""
+    monkeypatch.chdir(tmp_path)
+    frames = ase.io.read(pretrained["root"] / "dft_small.xyz", ":")
+    for atoms in frames:
+        atoms.info["gap"] = 1.0
+    ase.io.write("gap.xyz", frames)
+    options = run(tmp_path, "g", {"finetune": {"read_from": pretrained["checkpoint"]}}, "gap.xyz")
+    raw = yaml.safe_load((tmp_path / "g.yaml").read_text())
+    raw["training_set"]["targets"]["mtt::gap"] = {"unit": "eV"}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", options, "--dry-run"]) == 1
+    assert "cannot add the generic targets ['mtt::gap']" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from .hypers import parse, to_dict
 from .lora import adapter_config, merge_adapters, restore_adapters
 from .metadata import merge_metadata
 from .outputs import scalar_tensormap
+from .units import conversion
 from .verification import METADATA_KEY, verification_metadata
 from .version import __version__
 
@@ -300,7 +301,21 @@ class EnergyModel(ModelInterface):
                     f"predicts {known.unit!r}; declare the model's unit (metatomic converts) "
                     "or convert the labels"
                 )
-        new_targets = [name for name in dataset_info.targets if name not in self.target_names]
+        new_generic = [
+            name
+            for name, target in dataset_info.targets.items()
+            if target.kind != "energy" and name not in self.generic_names
+        ]
+        if new_generic:
+            raise MttError(
+                f"fine-tuning cannot add the generic targets {new_generic} to this model yet "
+                f"(it predicts {self.target_names + self.generic_names}); train a new model"
+            )
+        new_targets = [
+            name
+            for name, target in dataset_info.targets.items()
+            if target.kind == "energy" and name not in self.target_names
+        ]
         if new_targets:
             self._add_targets(new_targets, dataset_info, inherit_heads or {})
         return self
@@ -319,11 +334,15 @@ class EnergyModel(ModelInterface):
             head = self.get_submodule(module_name)
             _replace_module(self, module_name, _grown_linear(head, sources))
         pick = [s if s is not None else -1 for s in sources]
+        # an inherited output starts as its source, converted to the new target's unit
+        factors = [
+            conversion(self.energy_units[s], info.targets[name].unit) if s >= 0 else 1.0
+            for name, s in zip(names, pick)
+        ]
         for buffer in ("baseline", "scale"):
             old = getattr(self, buffer)
-            extra = torch.stack([old[s] if s >= 0 else torch.zeros_like(old[0]) for s in pick])
-            if buffer == "scale":
-                extra = torch.stack([old[s] if s >= 0 else old.mean() for s in pick])
+            default = torch.zeros_like(old[0]) if buffer == "baseline" else old.mean()
+            extra = torch.stack([old[s] * f if s >= 0 else default for s, f in zip(pick, factors)])
             setattr(self, buffer, torch.cat([old, extra]))
         self.target_names = self.target_names + names
         self.energy_units = self.energy_units + [info.targets[n].unit for n in names]
