@@ -3,7 +3,7 @@
 :class:`Trainer` implements :class:`mtt.abc.TrainerInterface`: it owns epochs, batching, the
 loss, metrics, logging, checkpoint cadence, best-model tracking and exact restarts. An
 architecture's trainer subclasses it and overrides only what differs (its hypers class, its
-parameter groups or optimizer).
+parameter groups or optimizer, data augmentation through ``augment``).
 
 Restarts are exact: the shuffling of epoch ``e`` depends only on the seed and ``e``, and the
 checkpoint holds the weights, the optimizer and scheduler states and the metric history, so a
