@@ -44,12 +44,7 @@ class Pet(EnergyModel):
         dataset_info: DatasetInfo,
         metadata: Optional[ModelMetadata] = None,
     ):
-        super().__init__(
-            hypers,
-            dataset_info,
-            metadata if metadata is not None else ModelMetadata(),
-            hypers.cutoff,
-        )
+        super().__init__(hypers, dataset_info, metadata, hypers.cutoff)
         if self.generic_names:
             raise MttError(
                 f"pet predicts energies only, not {self.generic_names}: its features are not "

@@ -51,12 +51,7 @@ class SoapBpnn(EnergyModel):
         dataset_info: DatasetInfo,
         metadata: Optional[ModelMetadata] = None,
     ):
-        super().__init__(
-            hypers,
-            dataset_info,
-            metadata if metadata is not None else ModelMetadata(),
-            hypers.cutoff,
-        )
+        super().__init__(hypers, dataset_info, metadata, hypers.cutoff)
         self.soap = SoapPowerSpectrum(
             cutoff=hypers.cutoff,
             cutoff_width=hypers.cutoff_width,

@@ -54,9 +54,15 @@ class EnergyModel(ModelInterface):
     generic_ranks: List[int]
 
     def __init__(
-        self, hypers: Any, dataset_info: DatasetInfo, metadata: ModelMetadata, cutoff: float
+        self,
+        hypers: Any,
+        dataset_info: DatasetInfo,
+        metadata: Optional[ModelMetadata],
+        cutoff: float,
     ):
-        super().__init__(hypers, dataset_info, metadata)
+        super().__init__(
+            hypers, dataset_info, metadata if metadata is not None else ModelMetadata()
+        )
         self.cutoff = float(cutoff)
         # how far engines must provide neighbours (ghost atoms) for exact energies: the cutoff
         # for models that read each atom's neighbours once; message passing multiplies it

@@ -168,10 +168,16 @@ def nve_energies_in_fresh_process(
 
     structure = os.path.join(workdir, "nve_start.traj")
     ase.io.write(structure, atoms)
+    arguments = [model_path, structure, str(steps), str(timestep_fs)]
+    return _json_from_fresh_process(NVE_SCRIPT, arguments, workdir, "NVE run")
+
+
+def _json_from_fresh_process(script: str, arguments: List[str], workdir: str, what: str):
+    """Run ``script`` in a new Python process (no PYTHONPATH) and parse its last line."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     completed = subprocess.run(
-        [sys.executable, "-c", NVE_SCRIPT, model_path, structure, str(steps), str(timestep_fs)],
+        [sys.executable, "-c", script, *arguments],
         capture_output=True,
         text=True,
         env=env,
@@ -179,7 +185,7 @@ def nve_energies_in_fresh_process(
         timeout=600,
     )
     if completed.returncode != 0:
-        raise AssertionError(f"NVE run failed:\n{completed.stderr[-3000:]}")
+        raise AssertionError(f"{what} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -190,16 +196,6 @@ def exported_in_fresh_process(model_path: str, frames: List[ase.Atoms], workdir:
 
     structures = os.path.join(workdir, "structures.traj")  # exact positions
     ase.io.write(structures, frames)
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, model_path, structures],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=workdir,
-        timeout=600,
+    return _json_from_fresh_process(
+        FRESH_PROCESS_SCRIPT, [model_path, structures], workdir, "fresh process"
     )
-    if completed.returncode != 0:
-        raise AssertionError(f"fresh process failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
