@@ -7,6 +7,7 @@ import os
 from typing import Any, Dict, Tuple
 
 import ase
+import ase.build
 import numpy as np
 import pytest
 import torch
@@ -70,6 +71,9 @@ class ArchitectureTests:
             pytest.skip(f"{self.architecture} does not support {request.param}")
         return dtype
 
+    golden_energies: Dict[str, float] = {}
+    """Pinned energies (in the checkpoint's unit) of an ethanol molecule for golden
+    checkpoints in ``tests/checkpoints``, by file name."""
     generic_targets: bool = True
     """Whether the architecture offers generic targets (vectors, tensors, per-atom scalars)."""
 
@@ -440,6 +444,23 @@ class ArchitectureTests:
             train_hypers = parse(hypers_class, checkpoint["train_hypers"], "training")
             trainer = architecture.__trainer__.load_checkpoint(checkpoint, train_hypers, "restart")
             assert trainer.epoch == checkpoint["trainer_state"]["epoch"]
+
+    def test_golden_checkpoints_predict_pinned_energies(self):
+        """Each golden checkpoint named in ``golden_energies`` still gives the energy of an
+        ethanol molecule it gave when written (regression numbers pinned in the architecture's
+        test class; re-pin only when the checkpoint format changes on purpose)."""
+        if not self.golden_energies:
+            pytest.skip(f"{self.architecture} pins no golden energies")
+        folder = os.path.join(
+            os.path.dirname(architectures.load(self.architecture).__file__), "tests", "checkpoints"
+        )
+        for name, expected in self.golden_energies.items():
+            checkpoint = read_checkpoint(os.path.join(folder, name))
+            model_class = architectures.load(self.architecture).__model__
+            model = model_class.load_checkpoint(checkpoint, "export").eval()
+            dtype = model.baseline.dtype
+            energy = float(energy_of(model, ase.build.molecule("CH3CH2OH"), dtype)[0])
+            assert abs(energy - expected) < 0.02, (name, energy)
 
     def test_newer_checkpoint_refused(self):
         """A checkpoint from a newer mtt fails with a message to upgrade, not a crash."""
