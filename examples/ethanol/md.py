@@ -1,7 +1,7 @@
 """Molecular dynamics with the exported model, using only ASE and metatomic (no mtt code).
 
-Usage: python md.py [model.pt] — runs 0.5 ps of NVE from a training structure at 300 K and
-reports the energy drift, the first check of a model meant for MD.
+Usage: python md.py [model.pt] [steps] — runs 0.5 ps (1000 steps) of NVE from a training
+structure at 300 K and reports the energy drift, the first check of a model meant for MD.
 """
 
 import sys
@@ -19,7 +19,8 @@ atoms.calc = MetatomicCalculator(model, extensions_directory=None)
 thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
 Stationary(atoms)
 
-timestep_fs, steps = 0.5, 1000
+timestep_fs = 0.5
+steps = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 dynamics = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
 energies = []
 
