@@ -68,8 +68,8 @@ class SoapPowerSpectrum(torch.nn.Module):
 
     def _edge_terms(
         self, edge_vectors: Tensor, centers: Tensor, neighbor_species: Tensor
-    ) -> Tuple[Tensor, List[Tensor], Tensor]:
-        """Per-edge ``R_n(r) f(r)``, ``Y_lm(u)`` (one block per l) and (centre, species) slot."""
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-edge ``R_n(r) f(r)``, all ``Y_lm(u)``, centre and neighbour species."""
         # pairs at or beyond the cutoff contribute exactly nothing (nor to gradients): drop them
         r = torch.linalg.vector_norm(edge_vectors, dim=-1)
         inside = torch.nonzero(r < self.cutoff).squeeze(-1)
@@ -80,24 +80,33 @@ class SoapPowerSpectrum(torch.nn.Module):
 
         radial = self.radial(r) * cosine_cutoff(r, self.cutoff, self.cutoff_width).unsqueeze(-1)
         sph = spherical_harmonics_by_l(edge_vectors / r.unsqueeze(-1), self.max_angular)
-        slot = centers * self.n_species + neighbor_species
-        return radial, sph, slot
+        return radial, torch.cat(sph, dim=1), centers, neighbor_species
 
-    def _density_l(self, radial: Tensor, sph_l: Tensor, slot: Tensor, n_atoms: int) -> Tensor:
-        """Density coefficients of one ``l``, ``c[i, (a, n), m]``, shape ``[n_atoms, K, 2l + 1]``.
+    def _density(
+        self, radial: Tensor, sph: Tensor, centers: Tensor, species: Tensor, n_atoms: int
+    ) -> Tensor:
+        """Density coefficients ``c[i, (a, n), (l, m)]``, shape ``[n_atoms, K, (L + 1)^2]``.
 
-        Done one ``l`` at a time so the per-edge outer product ``R_n Y_lm`` stays small.
+        Each atom's edges are laid out in a padded ``[n_atoms, width, ...]`` block (padding is
+        zero), so the sum over neighbours of ``R_an Y_lm`` is one batched matrix product: much
+        cheaper, also in the backward passes, than per-edge outer products and scatters.
         """
-        n_m = sph_l.shape[1]
-        contribution = (radial.unsqueeze(2) * sph_l.unsqueeze(1)).reshape(-1, self.max_radial * n_m)
-        density = torch.zeros(
-            (n_atoms * self.n_species, self.max_radial * n_m),
-            dtype=radial.dtype,
-            device=radial.device,
-        )
-        # sum over the edges of each (centre, neighbour species) slot
-        density = density.index_add(0, slot, contribution)
-        return density.reshape(n_atoms, self.n_channels, n_m)
+        one_hot = torch.nn.functional.one_hot(species, self.n_species).to(radial.dtype)
+        channels = (one_hot.unsqueeze(2) * radial.unsqueeze(1)).reshape(-1, self.n_channels)
+        order = torch.argsort(centers, stable=True)
+        sorted_centers = centers.index_select(0, order)
+        counts = torch.bincount(sorted_centers, minlength=n_atoms)
+        width = int(counts.max()) if sorted_centers.shape[0] > 0 else 0
+        slot = torch.arange(order.shape[0], device=centers.device) - (
+            torch.cumsum(counts, 0) - counts
+        ).index_select(0, sorted_centers)
+        left = torch.zeros(
+            (n_atoms, width, self.n_channels), dtype=radial.dtype, device=radial.device
+        ).index_put([sorted_centers, slot], channels.index_select(0, order))
+        right = torch.zeros(
+            (n_atoms, width, sph.shape[1]), dtype=radial.dtype, device=radial.device
+        ).index_put([sorted_centers, slot], sph.index_select(0, order))
+        return torch.bmm(left.transpose(1, 2), right)
 
     def forward(
         self, edge_vectors: Tensor, centers: Tensor, neighbor_species: Tensor, n_atoms: int
@@ -111,7 +120,8 @@ class SoapPowerSpectrum(torch.nn.Module):
         :param n_atoms: number of atoms (rows of the output)
         :return: ``[n_atoms, n_features]``, same dtype as ``edge_vectors``
         """
-        radial, sph, slot = self._edge_terms(edge_vectors, centers, neighbor_species)
+        radial, sph, centers, species = self._edge_terms(edge_vectors, centers, neighbor_species)
+        density = self._density(radial, sph, centers, species, n_atoms)
         k2 = self.n_channels * self.n_channels
 
         # sqrt(2) on the off-diagonal entries, computed in the input dtype
@@ -119,7 +129,7 @@ class SoapPowerSpectrum(torch.nn.Module):
 
         features: List[Tensor] = []
         for ell in range(self.max_angular + 1):
-            c_l = self._density_l(radial, sph[ell], slot, n_atoms)
+            c_l = density[:, :, ell * ell : (ell + 1) * (ell + 1)]
             # contract m: rotations act on m by an orthogonal matrix, which cancels here
             p_l = torch.bmm(c_l, c_l.transpose(1, 2)).reshape(n_atoms, k2)
             p_l = p_l.index_select(1, self.tri_linear)
