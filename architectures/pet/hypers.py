@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import List, Tuple
 
+from mtt.hypers import cutoff_problems, minimum_problems
 from mtt.training.hypers import TrainingHypers
 
 
@@ -35,11 +36,6 @@ class ModelHypers:
     on ethanol, forces did not start to learn within 20 epochs)."""
 
     def validate(self) -> List[Tuple[str, str]]:
-        problems = []
-        if self.cutoff <= 0:
-            problems.append(("cutoff", f"must be positive, got {self.cutoff}"))
-        if not 0 < self.cutoff_width <= self.cutoff:
-            problems.append(("cutoff_width", "must be positive and at most the cutoff"))
         positive = (
             "d_pet",
             "num_heads",
@@ -48,9 +44,8 @@ class ModelHypers:
             "d_feedforward",
             "num_radial",
         )
-        for name in positive:
-            if getattr(self, name) < 1:
-                problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
+        problems = cutoff_problems(self.cutoff, self.cutoff_width)
+        problems += minimum_problems(self, positive, 1)
         if self.num_heads >= 1 and self.d_pet % self.num_heads != 0:
             problems.append(
                 ("num_heads", f"must divide d_pet ({self.d_pet}), got {self.num_heads}")

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import List, Tuple
 
+from mtt.hypers import cutoff_problems, minimum_problems
 from mtt.training.hypers import TrainingHypers
 
 
@@ -27,17 +28,9 @@ class ModelHypers:
     """Width of the hidden layers."""
 
     def validate(self) -> List[Tuple[str, str]]:
-        problems = []
-        if self.cutoff <= 0:
-            problems.append(("cutoff", f"must be positive, got {self.cutoff}"))
-        if not 0 < self.cutoff_width <= self.cutoff:
-            problems.append(("cutoff_width", "must be positive and at most the cutoff"))
-        for name in ("max_radial", "num_neurons_per_layer"):
-            if getattr(self, name) < 1:
-                problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
-        for name in ("max_angular", "num_hidden_layers"):
-            if getattr(self, name) < 0:
-                problems.append((name, f"must be zero or positive, got {getattr(self, name)}"))
+        problems = cutoff_problems(self.cutoff, self.cutoff_width)
+        problems += minimum_problems(self, ("max_radial", "num_neurons_per_layer"), 1)
+        problems += minimum_problems(self, ("max_angular", "num_hidden_layers"), 0)
         return problems
 
 

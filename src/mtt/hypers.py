@@ -49,7 +49,15 @@ import yaml
 
 from mtt.errors import OptionsError
 
-__all__ = ["parse", "to_dict", "field_docs", "apply_overrides", "describe_type"]
+__all__ = [
+    "parse",
+    "to_dict",
+    "field_docs",
+    "apply_overrides",
+    "describe_type",
+    "cutoff_problems",
+    "minimum_problems",
+]
 
 T = typing.TypeVar("T")
 
@@ -422,3 +430,22 @@ def _set_path(
             return
         node = child
     node[parts[-1]] = value
+
+
+def cutoff_problems(cutoff: float, width: float) -> List[Tuple[str, str]]:
+    """Checks shared by every architecture with a smooth cutoff, for ``validate`` hooks."""
+    problems = []
+    if cutoff <= 0:
+        problems.append(("cutoff", f"must be positive, got {cutoff}"))
+    if not 0 < width <= cutoff:
+        problems.append(("cutoff_width", "must be positive and at most the cutoff"))
+    return problems
+
+
+def minimum_problems(section: Any, names: Tuple[str, ...], minimum: int) -> List[Tuple[str, str]]:
+    """``(name, message)`` for each integer field of ``section`` below ``minimum``."""
+    return [
+        (name, f"must be at least {minimum}, got {getattr(section, name)}")
+        for name in names
+        if getattr(section, name) < minimum
+    ]
