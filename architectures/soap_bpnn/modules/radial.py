@@ -56,3 +56,9 @@ class RadialBasis(torch.nn.Module):
         k = self.n.to(r.dtype) * (math.pi / self.cutoff)  # wave numbers k_n = n pi / cutoff
         r = r.unsqueeze(-1)
         return self.normalisation * torch.sin(k * r) / r
+
+    def times(self, r: Tensor, envelope: Tensor) -> Tensor:
+        """``R_n(r) * envelope`` (``[E, max_radial]``) with a single pass over the result: the
+        per-edge factor ``normalisation * envelope / r`` is formed on ``[E]`` first."""
+        k = self.n.to(r.dtype) * (math.pi / self.cutoff)
+        return torch.sin(r.unsqueeze(-1) * k) * (self.normalisation * envelope / r).unsqueeze(-1)

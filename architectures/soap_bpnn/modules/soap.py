@@ -1,13 +1,27 @@
 """SOAP power spectrum (rotation-invariant two-neighbour correlations of the atomic density)."""
 
 import math
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
 from .radial import RadialBasis, cosine_cutoff
-from .spherical_harmonics import spherical_harmonics_by_l
+from .spherical_harmonics import SphericalHarmonics, harmonic_coefficients
+
+
+def padded_harmonics(max_angular: int) -> Tensor:
+    """Monomials -> harmonics (float64), each l padded with zero columns to 2 L + 1 so that all
+    l go through one batched product, and scaled by (2l + 1)^(-1/4): the power spectrum's
+    1/sqrt(2l + 1) comes out of the product of two such columns. ``[(L + 1)^2,
+    (L + 1) (2 L + 1)]``."""
+    harmonics = harmonic_coefficients(max_angular)
+    n_l, n_m = max_angular + 1, 2 * max_angular + 1
+    padded = torch.zeros(harmonics.shape[0], n_l, n_m, dtype=torch.float64)
+    for ell in range(n_l):
+        block = harmonics[:, ell * ell : (ell + 1) * (ell + 1)]
+        padded[:, ell, : 2 * ell + 1] = block * (2.0 * ell + 1.0) ** -0.25
+    return padded.reshape(harmonics.shape[0], n_l * n_m)
 
 
 class SoapPowerSpectrum(torch.nn.Module):
@@ -59,54 +73,86 @@ class SoapPowerSpectrum(torch.nn.Module):
         self.n_features = (max_angular + 1) * self.n_pairs
 
         self.radial = RadialBasis(max_radial, cutoff)
+        self.harmonics = SphericalHarmonics(max_angular)
 
-        # upper triangle (k1 <= k2) of the K x K matrix, as indices into the flattened matrix;
-        # integer buffers so they follow `.to(device)` but not `.to(dtype)`
-        tri = torch.triu_indices(self.n_channels, self.n_channels)
-        self.register_buffer("tri_linear", tri[0] * self.n_channels + tri[1], persistent=False)
-        self.register_buffer("tri_off_diagonal", tri[0] != tri[1], persistent=False)
+        self.register_buffer("padded_harmonics", padded_harmonics(max_angular), persistent=False)
+        # The m contraction is a Gram matrix of the rows (k, l) of each atom's c[k, l, :].
+        # Per (atom, l) it is K x K x (2L + 1) multiply-adds, which torch runs in a slow loop
+        # of its own below 400 (e.g. K = 6, L = 4: 324; 5x slower than one BLAS product per
+        # atom of all (k, l) rows, cross-l entries included). So: one product per atom when
+        # K is that small, one per (atom, l) otherwise (no wasted cross-l entries).
+        k, n_l, n_m = self.n_channels, max_angular + 1, 2 * max_angular + 1
+        self.gram_per_atom = k * k * n_m < 400
+        tri = torch.triu_indices(k, k)
+        ell = torch.arange(n_l).repeat_interleave(tri.shape[1])
+        k1, k2 = tri[0].repeat(n_l), tri[1].repeat(n_l)
+        if self.gram_per_atom:  # rows (k, l) of a [K n_l, K n_l] matrix, flattened
+            entries = (k1 * n_l + ell) * (k * n_l) + k2 * n_l + ell
+        else:  # [n_l, K, K]
+            entries = ell * k * k + k1 * k + k2
+        # feature (l, k1 <= k2), l-major: its entry in the flattened Gram matrices; integer
+        # buffers follow `.to(device)` but not `.to(dtype)`
+        self.register_buffer("gram_entries", entries, persistent=False)
+        self.register_buffer("off_diagonal", k1 != k2, persistent=False)
 
-    def _edge_terms(
-        self, edge_vectors: Tensor, centers: Tensor, neighbor_species: Tensor
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-edge ``R_n(r) f(r)``, all ``Y_lm(u)``, centre and neighbour species."""
-        # pairs at or beyond the cutoff contribute exactly nothing (nor to gradients): drop them
-        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        inside = torch.nonzero(r < self.cutoff).squeeze(-1)
-        r = r.index_select(0, inside)
-        edge_vectors = edge_vectors.index_select(0, inside)
-        centers = centers.index_select(0, inside)
-        neighbor_species = neighbor_species.index_select(0, inside)
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # the constant stays float64, see SphericalHarmonics._apply
+        module = super()._apply(fn, recurse)
+        exact = padded_harmonics(self.max_angular)
+        self.padded_harmonics = exact.to(self.padded_harmonics.device)
+        return module
 
-        radial = self.radial(r) * cosine_cutoff(r, self.cutoff, self.cutoff_width).unsqueeze(-1)
-        sph = spherical_harmonics_by_l(edge_vectors / r.unsqueeze(-1), self.max_angular)
-        return radial, torch.cat(sph, dim=1), centers, neighbor_species
+    def _neighbor_grid(
+        self, edge_vectors: Tensor, centers: Tensor, neighbor_species: Tensor, n_atoms: int
+    ) -> Tuple[Tensor, Tensor]:
+        """Edges laid out as ``[n_atoms * width]`` rows (``width`` = most edges of an atom), row
+        ``i * width + k`` holding the ``k``-th edge of atom ``i`` in list order.
+
+        Empty rows get the vector ``(2 cutoff, 0, 0)``: beyond the cutoff, so they contribute
+        exactly zero (and no gradient), like edges at or beyond the cutoff given by the engine.
+        Everything per edge then runs on this grid, and the sum over neighbours is one batched
+        matrix product, without scattering ``[E, ...]`` intermediates.
+        """
+        n_edges = centers.shape[0]
+        counts = torch.bincount(centers, minlength=n_atoms)
+        width = int(counts.max()) if n_edges > 0 else 0
+        first = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(n_edges, device=centers.device)
+        if n_edges > 1 and not bool((centers[1:] >= centers[:-1]).all()):
+            order = torch.argsort(centers, stable=True)
+            rank = torch.empty_like(rank).index_copy(
+                0, order, rank - first.index_select(0, centers.index_select(0, order))
+            )
+        else:  # already grouped by centre (vesin's lists are)
+            rank = rank - first.index_select(0, centers)
+        rows = centers * width + rank
+        vectors = torch.zeros(
+            (n_atoms * width, 3), dtype=edge_vectors.dtype, device=edge_vectors.device
+        )
+        vectors[:, 0] = 2.0 * self.cutoff
+        vectors = vectors.index_copy(0, rows, edge_vectors)
+        species = torch.zeros(n_atoms * width, dtype=torch.int64, device=centers.device)
+        return vectors, species.index_copy(0, rows, neighbor_species)
 
     def _density(
-        self, radial: Tensor, sph: Tensor, centers: Tensor, species: Tensor, n_atoms: int
+        self, edge_vectors: Tensor, centers: Tensor, neighbor_species: Tensor, n_atoms: int
     ) -> Tensor:
-        """Density coefficients ``c[i, (a, n), (l, m)]``, shape ``[n_atoms, K, (L + 1)^2]``.
-
-        Each atom's edges are laid out in a padded ``[n_atoms, width, ...]`` block (padding is
-        zero), so the sum over neighbours of ``R_an Y_lm`` is one batched matrix product: much
-        cheaper, also in the backward passes, than per-edge outer products and scatters.
-        """
-        one_hot = torch.nn.functional.one_hot(species, self.n_species).to(radial.dtype)
-        channels = (one_hot.unsqueeze(2) * radial.unsqueeze(1)).reshape(-1, self.n_channels)
-        order = torch.argsort(centers, stable=True)
-        sorted_centers = centers.index_select(0, order)
-        counts = torch.bincount(sorted_centers, minlength=n_atoms)
-        width = int(counts.max()) if sorted_centers.shape[0] > 0 else 0
-        slot = torch.arange(order.shape[0], device=centers.device) - (
-            torch.cumsum(counts, 0) - counts
-        ).index_select(0, sorted_centers)
-        left = torch.zeros(
-            (n_atoms, width, self.n_channels), dtype=radial.dtype, device=radial.device
-        ).index_put([sorted_centers, slot], channels.index_select(0, order))
-        right = torch.zeros(
-            (n_atoms, width, sph.shape[1]), dtype=radial.dtype, device=radial.device
-        ).index_put([sorted_centers, slot], sph.index_select(0, order))
-        return torch.bmm(left.transpose(1, 2), right)
+        """Density coefficients in the monomial basis, ``sum_j R_an(r_ij) monomial(u_ij)``,
+        shape ``[n_atoms, K, (L + 1)^2]``; times ``harmonics.coefficients(...)`` they are
+        ``c[i, (a, n), (l, m)]``."""
+        vectors, species = self._neighbor_grid(edge_vectors, centers, neighbor_species, n_atoms)
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        radial = self.radial.times(r, cosine_cutoff(r, self.cutoff, self.cutoff_width))
+        if self.n_species > 1:
+            one_hot = torch.nn.functional.one_hot(species, self.n_species).to(radial.dtype)
+            radial = (one_hot.unsqueeze(2) * radial.unsqueeze(1)).reshape(-1, self.n_channels)
+        monomials = self.harmonics.monomials(vectors / r.unsqueeze(-1))
+        # sum over neighbours in the monomial basis (Y = monomials @ C is applied after)
+        width = vectors.shape[0] // max(n_atoms, 1)
+        return torch.bmm(
+            radial.reshape(n_atoms, width, self.n_channels).transpose(1, 2),
+            monomials.reshape(n_atoms, width, monomials.shape[1]),
+        )
 
     def forward(
         self, edge_vectors: Tensor, centers: Tensor, neighbor_species: Tensor, n_atoms: int
@@ -120,18 +166,17 @@ class SoapPowerSpectrum(torch.nn.Module):
         :param n_atoms: number of atoms (rows of the output)
         :return: ``[n_atoms, n_features]``, same dtype as ``edge_vectors``
         """
-        radial, sph, centers, species = self._edge_terms(edge_vectors, centers, neighbor_species)
-        density = self._density(radial, sph, centers, species, n_atoms)
-        k2 = self.n_channels * self.n_channels
-
+        summed = self._density(edge_vectors, centers, neighbor_species, n_atoms)
+        n_l, n_m, k = self.max_angular + 1, 2 * self.max_angular + 1, self.n_channels
+        # c[i, k, l, m], scaled and zero-padded in m (see __init__)
+        density = summed.reshape(n_atoms * k, -1) @ self.padded_harmonics.to(summed.dtype)
+        # contract m: rotations act on m by an orthogonal matrix, which cancels here
+        if self.gram_per_atom:
+            rows = density.reshape(n_atoms, k * n_l, n_m)
+        else:
+            rows = density.reshape(n_atoms, k, n_l, n_m).transpose(1, 2)
+            rows = rows.reshape(n_atoms * n_l, k, n_m)
+        gram = torch.bmm(rows, rows.transpose(1, 2)).reshape(n_atoms, -1)
         # sqrt(2) on the off-diagonal entries, computed in the input dtype
-        pair_weight = 1.0 + (math.sqrt(2.0) - 1.0) * self.tri_off_diagonal.to(radial.dtype)
-
-        features: List[Tensor] = []
-        for ell in range(self.max_angular + 1):
-            c_l = density[:, :, ell * ell : (ell + 1) * (ell + 1)]
-            # contract m: rotations act on m by an orthogonal matrix, which cancels here
-            p_l = torch.bmm(c_l, c_l.transpose(1, 2)).reshape(n_atoms, k2)
-            p_l = p_l.index_select(1, self.tri_linear)
-            features.append(p_l * (pair_weight / math.sqrt(2.0 * ell + 1.0)))
-        return torch.cat(features, dim=1)
+        pair_weight = 1.0 + (math.sqrt(2.0) - 1.0) * self.off_diagonal.to(summed.dtype)
+        return gram.index_select(1, self.gram_entries) * pair_weight

@@ -1,4 +1,4 @@
-"""Real spherical harmonics as polynomials of the Cartesian components of a unit vector.
+"""Real spherical harmonics as one matrix product with Cartesian monomials of a unit vector.
 
 For a unit vector ``u = (x, y, z) = (sin(t) cos(p), sin(t) sin(p), cos(t))`` the real spherical
 harmonics are (without the Condon-Shortley phase)::
@@ -9,38 +9,95 @@ harmonics are (without the Condon-Shortley phase)::
 
 with ``N_lm = sqrt((2l + 1) / (4 pi) (l - m)! / (l + m)!)`` and ``Q_l^m = P_l^m / sin^m(t)`` a
 polynomial in ``z``. The factors ``sin^m(t) cos(m p)`` and ``sin^m(t) sin(m p)`` are the real and
-imaginary parts of ``(x + i y)^m``, polynomials in ``x`` and ``y``. Everything is a polynomial of
-``(x, y, z)``: no angles, so nothing is singular at the poles and derivatives of any order exist.
+imaginary parts of ``(x + i y)^m``: every ``Y_lm`` is a polynomial of ``(x, y, z)``, with no
+angles, so nothing is singular at the poles and derivatives of any order exist.
 
-To keep the numbers of order one we run the recurrences directly on ``Qbar_l^m = N_lm Q_l^m``.
-With this convention ``Y_1 = sqrt(3 / (4 pi)) * (y, z, x)`` (the usual real-harmonics order).
+On the unit sphere ``x^2 + y^2 + z^2 = 1``, so multiplying the terms of degree ``d < l`` by
+powers of it turns ``Y_lm`` into a *homogeneous* polynomial of degree ``l``, and again by
+powers of it into one of degree ``L`` or ``L - 1`` (``L = max_angular``, the one with the parity
+of ``l``). So all harmonics up to ``L`` are one constant matrix applied to the monomials
+``x^a y^b z^c`` of degrees ``L - 1`` and ``L`` (``(L + 1)^2`` of them, as many as harmonics)::
+
+    Y(u) = monomials(u) @ C
+
+The coefficients ``C`` are computed once, in float64, by running the usual recurrences on
+polynomials (:func:`harmonic_coefficients`). Evaluating is a handful of products of columns
+and one matrix product, and its backward is as cheap: much less work than the recurrences on
+``[E]`` vectors, and the SOAP density can even be accumulated in the monomial basis and
+converted afterwards (``c = (sum_j R_j monomials_j) @ C``, see ``soap.py``). With this
+convention ``Y_1 = sqrt(3 / (4 pi)) * (y, z, x)`` (the usual real-harmonics order).
 """
 
 import math
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
+Monomial = Tuple[int, int, int]
+Polynomial = Dict[Monomial, float]
 
-def _normalised_legendre(z: Tensor, max_angular: int) -> List[List[Tensor]]:
-    """``Qbar_l^m(z) = N_lm P_l^m(z) / sin^m(t)``, returned as ``q[m][l - m]`` for l <= max_angular.
 
-    Recurrences (normalisation folded in, see the module docstring):
+def monomial_degrees(max_angular: int) -> List[int]:
+    """The degrees of the monomials the harmonics up to ``max_angular`` are written in."""
+    return [d for d in (max_angular - 1, max_angular) if d >= 0]
+
+
+def monomials_of_degree(degree: int) -> List[Monomial]:
+    """Exponents ``(a, b, c)`` of ``x^a y^b z^c`` with ``a + b + c = degree``, a fixed order."""
+    return [
+        (a, b, degree - a - b) for a in range(degree, -1, -1) for b in range(degree - a, -1, -1)
+    ]
+
+
+def _add(p: Polynomial, q: Polynomial, factor: float = 1.0) -> Polynomial:
+    out = dict(p)
+    for key, value in q.items():
+        out[key] = out.get(key, 0.0) + factor * value
+    return out
+
+
+def _multiply(p: Polynomial, q: Polynomial) -> Polynomial:
+    out: Polynomial = {}
+    for (a, b, c), u in p.items():
+        for (d, e, f), v in q.items():
+            key = (a + d, b + e, c + f)
+            out[key] = out.get(key, 0.0) + u * v
+    return out
+
+
+def _homogeneous(p: Polynomial, degree: int) -> Polynomial:
+    """``p`` with each term of degree ``d`` multiplied by ``(x^2 + y^2 + z^2)^((degree - d)/2)``
+    (the same function on the unit sphere); ``p``'s degrees must have the parity of ``degree``."""
+    r2: Polynomial = {(2, 0, 0): 1.0, (0, 2, 0): 1.0, (0, 0, 2): 1.0}
+    out: Polynomial = {}
+    for key, value in p.items():
+        term: Polynomial = {key: value}
+        for _ in range((degree - sum(key)) // 2):
+            term = _multiply(term, r2)
+        out = _add(out, term)
+    return out
+
+
+def _legendre_polynomials(max_angular: int) -> List[List[Polynomial]]:
+    """``Qbar_l^m(z) = N_lm P_l^m(z) / sin^m(t)`` as polynomials in z, stored as ``q[m][l - m]``.
+
+    Recurrences (normalisation folded in):
         Qbar_m^m     = sqrt((2m + 1) / (2m)) Qbar_{m-1}^{m-1},   Qbar_0^0 = 1 / sqrt(4 pi)
         Qbar_{m+1}^m = sqrt(2m + 3) z Qbar_m^m
         Qbar_l^m     = a_lm z Qbar_{l-1}^m - b_lm Qbar_{l-2}^m
     with a_lm = sqrt((4l^2 - 1) / (l^2 - m^2)),
          b_lm = sqrt((2l + 1) ((l - 1)^2 - m^2) / ((2l - 3) (l^2 - m^2))).
     """
-    q: List[List[Tensor]] = []
-    q_mm = 1.0 / math.sqrt(4.0 * math.pi)  # Qbar_m^m is a constant
+    z: Polynomial = {(0, 0, 1): 1.0}
+    q: List[List[Polynomial]] = []
+    q_mm = 1.0 / math.sqrt(4.0 * math.pi)
     for m in range(max_angular + 1):
         if m > 0:
-            q_mm = q_mm * math.sqrt((2.0 * m + 1.0) / (2.0 * m))
-        column: List[Tensor] = [torch.full_like(z, q_mm)]
+            q_mm *= math.sqrt((2.0 * m + 1.0) / (2.0 * m))
+        column: List[Polynomial] = [{(0, 0, 0): q_mm}]
         if m + 1 <= max_angular:
-            column.append(math.sqrt(2.0 * m + 3.0) * q_mm * z)
+            column.append({(0, 0, 1): math.sqrt(2.0 * m + 3.0) * q_mm})
         for ell in range(m + 2, max_angular + 1):
             a = math.sqrt((4.0 * ell * ell - 1.0) / (ell * ell - m * m))
             b = math.sqrt(
@@ -48,72 +105,116 @@ def _normalised_legendre(z: Tensor, max_angular: int) -> List[List[Tensor]]:
                 * ((ell - 1.0) * (ell - 1.0) - m * m)
                 / ((2.0 * ell - 3.0) * (ell * ell - m * m))
             )
-            column.append(a * z * column[ell - m - 1] - b * column[ell - m - 2])
+            previous = {k: a * v for k, v in _multiply(z, column[ell - m - 1]).items()}
+            column.append(_add(previous, column[ell - m - 2], -b))
         q.append(column)
     return q
 
 
-def _azimuthal_parts(x: Tensor, y: Tensor, max_angular: int) -> List[List[Tensor]]:
-    """``[Re (x + iy)^m, Im (x + iy)^m]`` for m = 1..max_angular, stored at index m - 1.
-
-    For a unit vector these are ``sin^m(t) cos(m p)`` and ``sin^m(t) sin(m p)``.
-    """
-    parts: List[List[Tensor]] = []
-    if max_angular < 1:
-        return parts
-    c = x
-    s = y
-    parts.append([c, s])
-    for _ in range(2, max_angular + 1):
-        # (c + i s) (x + i y)
-        c, s = x * c - y * s, x * s + y * c
-        parts.append([c, s])
+def _azimuthal_polynomials(max_angular: int) -> List[Tuple[Polynomial, Polynomial]]:
+    """``(Re, Im)`` of ``(x + i y)^m`` for m = 0..max_angular."""
+    parts: List[Tuple[Polynomial, Polynomial]] = [({(0, 0, 0): 1.0}, {})]
+    for _ in range(max_angular):
+        c, s = parts[-1]
+        # (c + i s) (x + i y) = (x c - y s) + i (x s + y c)
+        x: Polynomial = {(1, 0, 0): 1.0}
+        y: Polynomial = {(0, 1, 0): 1.0}
+        parts.append(
+            (
+                _add(_multiply(x, c), _multiply(y, s), -1.0),
+                _add(_multiply(x, s), _multiply(y, c)),
+            )
+        )
     return parts
 
 
-def spherical_harmonics_by_l(unit_vectors: Tensor, max_angular: int) -> List[Tensor]:
-    """Orthonormal real spherical harmonics of unit vectors, one ``[E, 2l + 1]`` block per ``l``.
+def harmonic_coefficients(max_angular: int) -> Tensor:
+    """``C`` (float64) with ``Y(u) = monomials(u) @ C`` on the unit sphere.
 
-    Within a block the order is ``m = -l..l``. Useful when each ``l`` is processed separately: no
-    slicing of the full ``[E, (max_angular + 1) ** 2]`` tensor (whose backward is wasteful).
+    Rows: the monomials of :func:`monomial_degrees`, degree by degree, each in the order of
+    :func:`monomials_of_degree`. Columns: ``(l, m)``, l-major, ``m = -l..l``.
     """
-    x = unit_vectors[:, 0]
-    y = unit_vectors[:, 1]
-    z = unit_vectors[:, 2]
-    q = _normalised_legendre(z, max_angular)
-    xy = _azimuthal_parts(x, y, max_angular)
+    q = _legendre_polynomials(max_angular)
+    xy = _azimuthal_polynomials(max_angular)
+    degrees = monomial_degrees(max_angular)
+    rows: Dict[Monomial, int] = {}
+    for degree in degrees:
+        for monomial in monomials_of_degree(degree):
+            rows[monomial] = len(rows)
+    coefficients = torch.zeros(len(rows), (max_angular + 1) ** 2, dtype=torch.float64)
     sqrt2 = math.sqrt(2.0)
-
-    blocks: List[Tensor] = []
     for ell in range(max_angular + 1):
-        columns: List[Tensor] = []
-        for m in range(ell, 0, -1):  # m = -l..-1: sine parts
-            columns.append(sqrt2 * q[m][ell - m] * xy[m - 1][1])
-        columns.append(q[0][ell])
-        for m in range(1, ell + 1):  # m = 1..l: cosine parts
-            columns.append(sqrt2 * q[m][ell - m] * xy[m - 1][0])
-        blocks.append(torch.stack(columns, dim=-1))
-    return blocks
-
-
-def real_spherical_harmonics(unit_vectors: Tensor, max_angular: int) -> Tensor:
-    """Orthonormal real spherical harmonics ``Y_lm(u)`` of unit vectors.
-
-    :param unit_vectors: ``[E, 3]`` unit vectors (the polynomials are only harmonics on the sphere)
-    :param max_angular: largest ``l``
-    :return: ``[E, (max_angular + 1) ** 2]``, l-major, ``m = -l..l`` within each ``l``
-    """
-    return torch.cat(spherical_harmonics_by_l(unit_vectors, max_angular), dim=-1)
+        target = max_angular if (max_angular - ell) % 2 == 0 else max_angular - 1
+        for m in range(-ell, ell + 1):
+            if m == 0:
+                polynomial = q[0][ell]
+            else:
+                part = xy[abs(m)][1 if m < 0 else 0]
+                polynomial = {
+                    k: sqrt2 * v for k, v in _multiply(q[abs(m)][ell - abs(m)], part).items()
+                }
+            for monomial, value in _homogeneous(polynomial, target).items():
+                coefficients[rows[monomial], ell * ell + ell + m] += value
+    return coefficients
 
 
 class SphericalHarmonics(torch.nn.Module):
-    """Module wrapper around :func:`real_spherical_harmonics` with a fixed ``max_angular``."""
+    """Orthonormal real spherical harmonics ``Y_lm(u)`` of unit vectors up to ``max_angular``.
+
+    ``forward(u)`` returns ``[E, (max_angular + 1) ** 2]``, l-major, ``m = -l..l`` within each
+    ``l``; :meth:`monomials` and the float64 buffer ``coefficients`` give the two factors of
+    ``Y = monomials(u) @ coefficients``. Buffers are constants, not saved in state dicts.
+    """
 
     def __init__(self, max_angular: int):
         super().__init__()
         if max_angular < 0:
             raise ValueError(f"max_angular must be >= 0, got {max_angular}")
         self.max_angular = max_angular
+        self.n_monomials = (max_angular + 1) ** 2
+        self.register_buffer("coefficients", harmonic_coefficients(max_angular), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # constants stay float64 whatever the module's dtype: `.to(float32)` would round them,
+        # and a model made float32 and back to float64 (`mtt export --dtype float64` of a
+        # float32 checkpoint) would only be float32-accurate
+        module = super()._apply(fn, recurse)
+        exact = harmonic_coefficients(self.max_angular)
+        self.coefficients = exact.to(self.coefficients.device)
+        return module
+
+    def monomials(self, unit_vectors: Tensor) -> Tensor:
+        """``[E, (max_angular + 1) ** 2]``: ``x^a y^b z^c`` of degrees ``L - 1`` and ``L``.
+
+        In the order of :func:`monomials_of_degree`, the monomials of degree ``d`` are ``x``
+        times all those of degree ``d - 1``, then ``y`` times the last ``d`` of them (those without
+        ``x``), then ``z`` times the last one (``z^(d - 1)``): three broadcast products.
+        """
+        ones = torch.ones_like(unit_vectors[:, :1])
+        if self.max_angular == 0:
+            return ones
+        x = unit_vectors[:, 0:1]
+        y = unit_vectors[:, 1:2]
+        z = unit_vectors[:, 2:3]
+        previous = ones
+        current = unit_vectors
+        for degree in range(2, self.max_angular + 1):
+            previous = current
+            current = torch.cat(
+                [x * previous, y * previous[:, -degree:], z * previous[:, -1:]], dim=1
+            )
+        return torch.cat([previous, current], dim=1)
 
     def forward(self, unit_vectors: Tensor) -> Tensor:
-        return real_spherical_harmonics(unit_vectors, self.max_angular)
+        return self.monomials(unit_vectors) @ self.coefficients.to(unit_vectors.dtype)
+
+
+def real_spherical_harmonics(unit_vectors: Tensor, max_angular: int) -> Tensor:
+    """Orthonormal real spherical harmonics ``Y_lm(u)`` of unit vectors (not TorchScript; use
+    :class:`SphericalHarmonics` in models).
+
+    :param unit_vectors: ``[E, 3]`` unit vectors (the polynomials are only harmonics on the sphere)
+    :param max_angular: largest ``l``
+    :return: ``[E, (max_angular + 1) ** 2]``, l-major, ``m = -l..l`` within each ``l``
+    """
+    return SphericalHarmonics(max_angular).to(unit_vectors.device)(unit_vectors)

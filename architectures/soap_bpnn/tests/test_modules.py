@@ -12,7 +12,11 @@ import torch
 
 from ..modules.radial import RadialBasis, cosine_cutoff
 from ..modules.soap import SoapPowerSpectrum
-from ..modules.spherical_harmonics import SphericalHarmonics, real_spherical_harmonics
+from ..modules.spherical_harmonics import (
+    SphericalHarmonics,
+    monomials_of_degree,
+    real_spherical_harmonics,
+)
 
 CUTOFF = 4.0
 WIDTH = 1.0
@@ -143,19 +147,118 @@ def test_poles_are_regular(sign):
 
 
 def test_spherical_harmonics_script_and_float32():
-    """The scripted function/module equals eager, and float32 inputs give float32 outputs.
+    """The scripted module equals eager, and float32 inputs give float32 outputs.
 
     A failure means the code is not TorchScript-compatible or hard-codes a dtype.
     """
     u = _unit_vectors(20, seed=4)
     eager = real_spherical_harmonics(u, 4)
-    scripted = torch.jit.script(real_spherical_harmonics)(u, 4)
     module = torch.jit.script(SphericalHarmonics(4))(u)
-    torch.testing.assert_close(scripted, eager, rtol=0, atol=0)
     torch.testing.assert_close(module, eager, rtol=0, atol=0)
     single = real_spherical_harmonics(u.float(), 4)
     assert single.dtype == torch.float32
     torch.testing.assert_close(single, eager.float(), rtol=1e-5, atol=1e-6)
+
+
+def _closed_forms(u):
+    """Y_2m and Y_3m, m = -l..l, from the textbook table (real, no Condon-Shortley phase)."""
+    x, y, z = u[:, 0], u[:, 1], u[:, 2]
+    pi = math.pi
+    l2 = [
+        0.5 * math.sqrt(15 / pi) * x * y,
+        0.5 * math.sqrt(15 / pi) * y * z,
+        0.25 * math.sqrt(5 / pi) * (3 * z**2 - 1),
+        0.5 * math.sqrt(15 / pi) * x * z,
+        0.25 * math.sqrt(15 / pi) * (x**2 - y**2),
+    ]
+    l3 = [
+        0.25 * math.sqrt(35 / (2 * pi)) * y * (3 * x**2 - y**2),
+        0.5 * math.sqrt(105 / pi) * x * y * z,
+        0.25 * math.sqrt(21 / (2 * pi)) * y * (5 * z**2 - 1),
+        0.25 * math.sqrt(7 / pi) * (5 * z**3 - 3 * z),
+        0.25 * math.sqrt(21 / (2 * pi)) * x * (5 * z**2 - 1),
+        0.25 * math.sqrt(105 / pi) * z * (x**2 - y**2),
+        0.25 * math.sqrt(35 / (2 * pi)) * x * (x**2 - 3 * y**2),
+    ]
+    return torch.stack(l2, dim=1), torch.stack(l3, dim=1)
+
+
+@pytest.mark.parametrize("max_angular", [3, 4, 5])
+def test_closed_forms_of_l2_and_l3(max_angular):
+    """Y_2m and Y_3m equal the textbook closed forms, whatever max_angular they come with.
+
+    The harmonics are a constant matrix applied to monomials of degrees max_angular - 1 and
+    max_angular (lower degrees are raised with x^2 + y^2 + z^2 = 1), so the same Y_lm comes
+    from different polynomials for different max_angular. A failure means a wrong coefficient
+    matrix: a sign, a normalisation, or a mixed-up (l, m) column or monomial row.
+    """
+    u = _unit_vectors(200, seed=5)
+    y = real_spherical_harmonics(u, max_angular)
+    l2, l3 = _closed_forms(u)
+    torch.testing.assert_close(y[:, 4:9], l2, rtol=0, atol=1e-13)
+    torch.testing.assert_close(y[:, 9:16], l3, rtol=0, atol=1e-13)
+
+
+def _recurrence_harmonics(u, max_angular):
+    """The same harmonics by the associated Legendre recurrences evaluated on the points (the
+    algorithm of the previous implementation), as an independent reference."""
+    x, y, z = u[:, 0], u[:, 1], u[:, 2]
+    columns = {}
+    q_mm = 1.0 / math.sqrt(4 * math.pi)
+    c, s = torch.ones_like(x), torch.zeros_like(x)
+    for m in range(max_angular + 1):
+        if m > 0:
+            q_mm *= math.sqrt((2 * m + 1) / (2 * m))
+            c, s = x * c - y * s, x * s + y * c  # Re, Im of (x + i y)^m
+        q = [torch.full_like(z, q_mm), math.sqrt(2 * m + 3) * q_mm * z]
+        for ell in range(m + 2, max_angular + 1):
+            a = math.sqrt((4 * ell**2 - 1) / (ell**2 - m**2))
+            b = math.sqrt(
+                (2 * ell + 1) * ((ell - 1) ** 2 - m**2) / ((2 * ell - 3) * (ell**2 - m**2))
+            )
+            q.append(a * z * q[-1] - b * q[-2])
+        for ell in range(m, max_angular + 1):
+            if m == 0:
+                columns[(ell, 0)] = q[0 if ell == m else ell - m]
+            else:
+                columns[(ell, m)] = math.sqrt(2) * q[ell - m] * c
+                columns[(ell, -m)] = math.sqrt(2) * q[ell - m] * s
+    return torch.stack(
+        [columns[(ell, m)] for ell in range(max_angular + 1) for m in range(-ell, ell + 1)], dim=1
+    )
+
+
+@pytest.mark.parametrize("max_angular", [0, 1, 2, 4, 6])
+def test_matches_recurrences_at_random_points(max_angular):
+    """monomials @ coefficients equals the recurrences evaluated point by point (float64).
+
+    A failure means the polynomial algebra building the coefficient matrix (recurrences on
+    polynomials, raising degrees on the sphere) or the monomial evaluation is wrong.
+    """
+    u = _unit_vectors(500, seed=6)
+    expected = _recurrence_harmonics(u, max_angular)
+    torch.testing.assert_close(
+        real_spherical_harmonics(u, max_angular), expected, rtol=0, atol=1e-12
+    )
+
+
+def test_monomials_order():
+    """``SphericalHarmonics.monomials`` are x^a y^b z^c of degrees L - 1 and L, in the order
+    of ``monomials_of_degree`` (the rows of the coefficient matrix).
+
+    A failure means the monomials and the rows of the coefficient matrix disagree.
+    """
+    u = _unit_vectors(7, seed=7)
+    for max_angular in range(6):
+        computed = SphericalHarmonics(max_angular).monomials(u)
+        exponents = [
+            e for d in (max_angular - 1, max_angular) if d >= 0 for e in monomials_of_degree(d)
+        ]
+        assert computed.shape == (7, (max_angular + 1) ** 2) == (7, len(exponents))
+        expected = torch.stack(
+            [u[:, 0] ** a * u[:, 1] ** b * u[:, 2] ** c for a, b, c in exponents], 1
+        )
+        torch.testing.assert_close(computed, expected, rtol=1e-14, atol=1e-15)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,7 +438,8 @@ def test_permutation_invariance():
 
     relabel = torch.tensor([3, 0, 4, 1, 2])  # atom i becomes atom relabel[i]
     relabelled = soap(vectors, relabel[centers], species, 5)
-    torch.testing.assert_close(relabelled[relabel], reference, rtol=0, atol=0)
+    # equal up to rounding: BLAS kernels may group rows differently at other offsets
+    torch.testing.assert_close(relabelled[relabel], reference, rtol=1e-14, atol=1e-15)
 
 
 def test_continuous_at_cutoff():
@@ -509,3 +613,23 @@ def test_invalid_hypers():
         SoapPowerSpectrum(CUTOFF, WIDTH, 0, 3, 2)
     with pytest.raises(ValueError):
         SoapPowerSpectrum(CUTOFF, WIDTH, 3, -1, 2)
+
+
+def test_constants_survive_a_float32_round_trip():
+    """A module made float32 and back to float64 gives the float64 features to rounding, and
+    its state dict holds no constants (the checkpoint format does not depend on them).
+
+    A failure means a constant table (harmonic coefficients) was stored as a float buffer
+    and lost its digits in float32: ``mtt export --dtype float64`` of a float32 checkpoint
+    would be only float32-accurate.
+    """
+    vectors, centers, species = _environment(seed=21)
+    fresh = _soap(max_angular=4)
+    round_trip = _soap(max_angular=4).float().double()
+    torch.testing.assert_close(
+        round_trip(vectors, centers, species, 5),
+        fresh(vectors, centers, species, 5),
+        rtol=1e-14,
+        atol=1e-15,
+    )
+    assert list(fresh.state_dict()) == []
