@@ -375,9 +375,7 @@ def _to_model_units(dataset: LabelledDataset, model_info: DatasetInfo) -> None:
         if known is None or known.unit == target.unit:
             continue
         factor = conversion(target.unit, known.unit)
-        for labels in dataset.labels:
-            for key in [k for k in labels if k == name or k.startswith(name + "/")]:
-                labels[key] = labels[key] * factor
+        dataset.scale_target(name, factor)  # packed data sets scale as they read
         LOGGER.info(
             "%s: %s converted from %s to the pretrained model's %s",
             dataset.name,

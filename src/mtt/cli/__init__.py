@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from ..errors import MttError
 from ..version import __version__
+from . import data as data_command
 from . import eval as eval_command
 from . import export as export_command
 from . import plot as plot_command
@@ -25,6 +26,7 @@ COMMANDS = {
     "eval": eval_command,
     "plot": plot_command,
     "verify": verify_command,
+    "data": data_command,
 }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import MttError
 from ..options import DatasetOptions, SystemsOptions, TargetOptions
 from ..units import check_length_unit
+from .packed import is_packed
 from .reading import available_keys, check_structure, lookup, read_structures
 from .targets import GradientSource, TargetInfo, TargetSpec
 
@@ -59,6 +60,13 @@ class LabelledDataset:
     def atomic_types(self) -> List[int]:
         return sorted({int(z) for atoms in self.frames for z in atoms.numbers})
 
+    def scale_target(self, name: str, factor: float) -> None:
+        """Multiply the labels of target ``name`` and its gradients by ``factor`` (a unit
+        conversion)."""
+        for labels in self.labels:
+            for key in [k for k in labels if k == name or k.startswith(name + "/")]:
+                labels[key] = labels[key] * factor
+
 
 def load_dataset(options: DatasetOptions, base_dir: str, where: str) -> LabelledDataset:
     """Read the data set section ``where`` (e.g. ``training_set``) of the options."""
@@ -67,6 +75,10 @@ def load_dataset(options: DatasetOptions, base_dir: str, where: str) -> Labelled
         systems = SystemsOptions(read_from=systems)
     check_length_unit(systems.length_unit, f"{where}.systems.length_unit")
     path = _resolve(systems.read_from, base_dir)
+    if is_packed(path):  # read structure by structure from disk (``mtt data pack``)
+        from .lazy import open_packed
+
+        return open_packed(path, _specs(options.targets, where), systems.length_unit, where)
     frames = read_structures(path, systems.reader)
     sources = _FrameSources(base_dir, {path: frames})
     specs = _specs(options.targets, where)

@@ -1,7 +1,9 @@
 """Training data prepared once: native model data and label tensors, batched each step.
 
 Everything that does not change during training (neighbour lists, label tensors) is computed
-here, before the first epoch, and only concatenated per batch.
+here, before the first epoch, and only concatenated per batch; except for data sets read from
+disk (packed directories, :mod:`mtt.data.lazy`), whose structures are read and turned into
+model data per batch, so that memory does not grow with their size.
 """
 
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ..data.dataset import LabelledDataset
+from ..data.lazy import LazySequence
 
 
 @dataclass
@@ -46,14 +49,22 @@ class PreparedSet:
     def __init__(self, dataset: LabelledDataset, model: Any, quantities: List[str]):
         self.name = dataset.name
         self.quantities = quantities
+        self.collate = model.collate_fn
+        targets = getattr(getattr(model, "dataset_info", None), "targets", dataset.targets)
+        if getattr(dataset, "lazy", False):  # on disk (mtt.data.lazy): built per batch, not kept
+            self.n_atoms = dataset.n_atoms.tolist()
+            self.data = LazySequence(len(dataset), lambda i: model.atoms_to_data(dataset.frames[i]))
+            self.labels = LazySequence(
+                len(dataset),
+                lambda i: _frame_labels(dataset.labels[i], self.n_atoms[i], quantities, targets),
+            )
+            return
         self.data = [model.atoms_to_data(atoms) for atoms in dataset.frames]
         self.n_atoms = [len(atoms) for atoms in dataset.frames]
-        targets = getattr(getattr(model, "dataset_info", None), "targets", dataset.targets)
         self.labels = [
             _frame_labels(labels, n, quantities, targets)
             for labels, n in zip(dataset.labels, self.n_atoms)
         ]
-        self.collate = model.collate_fn
 
     def __len__(self) -> int:
         return len(self.data)
@@ -65,6 +76,10 @@ class PreparedSet:
         at most ``max_atoms`` atoms (a larger structure alone makes its own batch)."""
         for indices in self._groups(order, batch_size, max_atoms):
             yield self.collate([self.data[i] for i in indices]), self._labels(indices)
+
+    def count(self, order: List[int], batch_size: int, max_atoms: Optional[int] = None) -> int:
+        """How many batches :meth:`batches` yields (without building them)."""
+        return sum(1 for _ in self._groups(order, batch_size, max_atoms))
 
     def _groups(self, order, batch_size, max_atoms) -> Iterator[List[int]]:
         group: List[int] = []

@@ -5,7 +5,7 @@ molecule). They are fitted by least squares on the training set, or fixed by han
 the model, which then only learns the small remainder: ``E = sum_i (scale * NN_i + e_Z(i))``.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import ase.data
 import numpy as np
@@ -76,22 +76,59 @@ def quantity_scales(
     for q in quantities:
         kind = quantity_kind(q)
         if kind == "generic":
-            values = [labels[q] for labels in dataset.labels if q in labels]
-            flat = np.concatenate([v.ravel() for v in values])
-            scale = float(np.std(flat)) if flat.size > 1 else float(np.abs(flat).mean())
+            moments = Moments.of(labels[q] for labels in dataset.labels if q in labels)
+            scale = moments.std if moments.count > 1 else moments.mean_abs
         elif kind == "energy":
             scale = energy_spread[q]
             if q in per_structure:
                 scale *= float(np.mean([len(a) for a in dataset.frames]))
         else:
-            values = [labels[q] for labels in dataset.labels if q in labels]
-            scale = (
-                float(np.sqrt(np.mean(np.concatenate([v.ravel() for v in values]) ** 2)))
-                if values
-                else 0.0
-            )
+            moments = Moments.of(labels[q] for labels in dataset.labels if q in labels)
+            scale = moments.rms if moments.count else 0.0
         scales[q] = scale if scale > 1e-10 else 1.0
     return scales
+
+
+class Moments:
+    """Count, mean, spread and mean square of numbers seen a few at a time (Chan's update of
+    the mean and the sum of squared deviations): statistics of data sets read from disk with
+    memory that does not grow with their size."""
+
+    def __init__(self):
+        self.count, self.mean, self.deviations, self.squares, self.absolutes = 0, 0.0, 0.0, 0.0, 0.0
+
+    @classmethod
+    def of(cls, arrays: Iterable[np.ndarray]) -> "Moments":
+        moments = cls()
+        for values in arrays:
+            moments.add(values)
+        return moments
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.ravel(values)
+        if values.size == 0:
+            return
+        mean = float(values.mean())
+        total = self.count + values.size
+        delta = mean - self.mean
+        self.deviations += float(((values - mean) ** 2).sum())
+        self.deviations += delta**2 * self.count * values.size / total
+        self.mean += delta * values.size / total
+        self.squares += float((values**2).sum())
+        self.absolutes += float(np.abs(values).sum())
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(self.deviations / self.count))
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self.squares / self.count))
+
+    @property
+    def mean_abs(self) -> float:
+        return self.absolutes / self.count
 
 
 def model_scales(
@@ -123,15 +160,14 @@ def generic_normalization(dataset: LabelledDataset, target) -> Tuple[float, floa
     """Per-atom shift and scale of a generic target's head, from the training labels: the
     head then predicts numbers of order one. Only scalars are shifted (a constant vector or
     tensor would break rotational equivariance)."""
-    values = [
-        (labels[target.name], len(atoms))
+    divide = not target.per_atom and target.reduction == "sum"
+    per_atom = Moments.of(
+        labels[target.name] / len(atoms) if divide else labels[target.name]
         for atoms, labels in zip(dataset.frames, dataset.labels)
         if target.name in labels
-    ]
-    if not values:
+    )
+    if not per_atom.count:
         return 0.0, 1.0
-    divide = not target.per_atom and target.reduction == "sum"
-    per_atom = np.concatenate([(v / n if divide else v).ravel() for v, n in values])
-    shift = float(per_atom.mean()) if target.rank == 0 else 0.0
-    spread = float(np.std(per_atom)) if target.rank == 0 else float(np.sqrt(np.mean(per_atom**2)))
+    shift = per_atom.mean if target.rank == 0 else 0.0
+    spread = per_atom.std if target.rank == 0 else per_atom.rms
     return shift, spread if spread > 1e-10 else 1.0

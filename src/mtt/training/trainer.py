@@ -128,12 +128,8 @@ class Trainer(TrainerInterface):
                 _batch_to(batch, device)
                 for batch, _ in train.batches(list(range(len(train))), self.hypers.batch_size)
             )
-        steps = len(
-            list(
-                train.batches(
-                    list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
-                )
-            )
+        steps = train.count(
+            list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
         )
         optimizer = self.make_optimizer(model)
         self.plateau = Plateau(self.hypers.plateau_factor, self.hypers.plateau_patience)
