@@ -6,7 +6,8 @@ stress ``(1/V) dE/dε`` through the strain trick.
 """
 
 import os
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import ase
 import ase.io
@@ -50,6 +51,69 @@ def _system(atoms: ase.Atoms, dtype: torch.dtype, strain: torch.Tensor):
     return system, positions
 
 
+class Evaluator:
+    """An exported model, ready to evaluate batches of structures: energies with forces and
+    stress, and generic outputs (``mtt::<name>``)."""
+
+    def __init__(self, model, length_unit: str, source: str = "the data"):
+        self.model = model
+        self.capabilities = model.capabilities()
+        self.dtype = DTYPES[self.capabilities.dtype]
+        self.length_unit = length_unit
+        self.source = source
+        self.requests = _in_unit(model.requested_neighbor_lists(), length_unit)
+
+    def check_elements(self, frames: Sequence[ase.Atoms], first: int = 0) -> None:
+        """Refuse elements the model does not know; ``first`` is the index of ``frames[0]``."""
+        _check_elements(frames, self.capabilities.atomic_types, self.source, first)
+
+    def energies(
+        self, frames: Sequence[ase.Atoms], energy: str, energy_unit: str
+    ) -> List[Dict[str, np.ndarray]]:
+        """Energy, forces and (for periodic structures) stress of each frame."""
+        options = ModelEvaluationOptions(
+            length_unit=self.length_unit, outputs={energy: ModelOutput(unit=energy_unit)}
+        )
+        strains = [torch.zeros(3, 3, dtype=self.dtype, requires_grad=True) for _ in frames]
+        built = [_system(atoms, self.dtype, s) for atoms, s in zip(frames, strains)]
+        systems = [system for system, _ in built]
+        for system in systems:
+            attach_neighbor_lists(system, self.requests)
+        energies = self.model(systems, options, check_consistency=False)[energy].block().values
+        grads = torch.autograd.grad(energies.sum(), [p for _, p in built] + strains)
+        results = []
+        for k, atoms in enumerate(frames):
+            result = {
+                "energy": energies[k, 0].detach().double().numpy().copy(),
+                "forces": -grads[k].double().numpy(),
+            }
+            if atoms.pbc.all():
+                volume = abs(atoms.get_volume())
+                result["stress"] = grads[len(frames) + k].double().numpy() / volume
+            results.append(result)
+        return results
+
+    def generic(self, frames: Sequence[ase.Atoms], names: List[str]) -> List[Dict[str, np.ndarray]]:
+        """Values of non-energy outputs for each frame, in the model's units: per structure
+        ``[components..., k]`` or per atom ``[n_atoms, components..., k]``."""
+        outputs = {name: self.capabilities.outputs[name] for name in names}
+        options = ModelEvaluationOptions(length_unit=self.length_unit, outputs=outputs)
+        zero = torch.zeros(3, 3, dtype=self.dtype)
+        systems = [_system(atoms, self.dtype, zero)[0] for atoms in frames]
+        for system in systems:
+            attach_neighbor_lists(system, self.requests)
+        blocks = {name: tm.block() for name, tm in self.model(systems, options, False).items()}
+        results = []
+        for k in range(len(frames)):
+            entry = {}
+            for name, block in blocks.items():
+                rows = block.samples.column("system") == k
+                values = block.values[rows].detach().double().numpy()
+                entry[name] = values if outputs[name].sample_kind == "atom" else values[0]
+            results.append(entry)
+        return results
+
+
 def predict(
     model,
     frames: List[ase.Atoms],
@@ -61,32 +125,11 @@ def predict(
 ) -> List[Dict[str, np.ndarray]]:
     """Energy, forces and (for periodic structures) stress of each frame; ``source`` names
     the data in error messages."""
-    capabilities = model.capabilities()
-    _check_elements(frames, capabilities.atomic_types, source)
-    dtype = DTYPES[capabilities.dtype]
-    requests = model.requested_neighbor_lists()
-    options = ModelEvaluationOptions(
-        length_unit=length_unit, outputs={energy: ModelOutput(unit=energy_unit)}
-    )
+    evaluator = Evaluator(model, length_unit, source)
+    evaluator.check_elements(frames)
     results = []
     for start in range(0, len(frames), batch_size):
-        chunk = frames[start : start + batch_size]
-        strains = [torch.zeros(3, 3, dtype=dtype, requires_grad=True) for _ in chunk]
-        built = [_system(atoms, dtype, s) for atoms, s in zip(chunk, strains)]
-        systems = [system for system, _ in built]
-        for system in systems:
-            attach_neighbor_lists(system, _in_unit(requests, length_unit))
-        energies = model(systems, options, check_consistency=False)[energy].block().values
-        grads = torch.autograd.grad(energies.sum(), [p for _, p in built] + strains)
-        for k, atoms in enumerate(chunk):
-            result = {
-                "energy": energies[k, 0].detach().double().numpy().copy(),
-                "forces": -grads[k].double().numpy(),
-            }
-            if atoms.pbc.all():
-                volume = abs(atoms.get_volume())
-                result["stress"] = grads[len(chunk) + k].double().numpy() / volume
-            results.append(result)
+        results += evaluator.energies(frames[start : start + batch_size], energy, energy_unit)
     return results
 
 
@@ -95,25 +138,10 @@ def generic_outputs(
 ) -> List[Dict[str, np.ndarray]]:
     """Values of non-energy outputs (``mtt::<name>``) for each frame, in the model's units:
     per structure ``[components..., k]`` or per atom ``[n_atoms, components..., k]``."""
-    capabilities = model.capabilities()
-    dtype = DTYPES[capabilities.dtype]
-    outputs = {name: capabilities.outputs[name] for name in names}
-    options = ModelEvaluationOptions(length_unit=length_unit, outputs=outputs)
-    requests = _in_unit(model.requested_neighbor_lists(), length_unit)
+    evaluator = Evaluator(model, length_unit)
     results: List[Dict[str, np.ndarray]] = []
     for start in range(0, len(frames), batch_size):
-        chunk = frames[start : start + batch_size]
-        systems = [_system(a, dtype, torch.zeros(3, 3, dtype=dtype))[0] for a in chunk]
-        for system in systems:
-            attach_neighbor_lists(system, requests)
-        blocks = {name: tm.block() for name, tm in model(systems, options, False).items()}
-        for k in range(len(chunk)):
-            entry = {}
-            for name, block in blocks.items():
-                rows = block.samples.column("system") == k
-                values = block.values[rows].detach().double().numpy()
-                entry[name] = values if outputs[name].sample_kind == "atom" else values[0]
-            results.append(entry)
+        results += evaluator.generic(frames[start : start + batch_size], names)
     return results
 
 
@@ -128,9 +156,11 @@ def _in_unit(requests, length_unit: str):
     return converted
 
 
-def _check_elements(frames: List[ase.Atoms], atomic_types: List[int], source: str) -> None:
+def _check_elements(
+    frames: Sequence[ase.Atoms], atomic_types: List[int], source: str, first: int = 0
+) -> None:
     allowed = set(int(z) for z in atomic_types)
-    for index, atoms in enumerate(frames):
+    for index, atoms in enumerate(frames, start=first):
         extra = sorted(set(atoms.numbers.tolist()) - allowed)
         if extra:
             raise MttError(
@@ -140,52 +170,186 @@ def _check_elements(frames: List[ase.Atoms], atomic_types: List[int], source: st
             )
 
 
+def _energy_pairs(atoms, label, prediction, energy: str):
+    """``(name, predicted, reference)`` of the energy per atom, forces and stress that
+    ``label`` holds and ``prediction`` has, flattened."""
+    pairs = {
+        "energy_per_atom": (energy, "energy", len(atoms)),
+        "forces": (f"{energy}/forces", "forces", 1),
+        "stress": (f"{energy}/stress", "stress", 1),
+    }
+    for name, (key, predicted, divide) in pairs.items():
+        if key in label and predicted in prediction:
+            yield name, np.ravel(prediction[predicted]) / divide, np.ravel(label[key]) / divide
+
+
+class ErrorSums:
+    """RMSE and MAE accumulated batch by batch (running sums, nothing kept per structure)."""
+
+    def __init__(self):
+        self.sums: Dict[str, List[float]] = {}  # name: [squares, absolutes, values, structures]
+
+    def add(self, name: str, predicted: np.ndarray, reference: np.ndarray) -> None:
+        error = np.ravel(predicted) - np.ravel(reference)
+        sums = self.sums.setdefault(name, [0.0, 0.0, 0, 0])
+        sums[0] += float(np.sum(error**2))
+        sums[1] += float(np.sum(np.abs(error)))
+        sums[2] += error.size
+        sums[3] += 1
+
+    def results(self) -> Dict[str, Dict[str, float]]:
+        """``{name: {"rmse", "mae", "count"}}``, ``count`` being the labelled structures."""
+        return {
+            name: {
+                "rmse": float(np.sqrt(squares / values)),
+                "mae": float(absolutes / values),
+                "count": float(count),
+            }
+            for name, (squares, absolutes, values, count) in self.sums.items()
+            if values
+        }
+
+
 def error_metrics(frames, labels, predictions, energy: str) -> Dict[str, Dict[str, float]]:
     """RMSE and MAE of energy per atom, forces and stress, over the frames with labels."""
-    errors: Dict[str, List[np.ndarray]] = {}
+    sums = ErrorSums()
     for atoms, label, prediction in zip(frames, labels, predictions):
-        pairs = {
-            "energy_per_atom": (energy, "energy", len(atoms)),
-            "forces": (f"{energy}/forces", "forces", 1),
-            "stress": (f"{energy}/stress", "stress", 1),
-        }
-        for name, (key, predicted, divide) in pairs.items():
-            if key in label and predicted in prediction:
-                difference = (
-                    prediction[predicted] - label[key].reshape(prediction[predicted].shape)
-                ) / divide
-                errors.setdefault(name, []).append(np.ravel(difference))
-    return {
-        name: {
-            "rmse": float(np.sqrt(np.mean(np.concatenate(e) ** 2))),
-            "mae": float(np.mean(np.abs(np.concatenate(e)))),
-            "count": float(len(e)),
-        }
-        for name, e in errors.items()
-    }
+        for name, predicted, reference in _energy_pairs(atoms, label, prediction, energy):
+            sums.add(name, predicted, reference)
+    return sums.results()
+
+
+class ParitySample:
+    """Predicted and reference values of at most ``size`` structures for a parity plot: all
+    of them up to ``size``, then a uniform random sample (reservoir sampling, seeded, so the
+    same data gives the same picture) that keeps the memory bounded."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = size
+        self.seen = 0
+        self.slots: List[Dict[str, tuple]] = []
+        self.rng = np.random.default_rng(seed)
+
+    def offer(self, pairs: Dict[str, tuple]) -> None:
+        """One structure's ``{quantity: (predicted, reference)}``."""
+        self.seen += 1
+        if len(self.slots) < self.size:
+            self.slots.append(pairs)
+            return
+        slot = int(self.rng.integers(0, self.seen))
+        if slot < self.size:
+            self.slots[slot] = pairs
+
+    def arrays(self) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """``({quantity: predicted}, {quantity: reference})``, concatenated."""
+        predicted: Dict[str, list] = {}
+        reference: Dict[str, list] = {}
+        for pairs in self.slots:
+            for quantity, (pred, ref) in pairs.items():
+                predicted.setdefault(quantity, []).append(pred)
+                reference.setdefault(quantity, []).append(ref)
+        return (
+            {q: np.concatenate(v) for q, v in predicted.items()},
+            {q: np.concatenate(v) for q, v in reference.items()},
+        )
+
+
+def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
+    """A copy of ``atoms`` with the energy predictions as its calculator results and generic
+    outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
+    ``arrays`` (per atom)."""
+    copy = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    if "energy" in prediction:
+        results = {"energy": float(prediction["energy"]), "forces": prediction["forces"]}
+        if "stress" in prediction:
+            results["stress"] = prediction["stress"]
+        copy.calc = SinglePointCalculator(copy, **results)
+    for name, value in (generic or {}).items():
+        key = name.split("::", 1)[1].replace("/", "_")
+        if value.ndim > 0 and value.shape[0] == len(atoms) and value.ndim >= 2:
+            copy.arrays[key] = value.reshape(len(atoms), -1)
+        else:
+            copy.info[key] = np.ravel(value)
+    return copy
 
 
 def write_predictions(path: str, frames: List[ase.Atoms], predictions, generic=None) -> None:
-    """An extxyz file with each frame's energy predictions as its calculator results and
-    generic outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
-    ``arrays`` (per atom)."""
-    out = []
-    for index, (atoms, prediction) in enumerate(zip(frames, predictions)):
-        copy = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        if "energy" in prediction:
-            results = {"energy": float(prediction["energy"]), "forces": prediction["forces"]}
-            if "stress" in prediction:
-                results["stress"] = prediction["stress"]
-            copy.calc = SinglePointCalculator(copy, **results)
-        for name, value in (generic[index] if generic else {}).items():
-            key = name.split("::", 1)[1].replace("/", "_")
-            if value.ndim > 0 and value.shape[0] == len(atoms) and value.ndim >= 2:
-                copy.arrays[key] = value.reshape(len(atoms), -1)
-            else:
-                copy.info[key] = np.ravel(value)
-        out.append(copy)
+    """An extxyz file of :func:`prediction_atoms` for each frame."""
+    out = [
+        prediction_atoms(atoms, prediction, generic[index] if generic else None)
+        for index, (atoms, prediction) in enumerate(zip(frames, predictions))
+    ]
     with atomic_path(path, suffix=".xyz") as tmp:
         ase.io.write(tmp, out, format="extxyz")
+
+
+@dataclass
+class Streamed:
+    """What :func:`evaluate_stream` found: structure count, errors, and a parity sample."""
+
+    structures: int
+    errors: Dict[str, Dict[str, float]]
+    parity: ParitySample
+
+
+def evaluate_stream(
+    evaluator: Evaluator,
+    structures: Iterable[Tuple[ase.Atoms, Dict[str, np.ndarray]]],
+    output: str,
+    energy: Optional[str],
+    energy_unit: str,
+    generic: Sequence[str] = (),
+    compare: Sequence[str] = (),
+    batch_size: int = 16,
+    parity_size: int = 2000,
+) -> Streamed:
+    """Evaluate ``(atoms, labels)`` pairs batch by batch: predictions are appended to the
+    extxyz file ``output`` (moved into place at the end, so a failure leaves none), errors
+    against the labels of ``energy`` and of the generic outputs in ``compare`` are running
+    sums, and the parity plot gets a bounded sample. Memory does not grow with the data."""
+    errors, parity, count = ErrorSums(), ParitySample(parity_size), 0
+    with atomic_path(output, suffix=".xyz") as tmp, open(tmp, "w") as file:
+        for batch in _batches(structures, batch_size):
+            frames = [atoms for atoms, _ in batch]
+            evaluator.check_elements(frames, count)
+            predictions = (
+                evaluator.energies(frames, energy, energy_unit) if energy else [{} for _ in frames]
+            )
+            values = evaluator.generic(frames, list(generic)) if generic else None
+            for k, (atoms, labels) in enumerate(batch):
+                pairs = {}
+                if energy:
+                    for name, pred, ref in _energy_pairs(atoms, labels, predictions[k], energy):
+                        errors.add(name, pred, ref)
+                        pairs[_parity_name(name, energy)] = (pred, ref)
+                for name in compare:
+                    if name in labels:
+                        errors.add(name, values[k][name], labels[name])
+                if pairs:
+                    parity.offer(pairs)
+            out = [
+                prediction_atoms(atoms, prediction, values[k] if values else None)
+                for k, (atoms, prediction) in enumerate(zip(frames, predictions))
+            ]
+            ase.io.write(file, out, format="extxyz")
+            count += len(frames)
+    return Streamed(count, errors.results(), parity)
+
+
+def _parity_name(name: str, energy: str) -> str:
+    """``energy_per_atom`` -> ``<energy>_per_atom``, ``forces`` -> ``<energy>/forces``."""
+    return f"{energy}_per_atom" if name == "energy_per_atom" else f"{energy}/{name}"
+
+
+def _batches(pairs: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def pick_energy_output(model, requested: Optional[str]) -> str:

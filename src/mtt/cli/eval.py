@@ -3,6 +3,8 @@
 import argparse
 import logging
 import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 HELP = "evaluate an exported model (.pt) on a data set"
 LOGGER = logging.getLogger("mtt")
@@ -39,25 +41,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..evaluate import generic_outputs, load_model, write_predictions
+    from ..evaluate import Evaluator, evaluate_stream, load_model
     from ..io import refuse_overwrite
+    from ..plots import MAX_PARITY_STRUCTURES
 
     refuse_overwrite(args.output, args.force)
     model = load_model(args.model)
     outputs = model.capabilities().outputs
     generic = [name for name in outputs if name.startswith("mtt::")]
     energy = _energy_output(model, args.output_name, generic)
-    frames, labels, length_unit, energy_unit = _read(args.data, energy, model)
-    predictions = [{} for _ in frames]
-    if energy is not None:
-        predictions = _energy_predictions(
-            args, model, frames, labels, energy, length_unit, energy_unit
+    data = _open(args.data, energy, generic, model)
+    evaluator = Evaluator(model, data.length_unit, repr(args.data))
+    result = evaluate_stream(
+        evaluator,
+        data.structures,
+        args.output,
+        energy,
+        data.energy_unit,
+        generic,
+        data.compare,
+        args.batch_size,
+        MAX_PARITY_STRUCTURES,
+    )
+    LOGGER.info("predictions for %d structures written to %s", result.structures, args.output)
+    units = {
+        "energy_per_atom": f"{data.energy_unit}/atom",
+        "forces": f"{data.energy_unit}/{data.length_unit}",
+        "stress": f"{data.energy_unit}/{data.length_unit}^3",
+    }
+    units.update({name: outputs[name].unit for name in generic})
+    for name, values in result.errors.items():
+        LOGGER.info(
+            "%s: RMSE %.5g %s, MAE %.5g %s (%d structures)",
+            name,
+            values["rmse"],
+            units[name],
+            values["mae"],
+            units[name],
+            values["count"],
         )
-    values = generic_outputs(model, frames, generic, length_unit) if generic else None
-    write_predictions(args.output, frames, predictions, values)
-    LOGGER.info("predictions for %d structures written to %s", len(frames), args.output)
-    if generic:
-        _generic_errors(args.data, model, frames, generic, values)
+    if data.labelled and not result.errors:
+        LOGGER.warning("no structure has labels of the declared targets: nothing to compare")
+    if result.parity.slots:
+        _parity(args, result.parity, energy, (data.energy_unit, data.length_unit))
 
 
 def _energy_output(model, requested, generic):
@@ -69,149 +95,128 @@ def _energy_output(model, requested, generic):
     return pick_energy_output(model, requested)
 
 
-def _energy_predictions(args, model, frames, labels, energy, length_unit, energy_unit):
-    from ..evaluate import error_metrics, predict
-
-    predictions = predict(
-        model, frames, energy, length_unit, energy_unit, args.batch_size, repr(args.data)
-    )
-    units = {
-        "energy_per_atom": f"{energy_unit}/atom",
-        "forces": f"{energy_unit}/{length_unit}",
-        "stress": f"{energy_unit}/{length_unit}^3",
-    }
-    for name, values in error_metrics(frames, labels, predictions, energy).items():
-        LOGGER.info(
-            "%s: RMSE %.5g %s, MAE %.5g %s (%d structures)",
-            name,
-            values["rmse"],
-            units[name],
-            values["mae"],
-            units[name],
-            values["count"],
-        )
-    _parity(args, frames, labels, predictions, energy, (energy_unit, length_unit))
-    return predictions
-
-
-def _generic_errors(path, model, frames, names, values) -> None:
-    """RMSE/MAE of generic outputs against the labels an eval YAML declares for them."""
-    import numpy as np
-
-    if os.path.splitext(path)[1].lower() not in (".yaml", ".yml"):
-        return
-    from .. import hypers
-    from ..api import read_options
-    from ..data.dataset import load_dataset
-    from ..options import DatasetOptions
-
-    raw = read_options(path)
-    declared = [n for n in (raw.get("targets") or {}) if n in names]
-    if not declared:
-        return
-    options = hypers.parse(
-        DatasetOptions, dict(raw, targets={n: raw["targets"][n] for n in declared})
-    )
-    dataset = load_dataset(options, os.path.dirname(os.path.abspath(path)), "eval")
-    for name in declared:
-        unit = model.capabilities().outputs[name].unit
-        if dataset.targets[name].unit != unit:
-            LOGGER.warning(
-                "%s: labels are in %r but the model predicts %r; not compared",
-                name,
-                dataset.targets[name].unit,
-                unit,
-            )
-            continue
-        errors = [
-            np.ravel(v[name]) - np.ravel(labels[name])
-            for v, labels in zip(values, dataset.labels)
-            if name in labels
-        ]
-        error = np.concatenate(errors)
-        LOGGER.info(
-            "%s: RMSE %.5g %s, MAE %.5g %s (%d structures)",
-            name,
-            float(np.sqrt(np.mean(error**2))),
-            unit,
-            float(np.mean(np.abs(error))),
-            unit,
-            len(errors),
-        )
-
-
-def _parity(args, frames, labels, predictions, energy: str, units) -> None:
-    """A parity plot next to the predictions file (``predictions.png``) if there are labels."""
-    import numpy as np
-
+def _parity(args, sample, energy: str, units) -> None:
+    """A parity plot next to the predictions file (``predictions.png``). Above
+    ``MAX_PARITY_STRUCTURES`` structures it shows a random sample of them (the errors in its
+    legend are the sample's; those printed are over every structure)."""
     from ..plots import parity_plot, quantity_units
 
-    sources = {  # quantity: (label key, prediction key)
-        f"{energy}_per_atom": (energy, "energy"),
-        f"{energy}/forces": (f"{energy}/forces", "forces"),
-        f"{energy}/stress": (f"{energy}/stress", "stress"),
-    }
-    predicted, reference = {}, {}
-    for atoms, label, prediction in zip(frames, labels, predictions):
-        for quantity, (key, kind) in sources.items():
-            if key in label and kind in prediction:
-                divide = len(atoms) if kind == "energy" else 1
-                predicted.setdefault(quantity, []).append(np.ravel(prediction[kind]) / divide)
-                reference.setdefault(quantity, []).append(np.ravel(label[key]) / divide)
-    if not predicted:
-        return
-    name = os.path.basename(args.data)
+    predicted, reference = sample.arrays()
+    name = os.path.basename(os.path.normpath(args.data))
     path = os.path.splitext(args.output)[0] + ".png"
     parity_plot(
-        {name: {q: np.concatenate(v) for q, v in predicted.items()}},
-        {name: {q: np.concatenate(v) for q, v in reference.items()}},
+        {name: predicted},
+        {name: reference},
         path,
         quantity_units(list(predicted), {energy: units[0]}, units[1]),
     )
-    LOGGER.info("parity plot written to %s", path)
+    sampled = sample.seen > sample.size
+    note = f" (a random sample of {sample.size} structures)" if sampled else ""
+    LOGGER.info("parity plot written to %s%s", path, note)
 
 
-def _read(path: str, energy: str, model):
-    """Frames, labels (possibly none), and units of the data to evaluate on."""
+@dataclass
+class _Data:
+    """The structures to evaluate, streamed as ``(atoms, labels)``, and their units."""
+
+    structures: Iterable[Tuple[Any, Dict[str, Any]]]
+    length_unit: str
+    energy_unit: str
+    compare: List[str] = field(default_factory=list)  # generic outputs with labels to compare
+    labelled: bool = False
+
+
+def _open(path: str, energy: Optional[str], generic: List[str], model) -> _Data:
+    """The data of ``mtt eval``: a structure file or packed directory (predictions only), or
+    a data set section in YAML, whose declared targets are compared with the predictions."""
     from .. import hypers
     from ..api import read_options
-    from ..data.dataset import load_dataset
-    from ..data.reading import check_structure, read_structures
     from ..options import DatasetOptions
 
     model_unit = model.capabilities().outputs[energy].unit if energy else ""
     if os.path.splitext(path)[1].lower() not in (".yaml", ".yml"):
-        frames = read_structures(path)
-        for index, atoms in enumerate(frames):
-            check_structure(atoms, f"structure {index} of {path!r}")
-        return frames, [{} for _ in frames], "angstrom", model_unit
+        return _Data(_unlabelled(path, None), "angstrom", model_unit)
     raw = read_options(path)
     options = hypers.parse(DatasetOptions, raw)
-    if "targets" not in raw:  # predictions only
-        return _frames_only(options, path, model_unit)
-    energies = {n: t for n, t in options.targets.items() if not n.startswith("mtt::")}
-    if energy is None or not energies:  # generic labels are read by _generic_errors
-        return _frames_only(options, path, model_unit)
-    options.targets = energies
-    dataset = load_dataset(options, os.path.dirname(os.path.abspath(path)), "eval")
-    name = energy if energy in dataset.targets else next(iter(dataset.targets))
-    labels = [
-        {
-            energy + key[len(name) :]: value
-            for key, value in frame.items()
-            if key == name or key.startswith(name + "/")
-        }
-        for frame in dataset.labels
-    ]
-    return dataset.frames, labels, dataset.length_unit, dataset.targets[name].unit
-
-
-def _frames_only(options, path: str, model_unit: str):
-    from ..data.reading import read_structures
-
     systems = options.systems
     read_from = systems if isinstance(systems, str) else systems.read_from
+    reader = None if isinstance(systems, str) else systems.reader
     unit = "angstrom" if isinstance(systems, str) else systems.length_unit
     full = os.path.join(os.path.dirname(os.path.abspath(path)), read_from)
-    frames = read_structures(full, None if isinstance(systems, str) else systems.reader)
-    return frames, [{} for _ in frames], unit, model_unit
+    if "targets" not in raw:  # predictions only
+        return _Data(_unlabelled(full, reader), unit, model_unit)
+    targets = _compared_targets(options.targets, energy, generic, model)
+    if not targets:
+        return _Data(_unlabelled(full, reader), unit, model_unit)
+    energies = [name for name in targets if not name.startswith("mtt::")]
+    name = (energy if energy in energies else energies[0]) if energies else None
+    energy_unit = targets[name].unit or "eV" if name else model_unit
+    options.targets = targets
+    pairs = _labelled(options, path, full, reader)
+    if name is not None and name != energy:
+        pairs = _renamed(pairs, name, energy)
+    compare = [n for n in targets if n.startswith("mtt::")]
+    return _Data(pairs, unit, energy_unit, compare, labelled=True)
+
+
+def _compared_targets(targets, energy, generic, model):
+    """The declared targets to compare: energies (if the model has an energy output) and
+    generic outputs of the model whose labels are in the model's unit."""
+    chosen = {}
+    for name, target in targets.items():
+        if not name.startswith("mtt::"):
+            if energy is not None:
+                chosen[name] = target
+        elif name in generic:
+            unit = model.capabilities().outputs[name].unit
+            if (target.unit or "") != unit:
+                LOGGER.warning(
+                    "%s: labels are in %r but the model predicts %r; not compared",
+                    name,
+                    target.unit or "",
+                    unit,
+                )
+                continue
+            chosen[name] = target
+    return chosen
+
+
+def _unlabelled(path: str, reader: Optional[str]):
+    from ..data.packed import is_packed, open_arrays, stream_structures
+
+    if is_packed(path):
+        arrays = open_arrays(path)
+        return ((arrays.atoms(i), {}) for i in range(arrays.manifest["structures"]))
+    return ((atoms, {}) for _, atoms in stream_structures(path, reader))
+
+
+def _labelled(options, yaml_path: str, full: str, reader: Optional[str]):
+    """``(atoms, labels)`` read one at a time, except for labels read from other files
+    (``read_from`` of a target), where the whole data set is read first."""
+    from ..data.dataset import _specs, load_dataset
+    from ..data.lazy import stream_labelled
+    from ..data.packed import is_packed, stream_structures
+
+    base = os.path.dirname(os.path.abspath(yaml_path))
+    elsewhere = any(
+        t.read_from is not None
+        or any(getattr(getattr(t, k), "read_from", None) for k in ("forces", "stress", "virial"))
+        for t in options.targets.values()
+    )
+    if is_packed(full) or elsewhere:
+        dataset = load_dataset(options, base, "eval")
+        return iter(zip(dataset.frames, dataset.labels))
+    specs = _specs(options.targets, "eval")
+    return stream_labelled(stream_structures(full, reader), specs, full, "eval")
+
+
+def _renamed(pairs, name: str, energy: str):
+    """Labels of the energy target ``name`` under the model's output name ``energy``."""
+    for atoms, labels in pairs:
+        yield (
+            atoms,
+            {
+                (energy + key[len(name) :] if key == name or key.startswith(name + "/") else key): v
+                for key, v in labels.items()
+            },
+        )

@@ -1,0 +1,277 @@
+"""Packed data sets (``mtt data pack``) and streamed evaluation (``mtt eval``).
+
+A packed directory must be a faithful copy of its files: the same structures and labels, the
+same training run to the last digit, the same predictions; and it must fail loudly when
+damaged. Memory is measured in ``benchmarks/memory.py``, not here.
+"""
+
+import csv
+import json
+import os
+
+import ase
+import ase.io
+import numpy as np
+import pytest
+import yaml
+
+import mtt
+from mtt.cli import main
+from mtt.data.dataset import load_dataset
+from mtt.data.packed import open_arrays, pack, pack_atoms
+from mtt.errors import MttError
+from mtt.evaluate import ParitySample, load_model, predict
+from mtt.hypers import parse
+from mtt.options import DatasetOptions
+
+from .conftest import DATA
+from .helpers import TINY_MODEL
+
+ETHANOL = "ethanol_reduced_100.xyz"
+CARBON = "carbon_reduced_100.xyz"
+CARBON_TARGETS = {"energy": {"forces": "force", "stress": False, "virial": True}}
+
+
+def dataset(systems, targets=None, where="training_set"):
+    options = {"systems": systems} if targets is None else {"systems": systems, "targets": targets}
+    return load_dataset(parse(DatasetOptions, options), ".", where)
+
+
+def assert_same_data(packed, read):
+    assert len(packed) == len(read)
+    assert packed.targets == read.targets
+    assert packed.atomic_types == read.atomic_types
+    for (atoms, labels), (expected, expected_labels) in zip(packed, read):
+        np.testing.assert_array_equal(atoms.numbers, expected.numbers)
+        np.testing.assert_array_equal(atoms.positions, expected.positions)
+        np.testing.assert_array_equal(atoms.cell[:], expected.cell[:])
+        np.testing.assert_array_equal(atoms.pbc, expected.pbc)
+        assert sorted(labels) == sorted(expected_labels)
+        for key, value in labels.items():
+            np.testing.assert_array_equal(value, expected_labels[key])
+
+
+def test_pack_round_trip_equals_the_ase_frames(tmp_path, data_dir):
+    """Structures and every label come back as ASE read them (positions, cells, pbc,
+    energies, forces, a 3x3 virial turned into a stress), in the order of the files."""
+    files = [os.path.join(data_dir, name) for name in (ETHANOL, CARBON)]
+    manifest = pack(files, tmp_path / "both")
+    frames = ase.io.read(files[0], ":") + ase.io.read(files[1], ":")
+    assert manifest["structures"] == len(frames) == 200
+    assert [s["structures"] for s in manifest["sources"]] == [100, 100]
+    arrays = open_arrays(str(tmp_path / "both"))
+    for i in (0, 99, 100, 199):
+        atoms = arrays.atoms(i)
+        np.testing.assert_array_equal(atoms.positions, frames[i].positions)
+        np.testing.assert_array_equal(atoms.cell[:], frames[i].cell[:])
+        np.testing.assert_array_equal(atoms.pbc, frames[i].pbc)
+    assert arrays.value(("energy", False), 7) == frames[7].get_potential_energy()
+    np.testing.assert_array_equal(arrays.value(("forces", True), 7), frames[7].get_forces())
+    assert arrays.value(("forces", True), 150) is None  # carbon's forces are under 'force'
+    np.testing.assert_array_equal(arrays.value(("virial", False), 150), frames[150].info["virial"])
+
+    pack([files[1]], tmp_path / "carbon")
+    assert_same_data(
+        dataset(str(tmp_path / "carbon"), CARBON_TARGETS), dataset(files[1], CARBON_TARGETS)
+    )
+    pack([files[0]], tmp_path / "ethanol")
+    targets = {"energy": {"unit": "kcal/mol"}}
+    assert_same_data(dataset(str(tmp_path / "ethanol"), targets), dataset(files[0], targets))
+
+
+def test_labels_missing_in_some_structures_stay_masked(tmp_path, data_dir):
+    """A key absent from some structures is masked there (not dropped, not zero); a key whose
+    shape changes between structures is not a label and is left out, with the reason."""
+    frames = ase.io.read(os.path.join(data_dir, ETHANOL), ":6")
+    for index, atoms in enumerate(frames):
+        if index % 2:
+            atoms.calc.results.pop("forces")
+        atoms.info["note"] = np.zeros(index + 1)  # shape changes: metadata
+        atoms.info["dipole"] = np.arange(3.0) + index
+    manifest = pack_atoms(iter(frames), tmp_path / "pack")
+    assert "note" in manifest["dropped_keys"]
+    data = dataset(
+        str(tmp_path / "pack"), {"energy": {}, "mtt::dipole": {"type": {"cartesian": {"rank": 1}}}}
+    )
+    assert ["energy/forces" in labels for labels in data.labels] == [True, False] * 3
+    np.testing.assert_array_equal(data.labels[3]["mtt::dipole"].ravel(), [3.0, 4.0, 5.0])
+
+
+def train_options(systems, epochs=2):
+    return {
+        "architecture": {
+            "name": "soap_bpnn",
+            "model": dict(TINY_MODEL, max_radial=2, max_angular=1, num_neurons_per_layer=4),
+            "training": {"num_epochs": epochs, "batch_size": 8, "progress_bar": False},
+        },
+        "training_set": {"systems": systems, "targets": {"energy": {"unit": "kcal/mol"}}},
+        "validation_set": 0.2,
+        "test_set": 0.1,
+        "seed": 3,
+    }
+
+
+def train(tmp_path, name, systems):
+    output_dir = tmp_path / f"runs_{name}"
+    model = mtt.train(
+        train_options(systems), output=str(tmp_path / f"{name}.pt"), output_dir=str(output_dir)
+    )
+    (run,) = os.listdir(output_dir)
+    with open(output_dir / run / "train.csv") as file:
+        return model, list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The same run on the xyz file and on its pack: (directory, models, train.csv rows)."""
+    tmp_path = tmp_path_factory.mktemp("packed")
+    xyz = os.path.join(DATA, ETHANOL)
+    assert main(["data", "pack", xyz, "-o", str(tmp_path / "ethanol")]) == 0
+    models, rows = {}, {}
+    for name, systems in (("xyz", xyz), ("pack", str(tmp_path / "ethanol"))):
+        models[name], rows[name] = train(tmp_path, name, systems)
+    return tmp_path, models, rows
+
+
+def test_training_on_the_pack_gives_the_metrics_of_the_file(trained):
+    """Same seed, same split, same batches: every loss and error of train.csv is the same
+    whether the structures come from the xyz file or from its pack (neighbour lists built
+    per batch instead of once do not change a number)."""
+    _, _, rows = trained
+    assert len(rows["pack"]) == len(rows["xyz"]) == 2
+    for packed, read in zip(rows["pack"], rows["xyz"]):
+        assert packed.keys() == read.keys()
+        for key in read:
+            assert float(packed[key]) == pytest.approx(float(read[key]), rel=1e-12), key
+
+
+def eval_yaml(path, systems):
+    path.write_text(
+        yaml.safe_dump({"systems": systems, "targets": {"energy": {"unit": "kcal/mol"}}})
+    )
+    return str(path)
+
+
+def test_eval_streams_the_predictions_of_the_model(trained, data_dir, capsys):
+    """``mtt eval`` written batch by batch gives each structure the model's in-memory
+    prediction, from an xyz file or a pack, and the same errors for both."""
+    tmp_path, models, _ = trained
+    xyz = os.path.join(data_dir, ETHANOL)
+    frames = ase.io.read(xyz, ":")
+    expected = predict(load_model(models["xyz"]), frames, "energy", "angstrom", "kcal/mol")
+    printed = {}
+    for name, systems in (("xyz", xyz), ("pack", str(tmp_path / "ethanol"))):
+        data = eval_yaml(tmp_path / f"eval_{name}.yaml", systems)
+        output = str(tmp_path / f"pred_{name}.xyz")
+        capsys.readouterr()
+        assert main(["eval", models["xyz"], data, "-o", output, "-b", "7"]) == 0
+        printed[name] = [line for line in capsys.readouterr().out.splitlines() if "RMSE" in line]
+        written = ase.io.read(output, ":")
+        assert len(written) == 100 and os.path.isfile(str(tmp_path / f"pred_{name}.png"))
+        np.testing.assert_allclose(
+            [a.get_potential_energy() for a in written], [p["energy"] for p in expected], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            written[42].get_forces(), expected[42]["forces"], rtol=1e-5, atol=1e-6
+        )
+    assert printed["xyz"] == printed["pack"] and len(printed["xyz"]) == 2
+    bare = str(tmp_path / "bare.xyz")
+    assert main(["eval", models["xyz"], str(tmp_path / "ethanol"), "-o", bare]) == 0
+    assert len(ase.io.read(bare, ":")) == 100 and not os.path.exists(tmp_path / "bare.png")
+
+
+def test_parity_sample_is_bounded_and_reproducible():
+    """Up to its size every structure is kept, in order; beyond, a uniform sample of that
+    size, the same for the same data."""
+    samples = [ParitySample(5), ParitySample(5)]
+    for sample in samples:
+        for i in range(1000):
+            sample.offer({"q": (np.array([i]), np.array([i]))})
+    assert len(samples[0].slots) == 5 and samples[0].seen == 1000
+    np.testing.assert_array_equal(samples[0].arrays()[0]["q"], samples[1].arrays()[0]["q"])
+    small = ParitySample(5)
+    for i in range(3):
+        small.offer({"q": (np.array([i]), np.array([i]))})
+    np.testing.assert_array_equal(small.arrays()[0]["q"], [0, 1, 2])
+
+
+def fail(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mtt: error: ")
+    return line[len("mtt: error: ") :]
+
+
+def test_pack_never_overwrites_what_a_user_made(tmp_path, data_dir, capsys, monkeypatch):
+    """An existing directory is kept unless --overwrite; --overwrite replaces only a packed
+    directory, and a failed pack leaves the old one intact."""
+    monkeypatch.chdir(tmp_path)
+    xyz = os.path.join(data_dir, ETHANOL)
+    assert main(["data", "pack", xyz, "-o", "data"]) == 0
+    message = fail(capsys, "data", "pack", xyz, "-o", "data")
+    assert (
+        message
+        == "'data' already exists; choose another directory or pass --overwrite to replace it"
+    )
+    (tmp_path / "bad.xyz").write_text("not a structure\n")
+    message = fail(capsys, "data", "pack", "bad.xyz", "-o", "data", "--overwrite")
+    assert message.startswith("could not read structure 0 of 'bad.xyz': ")
+    assert open_arrays("data").manifest["structures"] == 100
+    assert sorted(os.listdir(tmp_path)) == ["bad.xyz", "data"]  # no temporary left over
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    message = fail(capsys, "data", "pack", xyz, "-o", "mine", "--overwrite")
+    assert "is not a packed data set" in message
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    carbon = os.path.join(data_dir, CARBON)
+    assert main(["data", "pack", carbon, "-o", "data", "--overwrite"]) == 0
+    assert open_arrays("data").manifest["atomic_types"] == [6]
+
+
+def test_damaged_pack_is_a_clear_error(tmp_path, data_dir, capsys, monkeypatch):
+    """A truncated manifest or array, or a newer format, is one line that says what to do."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "pack", os.path.join(data_dir, ETHANOL), "-o", "data"]) == 0
+    manifest = (tmp_path / "data" / "manifest.json").read_text()
+
+    (tmp_path / "data" / "manifest.json").write_text(manifest[: len(manifest) // 2])
+    message = fail(capsys, "data", "info", "data")
+    assert message.startswith("'data' is a damaged packed data set (manifest.json cannot be read")
+    assert message.endswith("pack the files again with 'mtt data pack FILE... -o data --overwrite'")
+
+    newer = dict(json.loads(manifest), version=99)
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(newer))
+    message = fail(capsys, "data", "info", "data")
+    assert message.startswith("'data' was packed in format version 99, but this mtt reads")
+
+    (tmp_path / "data" / "manifest.json").write_text(manifest)
+    positions = tmp_path / "data" / "positions.npy"
+    positions.write_bytes(positions.read_bytes()[:1000])
+    with pytest.raises(MttError, match=r"damaged packed data set \(positions.npy: "):
+        dataset(str(tmp_path / "data"), {"energy": {}})
+
+
+def test_bad_structures_and_labels_name_the_file_and_index(tmp_path, data_dir, capsys, monkeypatch):
+    """Bad input is reported at packing (structures) or when the targets are chosen (labels,
+    keys), naming the structure, as for the xyz file."""
+    monkeypatch.chdir(tmp_path)
+    frames = ase.io.read(os.path.join(data_dir, ETHANOL), ":5")
+    frames[3].positions[0, 0] = np.nan
+    ase.io.write("nan.xyz", frames)
+    message = fail(capsys, "data", "pack", "nan.xyz", "-o", "nan")
+    assert (
+        message
+        == "structure 3 of 'nan.xyz' has NaN or infinite positions; fix or remove that frame"
+    )
+    assert not os.path.exists("nan")
+
+    frames = ase.io.read(os.path.join(data_dir, ETHANOL), ":5")
+    frames[2].calc.results["forces"][1, 2] = np.inf
+    pack_atoms(frames, "inf")
+    with pytest.raises(MttError, match=r"^forces 'forces' of structure 2 of '.*inf' is NaN or"):
+        dataset("inf", {"energy": {}})
+    with pytest.raises(MttError, match=r"has the energy key 'U0'; keys found: \['energy'\]; set"):
+        dataset("inf", {"energy": {"key": "U0"}})
+    with pytest.raises(MttError, match=r"has forces under the key 'f'; keys found: \['forces'\]"):
+        dataset("inf", {"energy": {"forces": "f"}})
