@@ -33,13 +33,18 @@ class CutoffAttention(torch.nn.Module):
         n_atoms, n_tokens, d_model = x.shape
         qkv = self.qkv(x).reshape(n_atoms, n_tokens, 3, self.num_heads, self.d_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [A, H, T, d_head]
+        # w_k exp(s_qk) / sum_k' w_k' exp(s_qk') = softmax_k(s_qk + log w_k): one softmax,
+        # which keeps a single [A, H, T, T] tensor for the backward (exp, product and
+        # quotient kept three). Padding and zero weights get log w = -inf, i.e. exactly zero
+        # attention and zero gradient; the centre token (w = 1) keeps every row finite.
+        usable = real & (weights > 0)
+        log_weights = torch.where(
+            usable,
+            torch.log(torch.where(usable, weights, torch.ones_like(weights))),
+            torch.full_like(weights, float("-inf")),
+        )
         logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.d_head)
-        # padding never sets the shift below (a huge padded logit would underflow the rest)
-        logits = logits.masked_fill(~real[:, None, None, :], float("-inf"))
-        # the weights are invariant to this shift, so a detached max keeps gradients exact
-        shift = logits.amax(dim=-1, keepdim=True).detach()
-        attention = torch.exp(logits - shift) * weights[:, None, None, :]
-        attention = attention / attention.sum(dim=-1, keepdim=True)
+        attention = torch.softmax(logits + log_weights[:, None, None, :], dim=-1)
         mixed = torch.matmul(attention, v).transpose(1, 2).reshape(n_atoms, n_tokens, d_model)
         return self.out(mixed)
 
