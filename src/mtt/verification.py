@@ -24,13 +24,16 @@ def reference_structures(atomic_types: List[int], cutoff: float) -> List[ase.Ato
     """A jittered cluster holding every element and a sheared periodic cell, deterministic."""
     rng = np.random.default_rng(20261122)
     types = list(atomic_types) * max(1, 6 // len(atomic_types))
-    grid = np.array([[i, j, k] for i in range(3) for j in range(3) for k in range(3)], float)
+    side = max(3, int(np.ceil(len(types) ** (1 / 3))))  # room for foundation models' elements
+    grid = np.array(
+        [[i, j, k] for i in range(side) for j in range(side) for k in range(side)], float
+    )
     spacing = 1.4
     cluster = ase.Atoms(
         numbers=types,
         positions=grid[: len(types)] * spacing + rng.normal(scale=0.1, size=(len(types), 3)),
     )
-    n_cell = max(4, len(atomic_types))
+    n_cell = max(4, min(len(atomic_types), 27))  # the first 27 elements at most
     cell = np.diag([2.6, 2.9, 3.2]) + np.array([[0, 0.3, 0], [0, 0, 0.2], [0.1, 0, 0]])
     crystal = ase.Atoms(
         numbers=[atomic_types[i % len(atomic_types)] for i in range(n_cell)],
