@@ -16,7 +16,7 @@ import yaml
 from metatomic.torch import ModelMetadata
 
 from . import hypers as hypers_module
-from . import plots
+from . import plots, pretrained
 from .checkpoints import read_checkpoint
 from .data.dataset import LabelledDataset, dataset_from_atoms
 from .data.sets import as_dataset_options, load_sets
@@ -351,8 +351,16 @@ def _read_pretrained(settings: Settings, base_dir: str):
     finetune = settings.train_hypers.finetune
     path = finetune.read_from
     path = path if os.path.isabs(path) else os.path.join(base_dir, path)
-    checkpoint = read_checkpoint(path)
     name = settings.options.architecture.name
+    if finetune.read_from in pretrained.names() and not os.path.exists(path):
+        model = pretrained.load(finetune.read_from)  # e.g. sevennet-0, shipped weights
+        if model.__architecture__ != name:
+            raise MttError(
+                f"{finetune.read_from!r} is a {model.__architecture__!r} model, but the options "
+                f"ask for {name!r}; set architecture.name: {model.__architecture__}"
+            )
+        return model
+    checkpoint = read_checkpoint(path)
     if checkpoint.get("architecture") != name:
         raise MttError(
             f"'architecture.training.finetune.read_from' ({path!r}) holds a "

@@ -6,7 +6,11 @@ HELP = "export a checkpoint (.ckpt) to a metatomic model (.pt)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint written by mtt train (.ckpt)")
+    parser.add_argument(
+        "checkpoint",
+        help="a checkpoint written by mtt train (.ckpt), or the name of a pretrained model "
+        "(sevennet-0, see mtt.pretrained) to export as shipped",
+    )
     parser.add_argument(
         "-o", "--output", default="model.pt", help="path of the exported model (default: model.pt)"
     )
@@ -21,7 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import os
+
+    from .. import pretrained
     from ..api import export
 
-    path = export(args.checkpoint, args.output, force=args.force, dtype=args.dtype)
+    if args.checkpoint in pretrained.names() and not os.path.exists(args.checkpoint):
+        path = pretrained.export(args.checkpoint, args.output, args.force, args.dtype)
+    else:
+        path = export(args.checkpoint, args.output, force=args.force, dtype=args.dtype)
     print(f"exported {args.checkpoint} to {path}")
