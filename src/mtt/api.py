@@ -26,6 +26,7 @@ from .finetune import apply_method, parse_method_config
 from .io import atomic_path, refuse_overwrite
 from .options import Options
 from .runs import find_auto_restart, new_run_dir
+from .training import distributed
 from .training.composition import baseline_rmse
 from .units import conversion
 
@@ -167,20 +168,37 @@ def train(
     settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
     if dry_run:
         return _dry_run(settings, base_dir, training_set)
+    # under torchrun or srun: one process per GPU, the main one writes (mtt.training.distributed)
+    with distributed.session(settings.train_hypers.distributed, _uses_cuda(settings)) as world:
+        checkpoint_path, run_dir = distributed.from_main(
+            lambda: _start_run(output, force, output_dir, restart)
+        )
+        arguments = (settings, base_dir, run_dir, checkpoint_path, training_set, output)
+        if not world.main:
+            return _train_in(*arguments, main=False)
+        handler = _log_to(run_dir)
+        try:
+            return _train_in(*arguments)
+        except Exception as error:
+            # the traceback goes to the run's log only; the command line prints one line
+            LOGGER.debug("training failed", exc_info=True)
+            error.log_file = handler.baseFilename  # type: ignore[attr-defined]
+            raise
+        finally:
+            LOGGER.removeHandler(handler)
+            handler.close()
+
+
+def _uses_cuda(settings: Settings) -> bool:
+    supported = settings.architecture.__model__.__supported_devices__
+    return pick_device(settings.options.device, supported).type == "cuda"
+
+
+def _start_run(output: str, force: bool, output_dir: str, restart: Optional[str]):
+    """The checkpoint to restart from (or None) and the run directory, made now."""
     refuse_overwrite(output, force)
     checkpoint_path = find_auto_restart(output_dir) if restart == "auto" else restart
-    run_dir = _run_dir(checkpoint_path, output_dir, restart)
-    handler = _log_to(run_dir)
-    try:
-        return _train_in(settings, base_dir, run_dir, checkpoint_path, training_set, output)
-    except Exception as error:
-        # the traceback goes to the run's log only; the command line prints one line
-        LOGGER.debug("training failed", exc_info=True)
-        error.log_file = handler.baseFilename  # type: ignore[attr-defined]
-        raise
-    finally:
-        LOGGER.removeHandler(handler)
-        handler.close()
+    return checkpoint_path, _run_dir(checkpoint_path, output_dir, restart)
 
 
 def _run_dir(checkpoint_path: Optional[str], output_dir: str, restart: Optional[str]) -> str:
@@ -227,6 +245,7 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
             f"by {options.architecture.name}"
         )
     device = pick_device(options.device, model_class.__supported_devices__)
+    device = distributed.local_device(device, distributed.current())
     model, trainer = _model_and_trainer(settings, info, checkpoint_path, base_dir)
     if len(model.generic_heads) != len(model.generic_names):
         raise MttError(
@@ -237,9 +256,13 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
     return Prepared((train_set, val_set, test_set), model, trainer, device, dtype)
 
 
-def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, output) -> str:
-    with open(os.path.join(run_dir, "options.yaml"), "w") as file:
-        yaml.safe_dump(settings.expanded, file, sort_keys=False)
+def _train_in(
+    settings: Settings, base_dir, run_dir, checkpoint_path, frames, output, main: bool = True
+) -> str:
+    """Train in ``run_dir``; only the ``main`` process writes anything there."""
+    if main:
+        with open(os.path.join(run_dir, "options.yaml"), "w") as file:
+            yaml.safe_dump(settings.expanded, file, sort_keys=False)
     LOGGER.info("run directory: %s", run_dir)
     run = _prepare(settings, base_dir, frames, checkpoint_path)
     model, trainer = run.model, run.trainer
@@ -247,6 +270,8 @@ def _train_in(settings: Settings, base_dir, run_dir, checkpoint_path, frames, ou
     trainer.train(
         model, run.dtype, [run.device], [train_set], [val_set] if val_set else [], run_dir
     )
+    if not main:  # the main process keeps, reports and exports the best model
+        return output
     if trainer.best is not None:
         model.load_state_dict(trainer.best["state_dict"])
     trainer.save_checkpoint(model, os.path.join(run_dir, "model.ckpt"))

@@ -77,6 +77,20 @@ class PreparedSet:
         for indices in self._groups(order, batch_size, max_atoms):
             yield self.collate([self.data[i] for i in indices]), self._labels(indices)
 
+    def shares(
+        self, order: List[int], batch_size: int, max_atoms: Optional[int], rank: int, size: int
+    ) -> Iterator[Tuple[Optional[Any], Optional[LabelBatch], int]]:
+        """The batches of :meth:`batches`, each split between ``size`` processes: this
+        process's share (structures ``rank``, ``rank + size``, ... of the batch, and their
+        labels; None when the batch has fewer structures than processes) and the number of
+        structures of the whole batch."""
+        for group in self._groups(order, batch_size, max_atoms):
+            share = group[rank::size]
+            if not share:
+                yield None, None, len(group)
+            else:
+                yield self.collate([self.data[i] for i in share]), self._labels(share), len(group)
+
     def count(self, order: List[int], batch_size: int, max_atoms: Optional[int] = None) -> int:
         """How many batches :meth:`batches` yields (without building them)."""
         return sum(1 for _ in self._groups(order, batch_size, max_atoms))

@@ -42,9 +42,11 @@ class TrainingHypers:
     num_epochs: int = 100
     """Passes over the training set."""
     batch_size: int = 8
-    """Structures per optimisation step."""
+    """Structures per optimisation step, over all processes when training on several GPUs
+    (each takes its share): N processes then follow the run of one."""
     max_atoms_per_batch: Optional[int] = None
-    """Also cap the atoms per batch (for data sets of mixed sizes); null: no cap."""
+    """Also cap the atoms per batch (for data sets of mixed sizes), over all processes like
+    ``batch_size``; null: no cap."""
     learning_rate: float = 1e-3
     """Peak learning rate (reached after the warm-up)."""
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -77,6 +79,10 @@ class TrainingHypers:
     fixed_composition_weights: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """Reference energies fixed by hand, per target and element, in the target's unit, e.g.
     ``{energy: {H: -13.6, O: -2040.0}}``; the other elements are fitted by least squares."""
+    distributed: Literal["auto", "off"] = "auto"
+    """``auto``: when launched by ``torchrun`` or SLURM's ``srun`` with several processes,
+    train together, one process per GPU (see the multi-GPU how-to); ``off``: every process
+    trains alone, whatever launched it."""
     checkpoint_interval: int = 100
     """Write a training checkpoint every this many epochs (and always at the end)."""
     log_interval: int = 1

@@ -5,11 +5,13 @@ Energies are compared per atom by default (a 100-atom cell should not weigh 100 
 loss is dimensionless and the user's weights compare like with like.
 """
 
-from typing import Dict, List, Set, Tuple
+import math
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 
 from .batches import LabelBatch, quantity_kind
+from .distributed import World, sum_over_processes
 from .hypers import LossHypers
 
 
@@ -37,7 +39,11 @@ def default_weight(quantity: str) -> float:
 
 
 class Loss:
-    """Weighted sum over quantities of the mean (squared/absolute/Huber) scaled residual."""
+    """Weighted sum over quantities of the mean (squared/absolute/Huber) scaled residual.
+
+    With several processes, each computes the loss of its share of a batch with the
+    :meth:`counts` of the whole batch as the divisors of the means, so that the shares' losses
+    (and gradients) add up to those of the whole batch."""
 
     def __init__(
         self,
@@ -55,24 +61,37 @@ class Loss:
     def per_atom(self, quantity: str) -> bool:
         return quantity not in self.per_structure
 
-    def __call__(self, predictions: Dict[str, torch.Tensor], labels: LabelBatch) -> torch.Tensor:
+    def counts(self, labels: LabelBatch) -> Dict[str, int]:
+        """How many values of each quantity ``labels`` holds: the divisors of the means."""
+        return {
+            q: int(labels.mask[q].sum()) * math.prod(labels.values[q].shape[1:])
+            for q in self.quantities
+        }
+
+    def __call__(
+        self,
+        predictions: Dict[str, torch.Tensor],
+        labels: LabelBatch,
+        counts: Optional[Dict[str, int]] = None,
+    ) -> torch.Tensor:
+        """The loss of a batch; of a share of one when given the ``counts`` of the whole."""
+        counts = self.counts(labels) if counts is None else counts
         total = torch.zeros((), dtype=torch.float64, device=labels.n_atoms.device)
         for q in self.quantities:
-            if self.weights[q] == 0.0:
+            if self.weights[q] == 0.0 or counts[q] == 0:
                 continue
             pred, ref = residual_pair(q, predictions[q], labels, self.per_atom(q))
-            if pred.numel() == 0:
-                continue
-            total = total + self.weights[q] * self._reduce((pred - ref) / self.scales[q])
+            residual_sum = self._sum((pred - ref) / self.scales[q])
+            total = total + self.weights[q] * residual_sum / counts[q]
         return total
 
-    def _reduce(self, residual: torch.Tensor) -> torch.Tensor:
+    def _sum(self, residual: torch.Tensor) -> torch.Tensor:
         if self.hypers.type == "mse":
-            return (residual**2).mean()
+            return (residual**2).sum()
         if self.hypers.type == "mae":
-            return residual.abs().mean()
+            return residual.abs().sum()
         return torch.nn.functional.huber_loss(
-            residual, torch.zeros_like(residual), delta=self.hypers.huber_delta
+            residual, torch.zeros_like(residual), reduction="sum", delta=self.hypers.huber_delta
         )
 
 
@@ -90,6 +109,14 @@ class Metrics:
             self.sums[q][0] += float((error**2).sum())
             self.sums[q][1] += float(error.abs().sum())
             self.sums[q][2] += error.numel()
+
+    def sum_over_processes(self, world: World) -> None:
+        """Add up the sums of every process of ``world`` (unchanged in one)."""
+        flat = [value for sums in self.sums.values() for value in sums]
+        flat = sum_over_processes(flat, world)
+        for index, q in enumerate(self.sums):
+            squares, absolutes, count = flat[3 * index : 3 * index + 3]
+            self.sums[q] = [squares, absolutes, int(count)]
 
     def results(self) -> Dict[str, Dict[str, float]]:
         """``{quantity: {"rmse": ..., "mae": ...}}`` for quantities seen in this epoch."""

@@ -27,6 +27,7 @@ from ..data.dataset import LabelledDataset
 from ..errors import MttError
 from ..hypers import to_dict
 from ..version import __version__
+from . import distributed
 from .batches import LabelBatch, PreparedSet, quantity_kind, to_device
 from .composition import (
     fit_baseline,
@@ -63,6 +64,7 @@ class Trainer(TrainerInterface):
         self.reference_weights: Dict[str, torch.Tensor] = {}
         self.run_dir = "."
         self.metrics_log = MetricsLog()  # TensorBoard, if installed
+        self.world = distributed.World()  # the processes training together (during train())
 
     # --- what an architecture may override ------------------------------------------------
     def parameter_groups(self, model: torch.nn.Module) -> List[Dict[str, Any]]:
@@ -111,6 +113,7 @@ class Trainer(TrainerInterface):
     ) -> None:
         device = devices[0]
         self.run_dir = checkpoint_dir
+        self.world = distributed.current()
         model.to(device=device, dtype=dtype)
         quantities = _labelled_quantities(model, train_datasets[0])
         if self.epoch == 0:
@@ -128,6 +131,7 @@ class Trainer(TrainerInterface):
                 _batch_to(batch, device)
                 for batch, _ in train.batches(list(range(len(train))), self.hypers.batch_size)
             )
+        distributed.broadcast_state(model, self.world)  # every process starts from the same model
         steps = train.count(
             list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
         )
@@ -145,6 +149,7 @@ class Trainer(TrainerInterface):
             row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
             if self._end_epoch(model, row, optimizer, scheduler):
                 break
+        self.world = distributed.World()  # evaluations after training run in one process
 
     def _averaged(self, model):
         """The weight average in ``model`` while validating and keeping the best model."""
@@ -190,46 +195,75 @@ class Trainer(TrainerInterface):
         return f"the last good checkpoint is {directory}/epoch_{max(epochs)}.ckpt"
 
     def _pass(self, model, loss, data, order, device, optimizer, scheduler, prefix):
-        """One pass over ``data``: optimisation steps if an optimizer is given."""
+        """One pass over ``data``: optimisation steps if an optimizer is given. With several
+        processes, each takes its share of every batch (``mtt.training.distributed``)."""
         training = optimizer is not None
         model.train(training)
+        world = self.world
         metrics, total, count = Metrics(loss), 0.0, 0
-        # for augment(): depends only on seed and epoch, and differs from the shuffling's
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_777_777)
+        # for augment(): depends only on seed, epoch and process, differs from the shuffling's
+        generator = torch.Generator().manual_seed(
+            self.seed * 100_003 + self.epoch + 7_777_777 + 1_000_003 * world.rank
+        )
         progress = ProgressBar(
             self.epoch + 1,
             self.hypers.num_epochs,
             len(order),
-            training and self.hypers.progress_bar,
+            training and self.hypers.progress_bar and world.main,
         )
-        batches = data.batches(order, self.hypers.batch_size, self.hypers.max_atoms_per_batch)
-        for batch, labels in batches:
-            batch = _batch_to(batch, device)
-            labels = to_device(labels, device)
-            if training:
-                batch, labels = self.augment(batch, labels, generator)
-            predictions = model.predict(batch, loss.quantities, training=training)
-            value = loss(predictions, labels)
-            if training:
-                value = value + self.regularization(model)
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                if self.hypers.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.hypers.grad_clip_norm)
-                optimizer.step()
-                scheduler.step()
-                if self.ema is not None:
-                    self.ema.update(model)
-            metrics.update(predictions, labels)
-            total += float(value.detach()) * len(labels.n_atoms)
-            count += len(labels.n_atoms)
-            progress.update(len(labels.n_atoms), float(value.detach()))
+        batches = data.shares(
+            order, self.hypers.batch_size, self.hypers.max_atoms_per_batch, world.rank, world.size
+        )
+        for batch, labels, structures in batches:
+            counts = self._whole_counts(loss, labels)
+            # this process's part of the batch's loss (zero when it has no structure in it)
+            value = torch.zeros((), dtype=torch.float64, device=device)
+            if batch is not None:
+                batch = _batch_to(batch, device)
+                labels = to_device(labels, device)
+                if training:
+                    batch, labels = self.augment(batch, labels, generator)
+                predictions = model.predict(batch, loss.quantities, training=training)
+                value = loss(predictions, labels, counts)
+                if training:
+                    share = len(labels.n_atoms) / structures
+                    value = value + share * self.regularization(model)
+                metrics.update(predictions, labels)
+            total += float(value.detach()) * structures
+            count += structures
+            step_loss = self._step(model, value, optimizer, scheduler) if training else 0.0
+            progress.update(structures, step_loss)
         progress.close()
+        (total,) = distributed.sum_over_processes([total], world)
+        metrics.sum_over_processes(world)
         row = {f"{prefix}_loss": total / max(count, 1)}
         for q, values in metrics.results().items():
             for name, value in values.items():
                 row[f"{prefix}_{metric_name(q, loss.per_atom(q))}_{name}"] = value
         return row
+
+    def _whole_counts(self, loss, labels) -> Dict[str, int]:
+        """The divisors of the loss's means: how many values of each quantity the whole
+        batch holds, over all processes (``labels``: this process's share, or None)."""
+        local = loss.counts(labels) if labels is not None else dict.fromkeys(loss.quantities, 0)
+        totals = distributed.sum_over_processes(list(local.values()), self.world)
+        return {q: int(n) for q, n in zip(local, totals)}
+
+    def _step(self, model, value, optimizer, scheduler) -> float:
+        """Backward, the gradients added up over the processes, clipping and the optimizer's
+        step; returns the loss of the whole batch."""
+        optimizer.zero_grad(set_to_none=True)
+        if value.requires_grad:  # not on a process without structures in this batch
+            value.backward()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        value = distributed.sum_gradients(parameters, value, self.world)
+        if self.hypers.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.hypers.grad_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        if self.ema is not None:
+            self.ema.update(model)
+        return value
 
     def evaluate(self, model, dataset: LabelledDataset, device) -> Dict[str, float]:
         """Loss and RMSE/MAE of ``model`` on ``dataset`` (keys ``<set name>_...``)."""
@@ -284,9 +318,10 @@ class Trainer(TrainerInterface):
             self.state["ema"] = self.ema.state_dict()
         patience = self.hypers.early_stopping_patience
         stop = patience is not None and self.plateau.stale >= patience
-        self._write_csv()
         last = self.epoch == self.hypers.num_epochs or stop
-        self.metrics_log.write(self.run_dir, row, last)
+        if self.world.main:  # the other processes write nothing
+            self._write_csv()
+            self.metrics_log.write(self.run_dir, row, last)
         if self.epoch % self.hypers.log_interval == 0 or last:
             LOGGER.info(_format_row(row, model))
         if stop:
@@ -295,7 +330,7 @@ class Trainer(TrainerInterface):
                 patience,
                 self.best["epoch"],
             )
-        if self.epoch % self.hypers.checkpoint_interval == 0 or last:
+        if self.world.main and (self.epoch % self.hypers.checkpoint_interval == 0 or last):
             path = os.path.join(self.run_dir, "checkpoints", f"epoch_{self.epoch}.ckpt")
             self.save_checkpoint(model, path)
         return stop
@@ -426,12 +461,17 @@ class _Recorder(Loss):
         super().__init__(*args)
         self.pairs: Dict[str, Tuple[list, list]] = {q: ([], []) for q in self.quantities}
 
-    def __call__(self, predictions: Dict[str, torch.Tensor], labels: LabelBatch) -> torch.Tensor:
+    def __call__(
+        self,
+        predictions: Dict[str, torch.Tensor],
+        labels: LabelBatch,
+        counts: Optional[Dict[str, int]] = None,
+    ) -> torch.Tensor:
         for q, (predicted, reference) in self.pairs.items():
             pred, ref = residual_pair(q, predictions[q].detach(), labels, self.per_atom(q))
             predicted.append(pred.cpu().numpy().ravel())
             reference.append(ref.cpu().numpy().ravel())
-        return super().__call__(predictions, labels)
+        return super().__call__(predictions, labels, counts)
 
 
 def _batch_to(batch, device):
