@@ -1,4 +1,8 @@
-"""Train a model from an options file, then export the best one to model.pt."""
+"""Train a model from an options file, then export the best one to model.pt.
+
+On several GPUs, launch it with torchrun (torchrun --nproc_per_node=4 -m mtt train
+options.yaml) or SLURM's srun: one process per GPU, batch_size counted over all of them.
+"""
 
 import argparse
 
