@@ -22,12 +22,15 @@ linear combinations of ``v``, and symmetric rank-2 tensors (polarizabilities) fr
 of outer products ``v ⊗ v`` plus an isotropic part: equivariant by construction, in float32
 and float64 alike.
 
-When to choose it: PaiNN sees angles through its vectors and, by passing messages, atoms up
-to ``cutoff * num_layers`` away (the interaction range engines must provide; LAMMPS's ghost
-region grows with it), which usually makes it more accurate than ``soap_bpnn`` for the same
-data, while unlike ``pet`` it is exactly invariant. It costs more per atom than
-``soap_bpnn`` (every layer touches every pair), and the long range makes domain
-decomposition in LAMMPS costlier.
+When to choose it: for exactly equivariant vector and tensor targets (dipoles,
+polarizabilities) next to energies, and for energies that need more than one neighbourhood:
+by passing messages, an atom sees atoms up to ``cutoff * num_layers`` away (the interaction
+range engines must provide, so LAMMPS's ghost region grows with it). Unlike ``pet`` it needs
+no rotated training data. On the ethanol example (80 training frames) it is as accurate as
+``soap_bpnn``. Its cost grows with pairs x features x layers: for small molecules it trains
+about as fast as ``soap_bpnn``, but in dense solids at the default 5 Å cutoff (about 90
+neighbours per atom) it is roughly ten times slower per atom on a CPU; a smaller ``cutoff``
+or ``num_features`` buys speed.
 """
 
 from typing import List, Optional, Tuple
@@ -89,15 +92,15 @@ class Painn(EnergyModel):
         """Scalar ``[N, F]`` and vector ``[N, 3, F]`` features after the last layer."""
         vectors = edge_vectors(graph)
         r = torch.linalg.vector_norm(vectors, dim=-1)
-        unit = vectors / r.unsqueeze(-1)
+        unit = (vectors / r.unsqueeze(-1)).T  # [3, E]: the layers keep Cartesian axes first
         radial = self.radial(r)
         switch = cutoff_function(r, self.cutoff, self.cutoff_width)
         s = self.embedding(species).to(vectors.dtype)
-        v = torch.zeros(s.shape[0], 3, self.n_features, dtype=vectors.dtype, device=vectors.device)
+        v = torch.zeros(3, s.shape[0], self.n_features, dtype=s.dtype, device=s.device)
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, radial, switch, unit, graph.edge_i, graph.edge_j)
             s, v = update(s, v)
-        return s, v
+        return s, v.permute(1, 0, 2)
 
     def last_layer_features(self, graph: Graph, species: Tensor) -> Tensor:
         """The hidden layer of the energy readout ``[N, F]``: per-atom energies are a linear

@@ -1,7 +1,9 @@
 """PaiNN's message and update blocks, on plain tensors.
 
-Every atom carries scalar features ``s`` ``[N, F]`` and vector features ``v`` ``[N, 3, F]``.
-Rotations act on the middle (Cartesian) axis of ``v`` only. The blocks keep the two kinds
+Every atom carries scalar features ``s`` ``[N, F]`` and vector features ``v``, stored here as
+``[3, N, F]`` (Cartesian axis first: multiplying by per-atom or per-pair scalars then
+broadcasts over the outermost axis, which is several times faster on CPUs than over a middle
+one). Rotations act on the Cartesian axis of ``v`` only. The blocks keep the two kinds
 apart: vectors are only ever (i) multiplied by invariant scalars, (ii) mixed by linear maps
 *over the feature axis* (``torch.nn.Linear`` without bias acting on the last axis), or (iii)
 created from unit edge vectors ``r_ij / |r_ij|``, and scalars only see vectors through
@@ -22,9 +24,9 @@ def _mlp(n_in: int, width: int, n_out: int) -> torch.nn.Sequential:
 
 
 def vector_norm(v: Tensor, eps: float = 1e-8) -> Tensor:
-    """``sqrt(|v|^2 + eps)`` over the Cartesian axis of ``[N, 3, F]``: smooth at ``v = 0``
+    """``sqrt(|v|^2 + eps)`` over the Cartesian axis of ``[3, N, F]``: smooth at ``v = 0``
     (isolated atoms have zero vectors, and a plain norm has an infinite gradient there)."""
-    return torch.sqrt((v * v).sum(dim=1) + eps)
+    return torch.sqrt((v * v).sum(dim=0) + eps)
 
 
 class Message(torch.nn.Module):
@@ -52,13 +54,13 @@ class Message(torch.nn.Module):
         edge_j: Tensor,
     ) -> Tuple[Tensor, Tensor]:
         """:param radial: ``[E, R]`` basis; ``switch``: ``[E]`` cutoff function; ``unit``:
-        ``[E, 3]`` unit vectors from ``i`` to ``j``."""
+        ``[3, E]`` unit vectors from ``i`` to ``j``."""
         weights = self.filter(radial) * switch.unsqueeze(-1)
-        x = self.phi(s)[edge_j] * weights
+        x = self.phi(s).index_select(0, edge_j) * weights
         ds, a, b = torch.split(x, self.n_features, dim=-1)
-        dv = v[edge_j] * a.unsqueeze(1) + unit.unsqueeze(-1) * b.unsqueeze(1)
+        dv = v.index_select(1, edge_j) * a.unsqueeze(0) + unit.unsqueeze(-1) * b.unsqueeze(0)
         s = s.index_add(0, edge_i, ds)
-        v = v.index_add(0, edge_i, dv)
+        v = v.index_add(1, edge_i, dv)
         return s, v
 
 
@@ -81,6 +83,6 @@ class Update(torch.nn.Module):
         vv = self.v(v)
         x = self.mlp(torch.cat([s, vector_norm(vv)], dim=-1))
         a, b, c = torch.split(x, self.n_features, dim=-1)
-        v = v + a.unsqueeze(1) * uv
-        s = s + b * (uv * vv).sum(dim=1) + c
+        v = v + a.unsqueeze(0) * uv
+        s = s + b * (uv * vv).sum(dim=0) + c
         return s, v
