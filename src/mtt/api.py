@@ -18,7 +18,7 @@ from metatomic.torch import ModelMetadata
 from . import hypers as hypers_module
 from . import plots, pretrained
 from .checkpoints import read_checkpoint
-from .data.dataset import LabelledDataset, dataset_from_atoms
+from .data.dataset import LabelledDataset, dataset_from_atoms, load_dataset
 from .data.sets import as_dataset_options, load_sets
 from .data.targets import DatasetInfo
 from .errors import MttError, OptionsError
@@ -267,6 +267,7 @@ def _train_in(
     run = _prepare(settings, base_dir, frames, checkpoint_path)
     model, trainer = run.model, run.trainer
     train_set, val_set, _ = run.sets
+    forgetting = _forgetting_report(settings, base_dir, run)
     trainer.train(
         model, run.dtype, [run.device], [train_set], [val_set] if val_set else [], run_dir
     )
@@ -276,6 +277,8 @@ def _train_in(
         model.load_state_dict(trainer.best["state_dict"])
     trainer.save_checkpoint(model, os.path.join(run_dir, "model.ckpt"))
     _final_report(trainer, model, list(run.sets), run.device)
+    if forgetting is not None:
+        forgetting.finish(model, train_set, run_dir)
     plots.write_run_plots(trainer, model, list(run.sets), run.device, run_dir)
     path = os.path.join(run_dir, "model.pt")
     save_model(model.export(), path)
@@ -297,6 +300,7 @@ def _dry_run(settings: Settings, base_dir: str, frames) -> None:
         _final_report(trainer, model, [train_set], run.device)
         for line in _force_scale_check(model, train_set, run.device):
             LOGGER.warning(line)
+        _forgetting_report(settings, base_dir, run)  # the old task's errors, if given
     LOGGER.info("dry run finished: nothing was trained or written")
 
 
@@ -363,9 +367,7 @@ def _model_and_trainer(
     _, model = model_from_checkpoint(checkpoint, checkpoint_path, "restart")
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
     if finetune is not None:  # the same parameters train as before the interruption
-        pretrained = _read_pretrained(settings, base_dir)
-        trainer.pretrained_targets = list(pretrained.target_names)
-        trainer.reference_weights = _weights(pretrained)
+        _remember_pretrained(trainer, _read_pretrained(settings, base_dir), finetune)
         apply_method(model, finetune)
     model = model.restart(info, finetune.inherit_heads if finetune else None)
     LOGGER.info("restarting from %s after epoch %d", checkpoint_path, trainer.epoch)
@@ -423,12 +425,63 @@ def _weights(model) -> Dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+def _remember_pretrained(trainer, pretrained, finetune) -> None:
+    """What the trainer keeps of the pretrained model: its targets, its weights (L2-SP) and a
+    frozen copy (the teacher of distillation and of the forgetting report)."""
+    from .forgetting import Distillation, frozen_copy
+
+    trainer.pretrained_targets = list(pretrained.target_names)
+    trainer.reference_weights = _weights(pretrained)
+    trainer.teacher = frozen_copy(pretrained)
+    if finetune.distillation is not None:
+        trainer.distillation = Distillation(
+            trainer.teacher, finetune.distillation, trainer.hypers, trainer.seed
+        )
+
+
+def _forgetting_report(settings: Settings, base_dir: str, run: Prepared):
+    """When fine-tuning: the teacher on the run's device, the scales of distillation, and
+    the pretrained model's errors on ``finetune.old_task_set``, reported before training."""
+    from .forgetting import ForgettingReport
+
+    trainer = run.trainer
+    if trainer.teacher is None:
+        return None
+    trainer.teacher.to(device=run.device, dtype=run.dtype)
+    if trainer.distillation is not None:
+        trainer.distillation.fit_scales(run.sets[0], run.device)
+    old_task = settings.train_hypers.finetune.old_task_set
+    old_set = None
+    if old_task is not None:
+        old_set = load_dataset(as_dataset_options(old_task), base_dir, "old_task_set")
+        _check_old_task(old_set, trainer.teacher)
+        _to_model_units(old_set, trainer.teacher.dataset_info)
+    report = ForgettingReport(trainer.teacher, old_set, run.device)
+    report.start()
+    return report
+
+
+def _check_old_task(dataset: LabelledDataset, teacher) -> None:
+    where = "'architecture.training.finetune.old_task_set'"
+    unknown = [name for name in dataset.targets if name not in teacher.target_names]
+    if unknown:
+        raise MttError(
+            f"{where} has targets {unknown} that the pretrained model does not predict (it "
+            f"predicts the energies {teacher.target_names}); declare the pretrained targets"
+        )
+    extra = sorted(set(dataset.atomic_types) - set(teacher.atomic_types))
+    if extra:
+        raise MttError(
+            f"{where} has elements {extra} that the pretrained model was not trained on; "
+            "remove those structures"
+        )
+
+
 def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
     """The pretrained model, adapted to the new data and with the chosen weights trainable."""
     finetune = settings.train_hypers.finetune
     model = _read_pretrained(settings, base_dir)
-    trainer.pretrained_targets = list(model.target_names)
-    trainer.reference_weights = _weights(model)
+    _remember_pretrained(trainer, model, finetune)
     LOGGER.info("fine-tuning %s from %s", settings.options.architecture.name, finetune.read_from)
     model = model.restart(info, finetune.inherit_heads)
     apply_method(model, finetune)

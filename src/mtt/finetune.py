@@ -3,18 +3,22 @@
 ``architecture.training.finetune`` follows metatrain's shape (``read_from``, ``method``,
 ``config``, ``inherit_heads``) and adds what users of the field keep asking for: a choice of
 reference energies (refit on the new data, or keep the pretrained ones) with a report of how
-they differ, and L2-SP regularisation towards the pretrained weights against forgetting.
+they differ, and two controls against forgetting what the pretraining taught: L2-SP
+regularisation towards the pretrained weights, and distillation from the frozen pretrained
+model on perturbed copies of the new structures (:mod:`mtt.forgetting`), with a report of the
+error on the old task before and after.
 """
 
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 
 from .errors import MttError
 from .lora import adapter_config, add_adapters
+from .options import DatasetOptions
 
 LOGGER = logging.getLogger("mtt")
 
@@ -52,6 +56,43 @@ class NoConfig:
     """``full`` and ``heads`` take no ``config``."""
 
 
+@dataclass
+class DistillationHypers:
+    """``finetune.distillation``: keep the model close to the frozen pretrained model (the
+    teacher) on randomly perturbed copies of the training structures, without needing the
+    pretraining data."""
+
+    weight: float = 1.0
+    """Weight of the distillation term in the loss. The term is the loss itself (same type,
+    per-quantity weights and per-atom energies), with the teacher's predictions as labels and
+    each quantity divided by its spread in the teacher's predictions on the training set."""
+    displacement: float = 0.05
+    """Standard deviation of the Gaussian noise added to every atomic position of the copies,
+    in the length unit of the data (Å); 0 compares the models on the training structures
+    themselves."""
+    every: int = 1
+    """Add the term at every ``every``-th optimisation step of an epoch (1: at every step); the
+    term costs about one more step of the model and one evaluation of the teacher."""
+
+    def validate(self) -> List[Tuple[str, str]]:
+        problems = []
+        if not self.weight > 0:
+            problems.append(
+                ("weight", f"must be positive (leave out distillation for off), got {self.weight}")
+            )
+        if not 0 <= self.displacement < 1:
+            problems.append(
+                (
+                    "displacement",
+                    "must be in [0, 1) length units (typically "
+                    f"0.01 to 0.1 Å), got {self.displacement}",
+                )
+            )
+        if self.every < 1:
+            problems.append(("every", f"must be at least 1, got {self.every}"))
+        return problems
+
+
 METHOD_CONFIGS = {"full": NoConfig, "heads": NoConfig, "lora": LoraConfig, "freeze": FreezeConfig}
 
 
@@ -77,6 +118,14 @@ class FinetuneHypers:
     l2sp_weight: float = 0.0
     """Weight of the L2-SP penalty ``sum (w - w_pretrained)^2`` on trained weights, which
     keeps the model close to what it knew (0: off)."""
+    distillation: Optional[DistillationHypers] = None
+    """Distillation from the frozen pretrained model on perturbed copies of the training
+    structures (energies per atom and forces of the pretrained targets), against forgetting:
+    ``{weight, displacement, every}``; null: off."""
+    old_task_set: Optional[Union[str, DatasetOptions]] = None
+    """Labelled data of the pretraining task (a file with energies and forces in eV and Å, or
+    a section like ``training_set``). The errors of the pretrained and of the fine-tuned model
+    on it are reported at the start and the end, and written to ``forgetting.json``."""
 
     def validate(self) -> List[Tuple[str, str]]:
         if self.l2sp_weight < 0:

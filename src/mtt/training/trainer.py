@@ -62,6 +62,9 @@ class Trainer(TrainerInterface):
         self.ema: Optional[WeightAverage] = None
         self.plateau: Optional[Plateau] = None
         self.reference_weights: Dict[str, torch.Tensor] = {}
+        # fine-tuning: the frozen pretrained model, and distillation from it (mtt.forgetting)
+        self.teacher: Optional[torch.nn.Module] = None
+        self.distillation: Optional[Any] = None
         self.run_dir = "."
         self.metrics_log = MetricsLog()  # TensorBoard, if installed
         self.world = distributed.World()  # the processes training together (during train())
@@ -70,9 +73,19 @@ class Trainer(TrainerInterface):
     def parameter_groups(self, model: torch.nn.Module) -> List[Dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
-    def regularization(self, model: torch.nn.Module) -> torch.Tensor:
+    def regularization(self, model: torch.nn.Module, batch: Any = None) -> torch.Tensor:
+        """Terms against forgetting added to the loss of a training ``batch`` (zero when not
+        fine-tuning): L2-SP, and distillation from the pretrained model on perturbed copies
+        of the batch (``finetune.distillation``)."""
+        penalty = self._l2sp(model)
+        if self.distillation is not None and batch is not None:
+            term = self.distillation(model, batch, self.epoch)
+            penalty = penalty.to(term.device) + term.to(penalty.dtype)
+        return penalty
+
+    def _l2sp(self, model: torch.nn.Module) -> torch.Tensor:
         """L2-SP: ``l2sp_weight * sum (w - w_pretrained)^2`` over the weights that train and
-        exist in the pretrained model (zero when not fine-tuning)."""
+        exist in the pretrained model."""
         finetune = self.hypers.finetune
         penalty = torch.zeros((), dtype=torch.float64)
         if finetune is None or finetune.l2sp_weight == 0.0 or not self.reference_weights:
@@ -227,7 +240,7 @@ class Trainer(TrainerInterface):
                 value = loss(predictions, labels, counts)
                 if training:
                     share = len(labels.n_atoms) / structures
-                    value = value + share * self.regularization(model)
+                    value = value + share * self.regularization(model, batch)
                 metrics.update(predictions, labels)
             total += float(value.detach()) * structures
             count += structures

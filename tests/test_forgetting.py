@@ -1,0 +1,195 @@
+"""Forgetting control when fine-tuning: distillation, L2-SP and the old-task report.
+
+A tiny model is pretrained on 100 xTB frames of ethanol (eV; the old task) and fine-tuned on 16
+DFT frames (kcal/mol, another level of theory: reference energies shift by hundreds of eV and
+forces differ by about 0.35 eV/Å). Its error on 50 held-out xTB frames is the old-task error.
+"""
+
+import glob
+import json
+import os
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mtt.checkpoints import read_checkpoint
+from mtt.cli import main
+from mtt.evaluate import load_model, predict
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "examples", "data")
+MODEL = {
+    "cutoff": 4.0,
+    "max_radial": 3,
+    "max_angular": 2,
+    "num_hidden_layers": 2,
+    "num_neurons_per_layer": 8,
+}
+#: long enough to forget: 40 epochs on 16 frames (4 more for validation)
+FINETUNE = {"num_epochs": 40, "batch_size": 4, "learning_rate": 0.002, "progress_bar": False}
+DISTILLATION = {"weight": 10.0, "displacement": 0.05}
+
+
+def options(path, training, train_file, unit, model=None, seed=0):
+    raw = {
+        "architecture": {"name": "soap_bpnn", "training": training},
+        "training_set": {"systems": train_file, "targets": {"energy": {"unit": unit}}},
+        "validation_set": 0.2,
+        "seed": seed,
+    }
+    if model is not None:
+        raw["architecture"]["model"] = model
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """The old task: 100 xTB frames for pretraining, 50 others to measure forgetting."""
+    root = tmp_path_factory.mktemp("old_task")
+    xtb = ase.io.read(os.path.join(DATA, "ethanol_xtb_200.xyz"), ":")
+    dft = ase.io.read(os.path.join(DATA, "ethanol_reduced_100.xyz"), ":")
+    ase.io.write(root / "xtb.xyz", xtb[:100])
+    ase.io.write(root / "old_task.xyz", xtb[150:])
+    ase.io.write(root / "dft.xyz", dft[:20])
+    training = {"num_epochs": 40, "batch_size": 8, "learning_rate": 0.005, "progress_bar": False}
+    path = options(root / "pre.yaml", training, "xtb.xyz", "eV", MODEL)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["train", path, "-o", "pre.pt"]) == 0
+    finally:
+        os.chdir(cwd)
+    (checkpoint,) = glob.glob(str(root / "outputs" / "*" / "model.ckpt"))
+    return root, checkpoint
+
+
+def finetune(pretrained, directory, extra=None, training=None, restart=None):
+    """Fine-tune on the DFT frames with the old-task report on; the run directory."""
+    root, checkpoint = pretrained
+    os.makedirs(directory, exist_ok=True)
+    section = {"read_from": checkpoint, "old_task_set": str(root / "old_task.xyz"), **(extra or {})}
+    training = dict(FINETUNE, **(training or {}), finetune=section)
+    path = options(directory / "ft.yaml", training, str(root / "dft.xyz"), "kcal/mol")
+    command = ["train", path, "-o", str(directory / "ft.pt"), "--force"]
+    command += ["--restart", restart] if restart else []
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        assert main(command) == 0
+    finally:
+        os.chdir(cwd)
+    return sorted(glob.glob(str(directory / "outputs" / "*")))[-1]
+
+
+def report(run_dir):
+    with open(os.path.join(run_dir, "forgetting.json")) as file:
+        return json.load(file)
+
+
+def force_rmse(model_path, frames):
+    predicted = predict(load_model(str(model_path)), frames, "energy", "angstrom", "eV")
+    errors = np.concatenate([p["forces"] - a.get_forces() for p, a in zip(predicted, frames)])
+    return float(np.sqrt(np.mean(errors**2)))
+
+
+@pytest.fixture(scope="module")
+def runs(pretrained, tmp_path_factory):
+    """Plain full fine-tuning, and with distillation or L2-SP: same epochs and data."""
+    return {
+        "full": finetune(pretrained, tmp_path_factory.mktemp("full")),
+        "distillation": finetune(
+            pretrained, tmp_path_factory.mktemp("distilled"), {"distillation": DISTILLATION}
+        ),
+        "l2sp": finetune(pretrained, tmp_path_factory.mktemp("l2sp"), {"l2sp_weight": 1000.0}),
+    }
+
+
+def test_regularised_finetuning_keeps_the_old_task_and_plain_finetuning_forgets(runs):
+    """Old-task force error over the pretrained model's: with distillation or L2-SP it stays
+    below 1.5, plain fine-tuning (same data, same epochs) goes beyond (seeds 0-4 gave
+    1.01-1.20 with distillation, 1.01-1.06 with L2-SP, 1.77-2.21 without)."""
+    factors = {
+        name: report(run_dir)["old_task"]["energy/forces_rmse"]["factor"]
+        for name, run_dir in runs.items()
+    }
+    assert max(factors["distillation"], factors["l2sp"]) < 1.5 < factors["full"], factors
+
+
+def test_old_task_report_has_the_errors_of_both_models(pretrained, runs):
+    """``forgetting.json`` holds the pretrained and fine-tuned models' errors on the old task
+    (equal to what ``mtt eval`` would say of the exported models) and the drift."""
+    root, _ = pretrained
+    old_task = ase.io.read(root / "old_task.xyz", ":")
+    run_dir = runs["full"]
+    data = report(run_dir)
+    forces = data["old_task"]["energy/forces_rmse"]
+    assert forces["before"] == pytest.approx(force_rmse(root / "pre.pt", old_task), rel=1e-4)
+    assert forces["after"] == pytest.approx(
+        force_rmse(os.path.join(run_dir, "model.pt"), old_task), rel=1e-4
+    )
+    assert forces["factor"] == pytest.approx(forces["after"] / forces["before"])
+    assert 0.05 < forces["before"] < 0.5 and data["units"]["energy/forces_rmse"] == "eV/angstrom"
+    # the level of theory changed: raw energies are off by the shift of the reference energies
+    energy = data["old_task"]["energy_per_atom_rmse"]
+    refitted = data["old_task"]["energy_per_atom_rmse_refitted_references"]
+    assert energy["after"] > 10.0 and refitted["after"] < 0.1
+    assert data["drift"]["energy/forces_rmse"] > 0.0 and data["old_task"]["structures"] == 50
+
+
+def test_distillation_restarts_exactly(pretrained, tmp_path):
+    """A distilled run interrupted after epoch 2 and restarted ends bitwise like an
+    uninterrupted one: the perturbed copies depend only on the seed and the epoch."""
+    training = {"num_epochs": 4, "checkpoint_interval": 2}
+    section = {"distillation": {"weight": 1.0, "displacement": 0.1, "every": 2}}
+    whole = finetune(pretrained, tmp_path / "whole", section, training)
+    halfway = os.path.join(whole, "checkpoints", "epoch_2.ckpt")
+    resumed = finetune(pretrained, tmp_path / "resumed", section, training, restart=halfway)
+    plain = finetune(pretrained, tmp_path / "plain", None, training)
+    states = [read_checkpoint(os.path.join(d, "model.ckpt")) for d in (whole, resumed, plain)]
+    for name, value in states[0]["model_state_dict"].items():
+        assert torch.equal(value, states[1]["model_state_dict"][name]), name
+    assert any(
+        not torch.equal(value, states[2]["model_state_dict"][name])
+        for name, value in states[0]["model_state_dict"].items()
+    ), "distillation changed nothing"
+
+
+def test_teacher_is_frozen_and_outside_the_optimizer(pretrained, tmp_path, monkeypatch):
+    """The teacher is the pretrained checkpoint's best model: no parameter of it is given to
+    the optimizer or requires a gradient, and training does not change it."""
+    from mtt import api
+
+    root, checkpoint = pretrained
+    section = {"read_from": checkpoint, "distillation": DISTILLATION}
+    path = options(
+        tmp_path / "ft.yaml",
+        dict(FINETUNE, num_epochs=2, finetune=section),
+        str(root / "dft.xyz"),
+        "kcal/mol",
+    )
+    settings = api.validate_options(api.read_options(path))
+    run = api._prepare(settings, str(tmp_path), None, None)
+    trainer = run.trainer
+    optimizers = []
+    make = trainer.make_optimizer
+    monkeypatch.setattr(
+        trainer, "make_optimizer", lambda m: optimizers.append(make(m)) or optimizers[-1]
+    )
+    api._forgetting_report(settings, str(tmp_path), run)
+    trainer.train(run.model, run.dtype, [run.device], [run.sets[0]], [run.sets[1]], str(tmp_path))
+    teacher = {id(p) for p in trainer.teacher.parameters()}
+    optimized = {id(p) for group in optimizers[0].param_groups for p in group["params"]}
+    assert teacher and optimized and not teacher & optimized
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    pretrained_state = read_checkpoint(checkpoint)["best_model_state_dict"]
+    for name, value in trainer.teacher.state_dict().items():
+        assert torch.equal(value, pretrained_state[name].to(value.dtype)), name
+    trained = run.model.state_dict()
+    assert any(
+        not torch.equal(trained[n], v)
+        for n, v in trainer.teacher.state_dict().items()
+        if "networks" in n
+    )
