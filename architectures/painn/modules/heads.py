@@ -44,7 +44,7 @@ class EquivariantHead(torch.nn.Module):
         vectors = self.vectors(v).reshape(n_atoms, 3, self.k, self.channels)
         if self.rank == 1:
             return (gates * vectors).sum(dim=-1)
-        outer = torch.einsum("nakc,nbkc->nabkc", vectors, vectors * gates)
+        outer = torch.einsum("nakc,nbkc->nabk", vectors, vectors * gates)
         eye = torch.eye(3, dtype=s.dtype, device=s.device).reshape(1, 3, 3, 1)
-        tensors = outer.sum(dim=-1) + eye * self.isotropic(s).reshape(n_atoms, 1, 1, self.k)
+        tensors = outer + eye * self.isotropic(s).reshape(n_atoms, 1, 1, self.k)
         return tensors.reshape(n_atoms, 9, self.k)
