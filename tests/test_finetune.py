@@ -12,8 +12,9 @@ from helpers import TINY_MODEL
 
 from mtt.checkpoints import read_checkpoint
 from mtt.cli import main
-from mtt.evaluate import load_model, predict
+from mtt.evaluate import generic_outputs, load_model, predict
 
+DATA = os.path.join(os.path.dirname(__file__), "..", "examples", "data")
 MODEL = dict(TINY_MODEL, max_radial=3, max_angular=2, num_neurons_per_layer=8)
 
 
@@ -210,16 +211,38 @@ def test_dry_run_refuses_an_element_the_pretrained_model_lacks(
     assert "elements [7]" in capsys.readouterr().err
 
 
-def test_finetuning_refuses_new_generic_targets_clearly(pretrained, tmp_path, monkeypatch, capsys):
-    """Adding an ``mtt::`` target while fine-tuning is not available yet: one clear line."""
+def test_finetuning_adds_a_generic_target_and_keeps_the_energy(tmp_path, monkeypatch):
+    """Fine-tuning an energy-only model (QM9 U0) on dipole magnitudes (``mtt::mu``) adds a
+    head for the new target and keeps the energy: the exported model predicts both, the
+    energies as the pretrained model did (no weight they use trains: the new head reads the
+    fixed descriptors), and the dipoles better than their mean does."""
     monkeypatch.chdir(tmp_path)
-    frames = ase.io.read(pretrained["root"] / "dft_small.xyz", ":")
-    for atoms in frames:
-        atoms.info["gap"] = 1.0
-    ase.io.write("gap.xyz", frames)
-    options = run(tmp_path, "g", {"finetune": {"read_from": pretrained["checkpoint"]}}, "gap.xyz")
-    raw = yaml.safe_load((tmp_path / "g.yaml").read_text())
-    raw["training_set"]["targets"]["mtt::gap"] = {"unit": "eV"}
-    (tmp_path / "g.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["train", options, "--dry-run"]) == 1
-    assert "cannot add the generic targets ['mtt::gap']" in capsys.readouterr().err
+    frames = ase.io.read(os.path.join(DATA, "qm9_reduced_100.xyz"), ":")
+    ase.io.write("energies.xyz", frames[:40])
+    ase.io.write("dipoles.xyz", frames[40:])
+    energy = {"energy": {"key": "U0", "unit": "Hartree"}}
+    pre = run(tmp_path, "pre", {"num_epochs": 4}, "energies.xyz")
+    set_targets(tmp_path / "pre.yaml", energy)
+    assert main(["train", pre, "-o", "pre.pt"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    section = {"finetune": {"read_from": checkpoint}, "num_epochs": 30, "learning_rate": 0.01}
+    ft = run(tmp_path, "ft", section, "dipoles.xyz")
+    set_targets(tmp_path / "ft.yaml", {"mtt::mu": {"unit": "D"}})
+    assert main(["train", ft, "-o", "ft.pt", "--force"]) == 0
+    model = load_model("ft.pt")
+    outputs = model.capabilities().outputs
+    assert outputs["energy"].unit == "Hartree" and outputs["mtt::mu"].unit == "D"
+    test = frames[40:]
+    before = predict(load_model("pre.pt"), test, "energy", "angstrom", "Hartree")
+    after = predict(model, test, "energy", "angstrom", "Hartree")
+    for old, new in zip(before, after):
+        np.testing.assert_allclose(new["energy"], old["energy"], rtol=1e-6)
+    mu = np.array([r["mtt::mu"][0] for r in generic_outputs(model, test, ["mtt::mu"], "angstrom")])
+    labels = np.array([a.info["mu"] for a in test])
+    assert np.sqrt(np.mean((mu - labels) ** 2)) < 0.9 * labels.std()
+
+
+def set_targets(path, targets):
+    raw = yaml.safe_load(path.read_text())
+    raw["training_set"]["targets"] = targets
+    path.write_text(yaml.safe_dump(raw))

@@ -368,7 +368,7 @@ def _model_and_trainer(
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
     if finetune is not None:  # the same parameters train as before the interruption
         _remember_pretrained(trainer, _read_pretrained(settings, base_dir), finetune)
-        apply_method(model, finetune)
+        apply_method(model, finetune, trainer.teacher.generic_names)
     model = model.restart(info, finetune.inherit_heads if finetune else None)
     LOGGER.info("restarting from %s after epoch %d", checkpoint_path, trainer.epoch)
     return model, trainer
@@ -484,7 +484,7 @@ def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
     _remember_pretrained(trainer, model, finetune)
     LOGGER.info("fine-tuning %s from %s", settings.options.architecture.name, finetune.read_from)
     model = model.restart(info, finetune.inherit_heads)
-    apply_method(model, finetune)
+    apply_method(model, finetune, trainer.teacher.generic_names)
     return model
 
 

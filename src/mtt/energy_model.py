@@ -101,6 +101,7 @@ class EnergyModel(ModelInterface):
     def add_generic_heads(self, n_features: int) -> None:
         """Create the heads of the generic targets; architectures that offer per-atom
         features call this at the end of their ``__init__``."""
+        self.generic_features = n_features  # for heads added when fine-tuning (restart)
         for name in self.generic_names:
             target = self.dataset_info.targets[name]
             self.generic_heads.append(
@@ -313,10 +314,7 @@ class EnergyModel(ModelInterface):
             if target.kind != "energy" and name not in self.generic_names
         ]
         if new_generic:
-            raise MttError(
-                f"fine-tuning cannot add the generic targets {new_generic} to this model yet "
-                f"(it predicts {self.target_names + self.generic_names}); train a new model"
-            )
+            self._add_generic_targets(new_generic, dataset_info)
         new_targets = [
             name
             for name, target in dataset_info.targets.items()
@@ -325,6 +323,31 @@ class EnergyModel(ModelInterface):
         if new_targets:
             self._add_targets(new_targets, dataset_info, inherit_heads or {})
         return self
+
+    def _add_generic_targets(self, names: List[str], info: DatasetInfo) -> None:
+        """New heads (untrained, normalised on the new data) for new generic targets."""
+        n_features = getattr(self, "generic_features", 0)
+        if not n_features:
+            raise MttError(
+                f"{self.__architecture__} does not offer generic targets such as {names[0]!r}; "
+                "use soap_bpnn for them, or remove them"
+            )
+        reference = self.baseline
+        for name in names:
+            target = info.targets[name]
+            head = GenericHead(n_features, target.rank, target.num_subtargets, self.cutoff)
+            # the model's dtype and device, which its buffers share
+            self.generic_heads.append(head.to(device=reference.device, dtype=reference.dtype))
+            self.generic_names = self.generic_names + [name]
+            self.generic_per_atom = self.generic_per_atom + [target.per_atom]
+            self.generic_reduction = self.generic_reduction + [target.reduction]
+            self.generic_ranks = self.generic_ranks + [target.rank]
+        extra = len(names)
+        self.generic_shift = torch.cat([self.generic_shift, self.generic_shift.new_zeros(extra)])
+        self.generic_scale = torch.cat([self.generic_scale, self.generic_scale.new_ones(extra)])
+        targets = dict(self.dataset_info.targets)
+        targets.update({n: info.targets[n] for n in names})
+        self.dataset_info = DatasetInfo(self.dataset_info.length_unit, self.atomic_types, targets)
 
     def _add_targets(self, names: List[str], info: DatasetInfo, inherit: Dict[str, str]) -> None:
         sources = []

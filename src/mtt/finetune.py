@@ -12,7 +12,7 @@ error on the old task before and after.
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -140,8 +140,12 @@ def parse_method_config(finetune: FinetuneHypers, path: str):
     return parse(METHOD_CONFIGS[finetune.method], finetune.config, f"{path}.config")
 
 
-def apply_method(model: torch.nn.Module, finetune: FinetuneHypers) -> None:
-    """Choose what trains, in place, and log the number of trainable parameters."""
+def apply_method(
+    model: torch.nn.Module, finetune: FinetuneHypers, pretrained_generic: Sequence[str] = ()
+) -> None:
+    """Choose what trains, in place, and log the number of trainable parameters. The heads of
+    generic targets the pretrained model lacks (not in ``pretrained_generic``) start
+    untrained, so they train whatever the method."""
     config = parse_method_config(finetune, "architecture.training.finetune")
     if finetune.method == "lora" and adapter_config(model):
         # restarting a LoRA run: the adapters came back with the checkpoint
@@ -165,6 +169,10 @@ def apply_method(model: torch.nn.Module, finetune: FinetuneHypers) -> None:
                 "'architecture.training.finetune.config.patterns' matches no parameter; "
                 f"parameter names look like {[n for n, _ in model.named_parameters()][:4]}"
             )
+    for k, name in enumerate(getattr(model, "generic_names", [])):
+        if name not in pretrained_generic:
+            for parameter in model.generic_heads[k].parameters():
+                parameter.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     LOGGER.info("fine-tuning (%s): %d of %d parameters train", finetune.method, trainable, total)

@@ -382,10 +382,16 @@ class Trainer(TrainerInterface):
                 keep = [i for i, t in enumerate(model.target_names) if t in self.pretrained_targets]
                 new_baseline[keep] = old_baseline[keep].double()
         model.set_baseline(new_baseline, output_scales)
-        if model.generic_names and not self.pretrained_targets:
+        # generic targets of a pretrained model keep their normalisation; new ones get theirs
+        kept = set(getattr(self.teacher, "generic_names", []))
+        if any(name not in kept for name in model.generic_names):
             pairs = [
-                generic_normalization(dataset, model.dataset_info.targets[name])
-                for name in model.generic_names
+                (float(shift), float(spread))
+                if name in kept
+                else generic_normalization(dataset, model.dataset_info.targets[name])
+                for name, shift, spread in zip(
+                    model.generic_names, model.generic_shift, model.generic_scale
+                )
             ]
             model.set_generic_normalization(
                 torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
