@@ -1,4 +1,8 @@
-"""Evaluate an exported model on structures: print errors if labelled, write predictions."""
+"""Evaluate an exported model on structures: print errors if labelled, write predictions.
+
+Structures are read, predicted and written batch by batch (extxyz appended per batch), and
+errors are running sums: memory does not grow with the data. Above 2000 labelled structures
+the parity plot shows a random sample of 2000 of them; the printed errors cover all."""
 
 import argparse
 import logging
@@ -14,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported model (.pt)")
     parser.add_argument(
         "data",
-        help="a data set section in YAML (systems and optional targets, "
-        "as in training_set), or a structure file",
+        help="a data set section in YAML (systems and optional targets, as in training_set; "
+        "their labels are compared), a structure file, or a directory written by mtt data pack",
     )
     parser.add_argument(
         "-o",
@@ -28,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=16,
-        help="structures evaluated together (default: 16)",
+        help="structures evaluated together; predictions are written and errors summed "
+        "batch by batch, so memory does not grow with the data (default: 16)",
     )
     parser.add_argument(
         "--output-name",
