@@ -275,3 +275,16 @@ def test_bad_structures_and_labels_name_the_file_and_index(tmp_path, data_dir, c
         dataset("inf", {"energy": {"key": "U0"}})
     with pytest.raises(MttError, match=r"has forces under the key 'f'; keys found: \['forces'\]"):
         dataset("inf", {"energy": {"forces": "f"}})
+
+
+def test_unit_conversion_of_a_pack_applies_as_labels_are_read(tmp_path, data_dir):
+    """Fine-tuning converts labels to the pretrained model's units in place; a pack, whose
+    labels are read from disk each time, applies the factor when reading, in its subsets too."""
+    pack([os.path.join(data_dir, ETHANOL)], tmp_path / "pack")
+    packed = dataset(str(tmp_path / "pack"), {"energy": {}})
+    before = packed.labels[5]
+    packed.scale_target("energy", 0.5)
+    after, subset = packed.labels[5], packed.subset([5], "part").labels[0]
+    for key in ("energy", "energy/forces"):
+        np.testing.assert_array_equal(after[key], 0.5 * before[key])
+        np.testing.assert_array_equal(subset[key], after[key])
