@@ -25,10 +25,19 @@ def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as file:
             os.fsync(file.fileno())
+        # mkstemp makes the file private (0600); give it the permissions of any file the
+        # user creates, so that models and checkpoints can be shared with a group
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def refuse_overwrite(path: str, force: bool, flag: str = "--force") -> None:
