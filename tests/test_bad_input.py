@@ -548,6 +548,17 @@ def test_eval_on_an_element_the_model_was_not_trained_on(work, capsys, trained):
     assert not Path("predictions.xyz").exists()
 
 
+def test_eval_with_a_label_key_no_structure_has(work, capsys, trained):
+    """A typo in a label key stops ``mtt eval`` before it predicts anything (it streams, so
+    it reads ahead until it meets each key, here to the end of the file)."""
+    targets = {"energy": {"key": "U0", "unit": "kcal/mol", "forces": False}}
+    write_options({"systems": "train.xyz", "targets": targets}, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml")
+    assert message.startswith("no structure of ")
+    assert "has energy 'U0'; keys found: ['energy', 'forces']; set 'targets.energy.key'" in message
+    assert not Path("predictions.xyz").exists()
+
+
 # ------------------------------------------------------------------------------ properties
 
 

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..errors import MttError
+
 HELP = "evaluate an exported model (.pt) on a data set"
 LOGGER = logging.getLogger("mtt")
 
@@ -212,7 +214,40 @@ def _labelled(options, yaml_path: str, full: str, reader: Optional[str]):
         dataset = load_dataset(options, base, "eval")
         return iter(zip(dataset.frames, dataset.labels))
     specs = _specs(options.targets, "eval")
+    _require_labels(full, reader, specs)
     return stream_labelled(stream_structures(full, reader), specs, full, "eval")
+
+
+def _require_labels(path: str, reader: Optional[str], specs) -> None:
+    """Stop before predicting anything when no structure holds a declared label (usually a
+    typo in a key): read structures until each one has been seen, which is the first
+    structure in the usual case, so streaming stays cheap."""
+    from ..data.lazy import resolve
+    from ..data.packed import stream_structures
+    from ..data.reading import available_keys, lookup
+
+    missing = {}
+    for spec in specs:
+        _, quantities, required = resolve(spec, "eval")
+        for quantity in quantities:
+            if quantity.name == spec.name or quantity.name in required:
+                missing[quantity.name] = (spec, quantity)
+    seen = []
+    for _, atoms in stream_structures(path, reader):
+        if len(seen) < 20:
+            seen.append(atoms)
+        for name, (_, quantity) in list(missing.items()):
+            if lookup(atoms, quantity.key, quantity.per_atom) is not None:
+                del missing[name]
+        if not missing:
+            return
+    for name, (spec, quantity) in missing.items():
+        keys = available_keys(seen, quantity.per_atom)
+        setting = "key" if name == spec.name else name.rsplit("/", 1)[1]
+        raise MttError(
+            f"no structure of {path!r} has {quantity.what}; keys found: {keys}; set "
+            f"'targets.{spec.name}.{setting}' to the right key"
+        )
 
 
 def _renamed(pairs, name: str, energy: str):
