@@ -103,13 +103,18 @@ class Painn(EnergyModel):
         return s, v.permute(1, 0, 2)
 
     def last_layer_features(self, graph: Graph, species: Tensor) -> Tensor:
-        """The hidden layer of the energy readout ``[N, F]``: per-atom energies are a linear
-        function of it (for last-layer uncertainties)."""
+        """The hidden layer of the energy readout and a 1 for its bias ``[N, F + 1]``:
+        per-atom energies are a linear function of it (for last-layer uncertainties)."""
+        hidden = self._readout_input(graph, species)
+        ones = torch.ones(hidden.shape[0], 1, dtype=hidden.dtype, device=hidden.device)
+        return torch.cat([hidden, ones], dim=1)
+
+    def _readout_input(self, graph: Graph, species: Tensor) -> Tensor:
         s, _ = self.representation(graph, species)
         return self.readout_hidden(s)
 
     def per_atom_energies(self, graph: Graph, species: Tensor) -> Tensor:
-        hidden = self.last_layer_features(graph, species)
+        hidden = self._readout_input(graph, species)
         energies = torch.zeros(
             hidden.shape[0], len(self.target_names), dtype=hidden.dtype, device=hidden.device
         )

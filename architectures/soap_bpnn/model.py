@@ -73,6 +73,9 @@ class SoapBpnn(EnergyModel):
             for _ in (self.atomic_types if self.target_names else [])
         )
         self.add_generic_heads(n_features + len(self.atomic_types))
+        # inputs of each network's output layer, for last-layer uncertainties
+        self.n_network_layers = 2 * hypers.num_hidden_layers + 1
+        self.last_width = hypers.num_neurons_per_layer if hypers.num_hidden_layers else n_features
 
     def per_atom_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
         """The descriptor and the element of each atom (one-hot), for generic targets."""
@@ -97,6 +100,31 @@ class SoapBpnn(EnergyModel):
             atoms = torch.nonzero(species == index).reshape(-1)
             energies = energies.index_copy(0, atoms, network(features[atoms]))
         return energies
+
+    def last_layer_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
+        """Each atom's input to its element's output layer, plus a 1 for the bias, placed in
+        its element's block: ``[N, n_elements * (width + 1)]``, so that every element's output
+        layer is one linear map of these features."""
+        features = self.descriptor(graph, species)
+        n_blocks = len(self.networks)
+        result = torch.zeros(
+            features.shape[0],
+            n_blocks,
+            self.last_width + 1,
+            dtype=features.dtype,
+            device=features.device,
+        )
+        for index, network in enumerate(self.networks):
+            atoms = torch.nonzero(species == index).reshape(-1)
+            hidden = features[atoms]
+            depth = 0
+            for layer in network:
+                if depth < self.n_network_layers - 1:
+                    hidden = layer(hidden)
+                depth += 1
+            ones = torch.ones(hidden.shape[0], 1, dtype=hidden.dtype, device=hidden.device)
+            result[atoms, index] = torch.cat([hidden, ones], dim=1)
+        return result.reshape(features.shape[0], n_blocks * (self.last_width + 1))
 
     def head_modules(self) -> List[str]:
         """The last Linear layer of each element's network (one output per target)."""

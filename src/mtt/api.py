@@ -252,6 +252,11 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
             f"{options.architecture.name} does not offer generic targets such as "
             f"{model.generic_names[0]!r}; use soap_bpnn for them, or remove them"
         )
+    if trainer.hypers.uncertainty == "llpr" and not _offers_last_layer(model):
+        raise MttError(
+            f"option 'architecture.training.uncertainty': {options.architecture.name} does not "
+            "offer last-layer features, so 'llpr' is not available for it; set it to 'none'"
+        )
     trainer.options = settings.expanded
     return Prepared((train_set, val_set, test_set), model, trainer, device, dtype)
 
@@ -275,6 +280,8 @@ def _train_in(
         return output
     if trainer.best is not None:
         model.load_state_dict(trainer.best["state_dict"])
+    if trainer.hypers.uncertainty == "llpr":
+        _calibrate_uncertainty(model, run.sets)
     trainer.save_checkpoint(model, os.path.join(run_dir, "model.ckpt"))
     _final_report(trainer, model, list(run.sets), run.device)
     if forgetting is not None:
@@ -285,6 +292,33 @@ def _train_in(
     copy_file(path, output)
     LOGGER.info("exported the best model (epoch %s) to %s", trainer.best["epoch"], output)
     return output
+
+
+def _offers_last_layer(model) -> bool:
+    from .energy_model import EnergyModel
+
+    method = getattr(type(model), "last_layer_features", None)
+    return method is not None and method is not EnergyModel.last_layer_features
+
+
+def _calibrate_uncertainty(model, sets) -> None:
+    """LLPR energy uncertainties of the final weights, calibrated on the validation set; the
+    log compares predicted and actual errors on every set."""
+    from .uncertainty import calibration_report, fit_uncertainty
+
+    train_set, val_set, _ = sets
+    fit = fit_uncertainty(model, train_set, val_set)
+    LOGGER.info("energy uncertainties (LLPR) from %d last-layer features", fit["n_features"])
+    for dataset in [s for s in sets if s is not None and len(s) > 0]:
+        for name, row in calibration_report(model, dataset).items():
+            LOGGER.info(
+                "%s: %s RMS uncertainty %.4g, RMS error %.4g, %.0f%% within 2 sigma",
+                dataset.name,
+                name,
+                row["rms_uncertainty"],
+                row["rms_error"],
+                100 * row["within_2_sigma"],
+            )
 
 
 def _dry_run(settings: Settings, base_dir: str, frames) -> None:

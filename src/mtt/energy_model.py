@@ -33,6 +33,7 @@ from .hypers import parse, to_dict
 from .lora import adapter_config, merge_adapters, restore_adapters
 from .metadata import merge_metadata
 from .outputs import scalar_tensormap
+from .uncertainty import LastLayerUncertainty, uncertainty_name
 from .units import conversion
 from .verification import METADATA_KEY, verification_metadata
 from .version import __version__
@@ -52,6 +53,7 @@ class EnergyModel(ModelInterface):
     generic_per_atom: List[bool]
     generic_reduction: List[str]
     generic_ranks: List[int]
+    uncertainty_names: List[str]
 
     def __init__(
         self,
@@ -88,6 +90,9 @@ class EnergyModel(ModelInterface):
         self.register_buffer("baseline", torch.zeros(n_targets, n_types, dtype=torch.float64))
         self.register_buffer("scale", torch.ones(n_targets, dtype=torch.float64))
         self.nl_options = NeighborListOptions(cutoff=self.cutoff, full_list=True, strict=True)
+        # energy uncertainties (LLPR), calibrated after training when asked for
+        self.uncertainty = LastLayerUncertainty()
+        self.uncertainty_names: List[str] = [uncertainty_name(n) for n in self.target_names]
 
     # --- what an architecture implements --------------------------------------------------
     def per_atom_energies(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
@@ -97,6 +102,12 @@ class EnergyModel(ModelInterface):
     def per_atom_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
         """Rotation-invariant per-atom features ``[N, F]`` for generic targets' heads."""
         raise NotImplementedError
+
+    def last_layer_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
+        """Per-atom features ``[N, D]`` of which the dimensionless per-atom energies are a
+        linear function (the inputs of the output layer), for uncertainties (LLPR).
+        Architectures that offer them override this."""
+        raise NotImplementedError("this architecture does not offer last-layer features")
 
     def add_generic_heads(self, n_features: int) -> None:
         """Create the heads of the generic targets; architectures that offer per-atom
@@ -156,6 +167,22 @@ class EnergyModel(ModelInterface):
                         outputs[name].sample_kind == "atom",
                         selected_atoms,
                     )
+        requested: List[int] = []
+        for index, name in enumerate(self.uncertainty_names):
+            if name in outputs:
+                requested.append(index)
+        if len(requested) > 0:
+            features = self.last_layer_features(graph, self.type_to_index[graph.types])
+            for index in requested:
+                name = self.uncertainty_names[index]
+                results[name] = self.uncertainty.tensormap(
+                    features,
+                    index,
+                    graph.system_index,
+                    graph.n_atoms,
+                    outputs[name].sample_kind == "atom",
+                    selected_atoms,
+                )
         if any(name in outputs for name in self.generic_names):
             values = self.generic_values(graph)
             for index, name in enumerate(self.generic_names):
@@ -195,6 +222,13 @@ class EnergyModel(ModelInterface):
             )
             for name, unit in zip(self.target_names, self.energy_units)
         }
+        if self.uncertainty.calibrated():
+            for name, unit in zip(self.uncertainty_names, self.energy_units):
+                outputs[name] = ModelOutput(
+                    unit=unit,
+                    sample_kind="atom",
+                    description="standard deviation of the energy (LLPR)",
+                )
         for name, per_atom in zip(self.generic_names, self.generic_per_atom):
             target = self.dataset_info.targets[name]
             outputs[name] = ModelOutput(
@@ -265,6 +299,7 @@ class EnergyModel(ModelInterface):
             "dataset_info": self.dataset_info.to_dict(),
             "dtype": DTYPE_NAMES[self.baseline.dtype],
             "model_state_dict": self.state_dict(),
+            "uncertainty": self.uncertainty.get_state(),
         }
 
     @classmethod
@@ -282,6 +317,7 @@ class EnergyModel(ModelInterface):
         if context != "restart" and checkpoint.get("best_model_state_dict") is not None:
             state = checkpoint["best_model_state_dict"]
         model.load_state_dict(state)
+        model.uncertainty.set_state(checkpoint.get("uncertainty"), len(model.target_names))
         return model
 
     @classmethod
@@ -293,6 +329,7 @@ class EnergyModel(ModelInterface):
     ) -> "EnergyModel":
         """Adapt to new data: same elements; new energy targets get new outputs (copied from
         ``inherit_heads[new]`` or starting at zero); targets absent from the data are kept."""
+        self.uncertainty.reset()  # calibrated for the old weights; recalibrated after training
         new_types = sorted(set(dataset_info.atomic_types) - set(self.atomic_types))
         if new_types:
             raise MttError(
@@ -375,6 +412,7 @@ class EnergyModel(ModelInterface):
             setattr(self, buffer, torch.cat([old, extra]))
         self.target_names = self.target_names + names
         self.energy_units = self.energy_units + [info.targets[n].unit for n in names]
+        self.uncertainty_names = [uncertainty_name(n) for n in self.target_names]
         targets = dict(self.dataset_info.targets)
         targets.update({n: info.targets[n] for n in names})
         self.dataset_info = DatasetInfo(self.dataset_info.length_unit, self.atomic_types, targets)

@@ -331,6 +331,65 @@ class ArchitectureTests:
             )
             torch.testing.assert_close(exported, eager.detach())
 
+    def _last_layer(self, model, frames):
+        if not _offers_last_layer_features(model):
+            pytest.skip(f"{self.architecture} does not offer last-layer features (no LLPR)")
+        dtype = next(model.parameters()).dtype
+        graph = collate_graphs([atoms_to_graph(a, model.cutoff, dtype) for a in frames])
+        species = model.type_to_index[graph.types]
+        features = model.last_layer_features(graph, species).detach().double()
+        energies = model.per_atom_energies(graph, species).detach().double()
+        return features, energies
+
+    def test_energies_are_linear_in_the_last_layer_features(self):
+        """Per-atom energies are one linear function of the last-layer features (least
+        squares over more atoms than features leaves only rounding), which is what the
+        energy uncertainties (LLPR) assume. A failure means the uncertainties describe
+        features that the energies are not computed from."""
+        model = self.model(torch.float64)
+        frames = [molecule(seed) for seed in range(3)] + [periodic_crystal()]
+        features, energies = self._last_layer(model, frames)
+        while features.shape[0] < 2 * features.shape[1] + 10:
+            frames.append(periodic_crystal(len(frames)))
+            features, energies = self._last_layer(model, frames)
+        weights = torch.linalg.lstsq(features, energies).solution
+        residual = (features @ weights - energies).abs().max()
+        assert residual < 1e-8 * (1 + energies.abs().max()), residual
+        assert energies.std() > 1e-6  # a real check, not of constant energies
+
+    def test_exported_uncertainties(self, tmp_path):
+        """A model with calibrated uncertainties declares ``energy_uncertainty`` and the
+        exported model gives the eager model's values per system and per selected atom."""
+        model = self.model(torch.float64)
+        frames = [molecule(), periodic_crystal()]
+        features, _ = self._last_layer(model, frames)
+        generator = torch.Generator().manual_seed(0)
+        dim = features.shape[1]
+        whitening = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+        model.uncertainty.set_state(
+            {"whitening": whitening, "alpha2": torch.full((len(model.target_names),), 0.3)},
+            len(model.target_names),
+        )
+        path = str(tmp_path / "model.pt")
+        save_model(model.export(), path)
+        loaded = load_atomistic_model(path)
+        assert "energy_uncertainty" in loaded.capabilities().outputs
+        from metatomic.torch import ModelEvaluationOptions
+
+        selected = Labels(["system", "atom"], torch.tensor([[0, 1], [1, 0], [1, 2]]).int())
+        for kind in ("system", "atom"):
+            output = {"energy_uncertainty": ModelOutput(unit="eV", sample_kind=kind)}
+            options = ModelEvaluationOptions(
+                length_unit="angstrom", outputs=output, selected_atoms=selected
+            )
+            systems = systems_with_neighbors(model, frames, torch.float64)
+            exported = loaded(systems, options, check_consistency=True)
+            eager = model(systems, output, selected)
+            values = exported["energy_uncertainty"].block().values
+            assert values.shape == (2 if kind == "system" else 3, 1)
+            assert torch.all(values > 0)
+            torch.testing.assert_close(values, eager["energy_uncertainty"].block().values.detach())
+
     def test_export_in_another_dtype_and_device(self, tmp_path):
         """A float64 model exported in float32 (``mtt export --dtype``) declares float32 and
         agrees with the float64 model to float32 precision; the loaded model moves between
@@ -469,3 +528,9 @@ class ArchitectureTests:
         checkpoint["model_checkpoint_version"] = model.__checkpoint_version__ + 1
         with pytest.raises(MttError, match="upgrade mtt"):
             type(model).load_checkpoint(checkpoint, "export")
+
+
+def _offers_last_layer_features(model) -> bool:
+    from ..energy_model import EnergyModel
+
+    return type(model).last_layer_features is not EnergyModel.last_layer_features

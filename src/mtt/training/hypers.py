@@ -89,6 +89,11 @@ class TrainingHypers:
     """Print a line of metrics every this many epochs."""
     progress_bar: bool = True
     """Draw a per-batch progress bar with loss and ETA when attached to a terminal."""
+    uncertainty: Literal["none", "llpr"] = "none"
+    """``llpr``: after training, calibrate energy uncertainties from the last layer (LLPR,
+    on the validation set) and export ``energy_uncertainty`` per structure and per atom;
+    metatomic's ASE calculator then warns when an atom's uncertainty exceeds its threshold.
+    Costs one pass over the data after training, and a second feature pass in MD."""
     finetune: Optional[FinetuneHypers] = None
     """Start from a pretrained checkpoint: ``read_from``, ``method`` (full, heads, lora,
     freeze), ``config``, ``inherit_heads``, ``reference_energies``, ``l2sp_weight``."""

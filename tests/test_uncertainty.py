@@ -1,0 +1,202 @@
+"""Energy uncertainties (LLPR): the last-layer features really are what the energies are a
+linear function of, the calibration is honest on held-out data, distorted structures get
+larger uncertainties, and the exported model serves them to ASE without mtt."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from helpers import TINY_MODEL
+from metatensor.torch import Labels
+
+import mtt
+from mtt import architectures
+from mtt.checkpoints import read_checkpoint
+from mtt.data.graph import atoms_to_graph, collate_graphs
+from mtt.errors import MttError
+from mtt.testing import molecule, random_model
+from mtt.testing._tools import systems_with_neighbors
+from mtt.uncertainty import uncertainty_name
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "examples", "data")
+OPTIONS = {
+    "architecture": {
+        "name": "soap_bpnn",
+        "model": TINY_MODEL,
+        "training": {
+            "num_epochs": 30,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "uncertainty": "llpr",
+            "progress_bar": False,
+            "log_interval": 100,
+        },
+    },
+    "training_set": {
+        "systems": {"read_from": "ethanol.xyz", "length_unit": "angstrom"},
+        "targets": {"energy": {"unit": "kcal/mol", "forces": "forces"}},
+    },
+    "validation_set": 0.25,
+}
+
+
+def test_output_names_follow_metatomic_variants():
+    assert uncertainty_name("energy") == "energy_uncertainty"
+    assert uncertainty_name("energy/pbe0") == "energy_uncertainty/pbe0"
+
+
+def test_energies_are_a_linear_function_of_the_last_layer_features():
+    """The per-atom energies equal the last-layer features times the stacked output layers
+    (weights and bias of each element's last Linear), which is what LLPR assumes. A failure
+    means the features are not the output layer's inputs and the uncertainties are wrong."""
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64)
+    graph = collate_graphs(
+        [atoms_to_graph(molecule(s), model.cutoff, torch.float64) for s in (0, 1)]
+    )
+    species = model.type_to_index[graph.types]
+    features = model.last_layer_features(graph, species)
+    heads = [model.get_submodule(name) for name in model.head_modules()]
+    weights = torch.cat([torch.cat([h.weight, h.bias[:, None]], dim=1) for h in heads], dim=1)
+    expected = model.per_atom_energies(graph, species)
+    linear = (features @ weights.T).detach()
+    assert torch.allclose(linear, expected.detach(), rtol=0, atol=1e-12)
+    assert expected.abs().max() > 1e-3  # a real comparison, not of zeros
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    """A tiny soap_bpnn trained on ethanol with ``uncertainty: llpr``."""
+    work = tmp_path_factory.mktemp("llpr")
+    frames = ase.io.read(os.path.join(DATA, "ethanol_reduced_100.xyz"), ":")
+    ase.io.write(work / "ethanol.xyz", frames[:80])
+    (work / "options.yaml").write_text(json.dumps(OPTIONS))
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        torch.manual_seed(0)
+        mtt.train("options.yaml", output="model.pt")
+    finally:
+        os.chdir(cwd)
+    run_dir = next((work / "outputs").iterdir())
+    return work, run_dir, frames
+
+
+def _uncertainties(model, frames, per_atom=False, selected=None):
+    from metatomic.torch import ModelOutput
+
+    systems = systems_with_neighbors(model, frames, model.baseline.dtype)
+    output = ModelOutput(unit="kcal/mol", sample_kind="atom" if per_atom else "system")
+    result = model(systems, {"energy_uncertainty": output}, selected)
+    return result["energy_uncertainty"].block()
+
+
+def test_calibration_is_kept_in_checkpoints_and_reset_by_fine_tuning(calibrated_run):
+    """The final checkpoint holds the calibration; a model adapted to new data forgets it
+    (its weights will change) rather than exporting a stale one."""
+    _, run_dir, _ = calibrated_run
+    checkpoint = read_checkpoint(str(run_dir / "model.ckpt"))
+    assert checkpoint["uncertainty"] is not None
+    model = architectures.load("soap_bpnn").__model__.load_checkpoint(checkpoint, "export")
+    assert model.uncertainty.calibrated()
+    assert "energy_uncertainty" in model.supported_outputs()
+    model.restart(model.dataset_info)
+    assert not model.uncertainty.calibrated()
+    assert "energy_uncertainty" not in model.supported_outputs()
+
+
+def test_uncertainties_are_calibrated_and_grow_away_from_the_data(calibrated_run):
+    """On the held-out test structures the predicted standard deviations are of the size of
+    the actual errors (their ratio within a factor 3), and structures squeezed far from the
+    training data get much larger uncertainties than the training structures. Per-atom
+    values respect ``selected_atoms``."""
+    _, run_dir, frames = calibrated_run
+    checkpoint = read_checkpoint(str(run_dir / "model.ckpt"))
+    model = architectures.load("soap_bpnn").__model__.load_checkpoint(checkpoint, "export")
+    model.eval()
+    report = _report_on_frames(model, frames[80:])  # never seen in training
+    assert 1 / 3 < report["rms_uncertainty"] / report["rms_error"] < 3
+    squeezed = []
+    for atoms in frames[:5]:
+        atoms = atoms.copy()
+        atoms.positions *= 0.8
+        squeezed.append(atoms)
+    normal = _uncertainties(model, frames[:5]).values.detach().reshape(-1)
+    far = _uncertainties(model, squeezed).values.detach().reshape(-1)
+    assert torch.all(normal > 0)
+    assert far.mean() > 5 * normal.mean()
+    selected = Labels(["system", "atom"], torch.tensor([[0, 2], [0, 0]], dtype=torch.int32))
+    block = _uncertainties(model, frames[:1], per_atom=True, selected=selected)
+    every = _uncertainties(model, frames[:1], per_atom=True).values.detach().reshape(-1)
+    assert block.values.detach().reshape(-1).tolist() == pytest.approx(
+        [float(every[2]), float(every[0])]
+    )
+
+
+def _report_on_frames(model, frames):
+    from mtt.uncertainty import calibration_report
+
+    dataset = [(atoms, {"energy": np.array([atoms.get_potential_energy()])}) for atoms in frames]
+    return calibration_report(model, dataset)["energy"]
+
+
+FRESH = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.simplefilter("ignore")
+    sys.modules["mtt"] = None
+    import ase.io
+    from metatomic.torch import ModelOutput
+    from metatomic_ase import MetatomicCalculator
+
+    calculator = MetatomicCalculator(sys.argv[1], extensions_directory=None)
+    atoms = ase.io.read(sys.argv[2])
+    outputs = {"energy_uncertainty": ModelOutput(unit="eV", sample_kind="system")}
+    result = calculator.run_model(atoms, outputs)
+    print(json.dumps(float(result["energy_uncertainty"].block().values[0, 0])))
+    """
+)
+
+
+def test_exported_model_serves_uncertainties_to_ase_without_mtt(calibrated_run):
+    """The ``.pt`` alone gives ASE the structure's uncertainty, converted to eV."""
+    work, run_dir, frames = calibrated_run
+    checkpoint = read_checkpoint(str(run_dir / "model.ckpt"))
+    model = architectures.load("soap_bpnn").__model__.load_checkpoint(checkpoint, "export")
+    sigma = _uncertainties(model.eval(), frames[:1]).values.detach()
+    expected = float(sigma[0, 0]) / 23.060547830619029
+    ase.io.write(work / "one.xyz", frames[0])
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", FRESH, str(work / "model.pt"), str(work / "one.xyz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    value = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_llpr_is_refused_up_front_for_architectures_without_last_layer_features(
+    tmp_path, data_dir, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    frames = ase.io.read(os.path.join(data_dir, "ethanol_reduced_100.xyz"), ":8")
+    ase.io.write(tmp_path / "ethanol.xyz", frames)
+    options = json.loads(json.dumps(OPTIONS))
+    options["architecture"] = {
+        "name": "pet",
+        "model": {"cutoff": 3.0, "d_pet": 8, "num_heads": 1, "num_gnn_layers": 1},
+        "training": {"num_epochs": 1, "uncertainty": "llpr"},
+    }
+    with pytest.raises(MttError, match="architecture.training.uncertainty"):
+        mtt.train(options, output="pet.pt")
+    assert not os.path.exists("pet.pt")
