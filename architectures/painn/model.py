@@ -33,7 +33,7 @@ at the default 5 Å cutoff (about 90 neighbours per atom) it is roughly eight to
 slower per atom on a CPU; a smaller ``cutoff`` or ``num_features`` buys speed.
 """
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from metatomic.torch import ModelMetadata
@@ -84,9 +84,13 @@ class Painn(EnergyModel):
             torch.nn.Linear(width, len(self.target_names))
             for _ in ([0] if self.target_names else [])
         )
+        self.width = width
         for name in self.generic_names:
-            target = self.dataset_info.targets[name]
-            self.generic_heads.append(EquivariantHead(width, target.rank, target.num_subtargets))
+            self.generic_heads.append(self.make_generic_head(self.dataset_info.targets[name]))
+
+    def make_generic_head(self, target: Any) -> torch.nn.Module:
+        """PaiNN's own heads: vectors and tensors from its equivariant vector features."""
+        return EquivariantHead(self.width, target.rank, target.num_subtargets)
 
     def representation(self, graph: Graph, species: Tensor) -> Tuple[Tensor, Tensor]:
         """Scalar ``[N, F]`` and vector ``[N, 3, F]`` features after the last layer."""

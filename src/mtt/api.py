@@ -250,7 +250,7 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
     if len(model.generic_heads) != len(model.generic_names):
         raise MttError(
             f"{options.architecture.name} does not offer generic targets such as "
-            f"{model.generic_names[0]!r}; use soap_bpnn for them, or remove them"
+            f"{model.generic_names[0]!r}; use soap_bpnn or painn for them, or remove them"
         )
     if trainer.hypers.uncertainty == "llpr" and not _offers_last_layer(model):
         raise MttError(

@@ -114,10 +114,19 @@ class EnergyModel(ModelInterface):
         features call this at the end of their ``__init__``."""
         self.generic_features = n_features  # for heads added when fine-tuning (restart)
         for name in self.generic_names:
-            target = self.dataset_info.targets[name]
-            self.generic_heads.append(
-                GenericHead(n_features, target.rank, target.num_subtargets, self.cutoff)
+            self.generic_heads.append(self.make_generic_head(self.dataset_info.targets[name]))
+
+    def make_generic_head(self, target: Any) -> torch.nn.Module:
+        """A new head for the generic target ``target`` (a ``TargetInfo``), at creation and
+        when fine-tuning adds one: by default an equivariant readout of the per-atom features
+        (:func:`add_generic_heads`). Architectures with their own heads override this."""
+        n_features = getattr(self, "generic_features", 0)
+        if not n_features:
+            raise MttError(
+                f"{self.__architecture__} does not offer generic targets such as "
+                f"{target.name!r}; use soap_bpnn or painn for them, or remove them"
             )
+        return GenericHead(n_features, target.rank, target.num_subtargets, self.cutoff)
 
     def head_modules(self) -> List[str]:
         """Names of the Linear layers that map features to the energies (one output per
@@ -363,16 +372,10 @@ class EnergyModel(ModelInterface):
 
     def _add_generic_targets(self, names: List[str], info: DatasetInfo) -> None:
         """New heads (untrained, normalised on the new data) for new generic targets."""
-        n_features = getattr(self, "generic_features", 0)
-        if not n_features:
-            raise MttError(
-                f"{self.__architecture__} does not offer generic targets such as {names[0]!r}; "
-                "use soap_bpnn for them, or remove them"
-            )
         reference = self.baseline
         for name in names:
             target = info.targets[name]
-            head = GenericHead(n_features, target.rank, target.num_subtargets, self.cutoff)
+            head = self.make_generic_head(target)
             # the model's dtype and device, which its buffers share
             self.generic_heads.append(head.to(device=reference.device, dtype=reference.dtype))
             self.generic_names = self.generic_names + [name]

@@ -147,6 +147,32 @@ def test_generic_vectors_and_tensors_rotate_exactly():
     torch.testing.assert_close(t_rotated, r @ t @ r.T, rtol=0, atol=1e-10)
 
 
+def test_fine_tuning_adds_generic_targets_with_painn_heads():
+    """An energy-only PaiNN adapted to new data with a dipole (``restart``, as fine-tuning
+    does) gets PaiNN's own equivariant head, keeps its energies, and its new dipoles rotate
+    with the structure. A failure means fine-tuning a PaiNN on vectors is refused or gets
+    the descriptor-based head that PaiNN's features do not fit."""
+    from mtt.testing._tools import dataset_info
+
+    hypers = dict(HYPERS, num_features=16)
+    model = random_model("painn", hypers, torch.float64, generic=False)
+    frames = [molecule(), periodic_crystal()]
+    before = [float(energy_of(model, atoms)[0]) for atoms in frames]
+    model.restart(dataset_info(generic=True))
+    # by name: the registry imports this package under mtt.architectures, the tests not
+    assert [type(head).__name__ for head in model.generic_heads] == ["EquivariantHead"] * 4
+    assert [float(energy_of(model, atoms)[0]) for atoms in frames] == before
+    dipole = model.generic_names.index("mtt::dipole")
+    rotation = random_rotation(3)
+    values = [
+        model.generic_values(collate_graphs([atoms_to_graph(a, model.cutoff, torch.float64)]))
+        for a in (frames[0], rotated(frames[0], rotation))
+    ]
+    d, d_rotated = (v[dipole].detach()[..., 0] for v in values)
+    torch.testing.assert_close(d_rotated, d @ torch.tensor(rotation).T, rtol=0, atol=1e-10)
+    model.export()  # scripts with the new heads
+
+
 def test_learns_ethanol_far_below_the_composition_baseline(tmp_path):
     """A small PaiNN trained for a few seconds on 20 ethanol frames (energies and forces, in
     kcal/mol, float32) predicts the forces of 20 other frames with less than half the error
