@@ -14,13 +14,14 @@ Two things differ from the shared loop, both about SevenNet being a pretrained m
 
 import dataclasses
 import logging
+from types import SimpleNamespace
 from typing import List
 
 import numpy as np
 import torch
 
 from mtt.data.graph import atoms_to_graph, collate_graphs
-from mtt.finetune import FinetuneHypers
+from mtt.finetune import FinetuneHypers, report_reference_energies
 from mtt.training.composition import composition_matrix
 from mtt.training.trainer import Trainer as SharedTrainer
 
@@ -58,15 +59,26 @@ class Trainer(SharedTrainer):
             baseline[index, absent] = old[index, absent]
             if refit and name in quantities:
                 baseline[index, columns] = _residual_fit(model, dataset, index, name, columns)
-                LOGGER.info(
-                    "%s: reference energies refitted to the labels minus SevenNet's "
-                    "interaction energies: %s",
-                    name,
-                    ", ".join(
-                        f"{z}: {float(baseline[index, k]):.6g}" for z, k in zip(present, columns)
-                    ),
-                )
         model.set_baseline(baseline, model.scale.detach().clone())
+        if self.pretrained_targets:
+            LOGGER.info(
+                "reference energies of the data's elements (the pretrained ones are %s%s):",
+                "replaced" if refit else "kept",
+                ", fitted to the labels minus SevenNet's interaction energies" if refit else "",
+            )
+            view = SimpleNamespace(
+                target_names=model.target_names,
+                energy_units=model.energy_units,
+                atomic_types=present,
+            )
+            lines = report_reference_energies(
+                view, old[:, columns], baseline[:, columns], model.scale.detach()
+            )
+            for line in lines:
+                LOGGER.info("  %s", line)
+
+    def _report_reference_energies(self, model, old, new, scales) -> None:
+        """Reported by :meth:`_fit_baseline`, after the refit, for the data's elements."""
 
 
 def _residual_fit(model, dataset, index: int, name: str, columns: List[int]) -> torch.Tensor:

@@ -3,7 +3,7 @@
 
 import math
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -53,9 +53,18 @@ CONFIG_KEYS = (
 )
 
 
+# checkpoints inside the sevenn wheel (no download), by name: the sevenn._const attribute
+# holding each one's path
+SHIPPED = {
+    "sevennet-0": "SEVENNET_0_11Jul2024",
+    "sevennet-0_22may2024": "SEVENNET_0_22May2024",
+    "sevennet-l3i5": "SEVENNET_l3i5",
+}
+
+
 def _sevenn():
     try:
-        import sevenn.util
+        import sevenn._const
     except ImportError as error:
         raise MttError(INSTALL) from error
     return sevenn
@@ -64,43 +73,14 @@ def _sevenn():
 def shipped_checkpoint(name: str) -> str:
     """Path of a checkpoint shipped inside the installed sevenn wheel (never downloaded)."""
     sevenn = _sevenn()
-    try:
-        path = sevenn.util.pretrained_name_to_path(name) if _is_shipped_name(name) else None
-    except Exception:  # sevenn tries to download checkpoints it does not ship
-        path = None
-    if path is None or not os.path.isfile(path) or not _inside_sevenn(path):
-        names = ", ".join(shipped_names())
-        raise MttError(f"{name!r} is not a checkpoint shipped with sevenn (shipped: {names})")
+    attribute = SHIPPED.get(name.lower().replace("7net", "sevennet"))
+    path = getattr(sevenn._const, attribute, "") if attribute else ""
+    if not os.path.isfile(path):
+        raise MttError(
+            f"{name!r} is neither a file nor a checkpoint shipped with sevenn "
+            f"({', '.join(SHIPPED)})"
+        )
     return path
-
-
-def shipped_names() -> List[str]:
-    sevenn = _sevenn()
-    names = []
-    for name in sevenn.util.get_available_pretrained_models():
-        name = name.replace("7net", "sevennet")
-        if _is_shipped_name(name):
-            names.append(name)
-    return names
-
-
-def _is_shipped_name(name: str) -> bool:
-    import sevenn._const as const
-
-    prefix = const._prefix
-    for attribute in dir(const):
-        value = getattr(const, attribute)
-        if isinstance(value, str) and value.startswith(prefix) and os.path.isfile(value):
-            if _name_of(attribute) == name.lower().replace("7net", "sevennet"):
-                return True
-    return False
-
-
-def _name_of(attribute: str) -> str:
-    aliases = {"SEVENNET_0_11Jul2024": "sevennet-0", "SEVENNET_0_22May2024": "sevennet-0_22may2024"}
-    if attribute in aliases:
-        return aliases[attribute]
-    return attribute.lower().replace("sevennet_", "sevennet-").replace("_", "-")
 
 
 def _inside_sevenn(path: str) -> bool:
@@ -111,13 +91,11 @@ def _inside_sevenn(path: str) -> bool:
 def load_checkpoint(checkpoint: str, trust_file: bool):
     """The SevenNet model and its config from a shipped name or a ``.pth`` file.
 
-    SevenNet checkpoints are pickles (``torch.load(weights_only=False)`` in sevenn): loading
-    one runs code stored in it. Files inside the installed sevenn package are its own data;
-    any other file is read only with ``trust_file`` (``architecture.model.trust_checkpoint``).
+    SevenNet checkpoints are pickles (sevenn reads them with ``torch.load(weights_only=
+    False)``): loading one runs code stored in it. Files inside the installed sevenn package
+    are its own data; any other file is read only with ``trust_file``
+    (``architecture.model.trust_checkpoint``).
     """
-    sevenn = _sevenn()
-    from sevenn.checkpoint import SevenNetCheckpoint
-
     if os.path.isfile(checkpoint):
         path = checkpoint
         if not (trust_file or _inside_sevenn(path)):
@@ -127,7 +105,8 @@ def load_checkpoint(checkpoint: str, trust_file: bool):
             )
     else:
         path = shipped_checkpoint(checkpoint)
-    del sevenn
+    from sevenn.checkpoint import SevenNetCheckpoint
+
     loaded = SevenNetCheckpoint(path)
     model = loaded.build_model()
     config = plain_config(loaded.config)
@@ -188,9 +167,13 @@ def convert(model, n_targets: int) -> Tuple[SevenNetCore, torch.Tensor, torch.Te
     if unknown:
         raise MttError(f"this SevenNet model has modules mtt cannot convert yet: {unknown}")
     edge = modules["edge_embedding"]
-    radial = RadialEmbedding(
-        edge.basis_function.num_basis, edge.cutoff_function.r_cut, edge.cutoff_function.r_on
-    )
+    switch = edge.cutoff_function
+    if hasattr(switch, "r_on"):  # XPLOR
+        radial = RadialEmbedding(edge.basis_function.num_basis, switch.r_cut, switch.r_on)
+    else:  # NequIP's polynomial
+        radial = RadialEmbedding(
+            edge.basis_function.num_basis, switch.cutoff_length, 0.0, int(switch.p)
+        )
     with torch.no_grad():
         radial.coeffs.copy_(edge.basis_function.coeffs)
     embedding = linear_from_e3nn(modules["onehot_to_feature_x"].linear)

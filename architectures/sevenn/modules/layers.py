@@ -44,24 +44,36 @@ def spherical_harmonics(vectors: Tensor, lmax: int) -> Tensor:
 
 
 class RadialEmbedding(torch.nn.Module):
-    """Bessel functions ``(2 / r_c) sin(k_n r) / r`` (trainable ``k_n``) times the XPLOR
-    switch, which goes smoothly from 1 at ``cutoff_on`` to 0 at ``cutoff``."""
+    """Bessel functions ``(2 / r_c) sin(k_n r) / r`` (trainable ``k_n``) times a switch that
+    brings them to 0 at ``cutoff``: XPLOR's (1 up to ``cutoff_on``, then a smooth step) or,
+    with ``poly_p > 0``, NequIP's polynomial of degree ``poly_p + 2``."""
 
-    def __init__(self, n_basis: int, cutoff: float, cutoff_on: float):
+    def __init__(self, n_basis: int, cutoff: float, cutoff_on: float, poly_p: int = 0):
         super().__init__()
         self.cutoff = float(cutoff)
         self.cutoff_on = float(cutoff_on)
+        self.poly_p = float(poly_p)
         self.prefactor = 2.0 / cutoff
         self.coeffs = torch.nn.Parameter(
             torch.arange(1, n_basis + 1, dtype=torch.float32) * math.pi / cutoff
         )
 
+    def switch(self, r: Tensor) -> Tensor:
+        if self.poly_p > 0:
+            p, x = self.poly_p, r / self.cutoff
+            return (
+                1
+                - (p + 1.0) * (p + 2.0) / 2.0 * torch.pow(x, p)
+                + p * (p + 2.0) * torch.pow(x, p + 1.0)
+                - p * (p + 1.0) / 2.0 * torch.pow(x, p + 2.0)
+            )
+        r2, on2, cut2 = r * r, self.cutoff_on**2, self.cutoff**2
+        smooth = (cut2 - r2) ** 2 * (cut2 + 2 * r2 - 3 * on2) / (cut2 - on2) ** 3
+        return torch.where(r < self.cutoff_on, torch.ones_like(r), smooth)
+
     def forward(self, r: Tensor) -> Tensor:
         basis = self.prefactor * torch.sin(self.coeffs * r.unsqueeze(-1)) / r.unsqueeze(-1)
-        r2, on2, cut2 = r * r, self.cutoff_on**2, self.cutoff**2
-        switch = (cut2 - r2) ** 2 * (cut2 + 2 * r2 - 3 * on2) / (cut2 - on2) ** 3
-        switch = torch.where(r < self.cutoff_on, torch.ones_like(r), switch)
-        return basis * switch.unsqueeze(-1)
+        return basis * self.switch(r).unsqueeze(-1)
 
 
 class IrrepsLinear(torch.nn.Module):
