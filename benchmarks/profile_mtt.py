@@ -1,12 +1,15 @@
-"""Where mtt's soap_bpnn spends its time: one training epoch and one 8000-atom MD step.
+"""Where mtt's soap_bpnn spends its time: one training epoch and one MD step per system size.
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/profile_mtt.py
+    .venv/bin/python benchmarks/profile_mtt.py --only inference --frames 0 1 --model model.pt
 
 Training: ``mtt.api.train`` on the Si training frames of ``run.py`` (300 frames of 64 atoms,
 batch size 8, same hypers as the benchmark); the second epoch is profiled with torch.profiler
 (operators, self CPU time) and cProfile (Python functions). Inference: the exported model in
-metatomic's ASE calculator on the 8000-atom Si frame, one step after a warm-up step, neighbour
-list rebuilt (skin 0). Tables go to stdout and to ``--output``.
+metatomic's ASE calculator on frames of ``big_Si_1k_8k_32k.xyz`` (``--frames``, default 1: 8000
+atoms), one step after two warm-up steps, neighbour list rebuilt (skin 0), also grouped by input
+shape (which tells e.g. a slow small-batch ``bmm`` from a large one). Tables go to stdout and to
+``--output``.
 """
 
 import argparse
@@ -23,9 +26,13 @@ sys.path.insert(0, HERE)
 import run as bench  # noqa: E402
 
 
-def _tables(torch_profile, cprofile, title: str, rows: int) -> str:
+def _tables(torch_profile, cprofile, title: str, rows: int, shapes: bool = False) -> str:
     out = [f"==== {title}: torch.profiler, operators by self CPU time ===="]
     out.append(torch_profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    if shapes:
+        out.append(f"==== {title}: torch.profiler, by operator and input shapes ====")
+        averages = torch_profile.key_averages(group_by_input_shape=True)
+        out.append(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
     out.append(f"==== {title}: torch.profiler, by total CPU time (incl. children) ====")
     out.append(torch_profile.key_averages().table(sort_by="cpu_time_total", row_limit=rows))
     for sort in ("tottime", "cumulative"):
@@ -77,14 +84,13 @@ def profile_training(workdir: str, rows: int) -> str:
     return header + "\n" + _tables(captured["torch"], captured["cprofile"], title, rows)
 
 
-def profile_inference(workdir: str, rows: int) -> str:
+def profile_inference(model: str, frame: int, rows: int) -> str:
     import ase.io
     import numpy as np
     import torch
     from metatomic_ase import MetatomicCalculator
 
-    model = os.path.join(workdir, "profile", "train", "model.pt")
-    atoms = ase.io.read(bench.BIG_SI, index=1)
+    atoms = ase.io.read(bench.BIG_SI, index=frame)
     atoms.calc = MetatomicCalculator(model, device="cpu", neighbor_skin=0.0)
     rng = np.random.default_rng(0)
     atoms.positions += rng.normal(0, 0.005, atoms.positions.shape)
@@ -93,14 +99,16 @@ def profile_inference(workdir: str, rows: int) -> str:
     atoms.get_forces()
     atoms.positions += rng.normal(0, 0.005, atoms.positions.shape)
     profiler = cProfile.Profile()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         start = time.perf_counter()
         profiler.enable()
         atoms.get_forces()
         profiler.disable()
         seconds = time.perf_counter() - start
     title = f"one MD step of soap_bpnn, {len(atoms)} atoms"
-    return f"{title}: {seconds:.2f} s under the profilers\n" + _tables(prof, profiler, title, rows)
+    header = f"{title}: {seconds:.2f} s under the profilers\n"
+    return header + _tables(prof, profiler, title, rows, shapes=True)
 
 
 def main() -> None:
@@ -108,10 +116,20 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/mtt-benchmarks")
     parser.add_argument("--output", default="/tmp/mtt-benchmarks/profile.txt")
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--only", choices=["training", "inference"])
+    parser.add_argument(
+        "--frames", type=int, nargs="+", default=[1], help="frames of big_Si_1k_8k_32k.xyz"
+    )
+    parser.add_argument("--model", help="exported model (default: the profiled training's)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    text = profile_training(args.workdir, args.rows)
-    text += "\n\n" + profile_inference(args.workdir, args.rows)
+    texts = []
+    if args.only != "inference":
+        texts.append(profile_training(args.workdir, args.rows))
+    if args.only != "training":
+        model = args.model or os.path.join(args.workdir, "profile", "train", "model.pt")
+        texts += [profile_inference(model, frame, args.rows) for frame in args.frames]
+    text = "\n\n".join(texts)
     with open(args.output, "w") as file:
         file.write(text)
     print(text)

@@ -1,7 +1,7 @@
 """SOAP power spectrum (rotation-invariant two-neighbour correlations of the atomic density)."""
 
 import math
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
@@ -95,7 +95,7 @@ class SoapPowerSpectrum(torch.nn.Module):
         self.register_buffer("gram_entries", entries, persistent=False)
         self.register_buffer("off_diagonal", k1 != k2, persistent=False)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SoapPowerSpectrum":
         # the constant stays float64, see SphericalHarmonics._apply
         module = super()._apply(fn, recurse)
         exact = padded_harmonics(self.max_angular)
@@ -123,7 +123,7 @@ class SoapPowerSpectrum(torch.nn.Module):
             rank = torch.empty_like(rank).index_copy(
                 0, order, rank - first.index_select(0, centers.index_select(0, order))
             )
-        else:  # already grouped by centre (vesin's lists are)
+        else:  # already grouped by centre: no sort
             rank = rank - first.index_select(0, centers)
         rows = centers * width + rank
         vectors = torch.zeros(
@@ -138,7 +138,7 @@ class SoapPowerSpectrum(torch.nn.Module):
         self, edge_vectors: Tensor, centers: Tensor, neighbor_species: Tensor, n_atoms: int
     ) -> Tensor:
         """Density coefficients in the monomial basis, ``sum_j R_an(r_ij) monomial(u_ij)``,
-        shape ``[n_atoms, K, (L + 1)^2]``; times ``harmonics.coefficients(...)`` they are
+        shape ``[n_atoms, K, (L + 1)^2]``; times ``harmonics.coefficients`` they are
         ``c[i, (a, n), (l, m)]``."""
         vectors, species = self._neighbor_grid(edge_vectors, centers, neighbor_species, n_atoms)
         r = torch.linalg.vector_norm(vectors, dim=-1)
@@ -168,7 +168,7 @@ class SoapPowerSpectrum(torch.nn.Module):
         """
         summed = self._density(edge_vectors, centers, neighbor_species, n_atoms)
         n_l, n_m, k = self.max_angular + 1, 2 * self.max_angular + 1, self.n_channels
-        # c[i, k, l, m], scaled and zero-padded in m (see __init__)
+        # c[i, k, l, m], scaled and zero-padded in m (see padded_harmonics)
         density = summed.reshape(n_atoms * k, -1) @ self.padded_harmonics.to(summed.dtype)
         # contract m: rotations act on m by an orthogonal matrix, which cancels here
         if self.gram_per_atom:

@@ -29,7 +29,7 @@ convention ``Y_1 = sqrt(3 / (4 pi)) * (y, z, x)`` (the usual real-harmonics orde
 """
 
 import math
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -174,7 +174,7 @@ class SphericalHarmonics(torch.nn.Module):
         self.n_monomials = (max_angular + 1) ** 2
         self.register_buffer("coefficients", harmonic_coefficients(max_angular), persistent=False)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SphericalHarmonics":
         # constants stay float64 whatever the module's dtype: `.to(float32)` would round them,
         # and a model made float32 and back to float64 (`mtt export --dtype float64` of a
         # float32 checkpoint) would only be float32-accurate
