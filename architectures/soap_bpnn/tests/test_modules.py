@@ -385,16 +385,21 @@ def _reference_power_spectrum(vectors, centers, species, n_atoms, max_radial, ma
     return result, np.sqrt(full_norms)
 
 
-def test_matches_reference():
-    """Features equal an independent pair-sum reference (addition theorem), layout included.
+@pytest.mark.parametrize(
+    "max_radial, max_angular, n_species, gram_per_atom",
+    [(3, 4, 2, True), (4, 4, 2, False), (1, 0, 1, True), (5, 1, 3, False)],
+)
+def test_matches_reference(max_radial, max_angular, n_species, gram_per_atom):
+    """Features equal an independent pair-sum reference (addition theorem), layout included,
+    with the m contraction done per atom (small K) and per (atom, l) (larger K).
 
     A failure means a wrong density expansion, species/radial channel mix-up, wrong triangle
     order or weights, or a wrong 1/sqrt(2l+1) factor. Also checks n_features and that the
     feature norm equals the norm of the full (symmetric) matrices.
     """
-    max_radial, max_angular, n_species = 3, 4, 2
-    vectors, centers, species = _environment(seed=10, n_atoms=4, n_edges=40)
+    vectors, centers, species = _environment(seed=10, n_atoms=4, n_edges=40, n_species=n_species)
     soap = _soap(max_radial, max_angular, n_species)
+    assert soap.gram_per_atom == gram_per_atom
     n_channels = n_species * max_radial
     assert soap.n_features == (max_angular + 1) * n_channels * (n_channels + 1) // 2
     features = soap(vectors, centers, species, 4)
@@ -498,8 +503,10 @@ def test_gradient_matches_finite_differences():
     torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-7)
 
 
-def test_gradcheck_and_gradgradcheck():
-    """torch.autograd.gradcheck and gradgradcheck pass on a tiny system.
+@pytest.mark.parametrize("max_radial", [2, 5])
+def test_gradcheck_and_gradgradcheck(max_radial):
+    """torch.autograd.gradcheck and gradgradcheck pass on a tiny system, with the m contraction
+    per atom (2 radial functions) and per (atom, l) (5).
 
     A gradgradcheck failure means double backward (training on forces) gets wrong gradients.
     """
@@ -507,7 +514,8 @@ def test_gradcheck_and_gradgradcheck():
     # keep every edge away from the ends of the switching region, where f'' jumps
     r = vectors.norm(dim=1, keepdim=True)
     vectors = vectors / r * torch.linspace(1.0, CUTOFF - 0.2, 6, dtype=torch.float64)[:, None]
-    soap = _soap(max_radial=2, max_angular=2)
+    soap = _soap(max_radial=max_radial, max_angular=2)
+    assert soap.gram_per_atom == (max_radial == 2)
 
     def function(v):
         return soap(v, centers, species, 2)
