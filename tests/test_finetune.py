@@ -246,3 +246,37 @@ def set_targets(path, targets):
     raw = yaml.safe_load(path.read_text())
     raw["training_set"]["targets"] = targets
     path.write_text(yaml.safe_dump(raw))
+
+
+def test_refit_keeps_the_reference_energy_of_an_element_absent_from_the_new_data():
+    """Refitting reference energies on new data without oxygen keeps the pretrained oxygen
+    reference (a least-squares fit would set it to zero, shifting every energy of a
+    structure with oxygen by the full atomic energy), while H and C are refitted."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.hypers import parse
+    from mtt.options import EnergyTargetOptions
+    from mtt.testing import random_model
+    from mtt.training.hypers import TrainingHypers
+    from mtt.training.trainer import Trainer
+
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64, generic=False)
+    old = model.baseline.clone()
+    frames = []
+    for n_carbon, n_hydrogen in ((1, 4), (2, 6), (2, 4), (3, 8), (6, 6)):
+        atoms = ase.Atoms(
+            f"C{n_carbon}H{n_hydrogen}",
+            positions=np.arange(3 * (n_carbon + n_hydrogen)).reshape(-1, 3),
+        )
+        atoms.info["energy"] = -10.0 * n_carbon - 0.5 * n_hydrogen
+        frames.append(atoms)
+    dataset = dataset_from_atoms(
+        frames, {"energy": EnergyTargetOptions(unit="eV", forces=False, stress=False)}
+    )
+    hypers = parse(TrainingHypers, {"finetune": {"read_from": "pretrained.ckpt"}})
+    trainer = Trainer(hypers)
+    trainer.pretrained_targets = ["energy"]
+    trainer._fit_baseline(model, dataset, ["energy"])
+    hydrogen, carbon, oxygen = (model.atomic_types.index(z) for z in (1, 6, 8))
+    assert float(model.baseline[0, oxygen]) == float(old[0, oxygen]) != 0.0
+    assert float(model.baseline[0, hydrogen]) == pytest.approx(-0.5)
+    assert float(model.baseline[0, carbon]) == pytest.approx(-10.0)
