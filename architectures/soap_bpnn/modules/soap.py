@@ -169,14 +169,17 @@ class SoapPowerSpectrum(torch.nn.Module):
         summed = self._density(edge_vectors, centers, neighbor_species, n_atoms)
         n_l, n_m, k = self.max_angular + 1, 2 * self.max_angular + 1, self.n_channels
         # c[i, k, l, m], scaled and zero-padded in m (see padded_harmonics)
-        density = summed.reshape(n_atoms * k, -1) @ self.padded_harmonics.to(summed.dtype)
+        n_monomials = self.harmonics.n_monomials
+        density = summed.reshape(n_atoms * k, n_monomials) @ self.padded_harmonics.to(summed.dtype)
         # contract m: rotations act on m by an orthogonal matrix, which cancels here
         if self.gram_per_atom:
             rows = density.reshape(n_atoms, k * n_l, n_m)
+            entries = k * n_l * k * n_l
         else:
             rows = density.reshape(n_atoms, k, n_l, n_m).transpose(1, 2)
             rows = rows.reshape(n_atoms * n_l, k, n_m)
-        gram = torch.bmm(rows, rows.transpose(1, 2)).reshape(n_atoms, -1)
+            entries = n_l * k * k
+        gram = torch.bmm(rows, rows.transpose(1, 2)).reshape(n_atoms, entries)
         # sqrt(2) on the off-diagonal entries, computed in the input dtype
         pair_weight = 1.0 + (math.sqrt(2.0) - 1.0) * self.off_diagonal.to(summed.dtype)
         return gram.index_select(1, self.gram_entries) * pair_weight

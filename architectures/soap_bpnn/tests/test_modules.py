@@ -566,7 +566,8 @@ def test_float32():
 
 
 def test_atoms_without_edges():
-    """A centre with no edges gets a zero row; a graph with no edges at all gives zeros.
+    """A centre with no edges gets a zero row; a graph with no edges at all gives zeros, and one
+    with no atoms an empty feature matrix.
 
     A failure means isolated atoms get garbage features or an empty neighbour list crashes.
     """
@@ -583,6 +584,13 @@ def test_atoms_without_edges():
         3,
     )
     assert torch.equal(empty, torch.zeros((3, soap.n_features), dtype=torch.float64))
+    no_atoms = soap(
+        torch.zeros((0, 3), dtype=torch.float64),
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, dtype=torch.int64),
+        0,
+    )
+    assert no_atoms.shape == (0, soap.n_features)
 
 
 def test_edge_along_pole_has_finite_gradient():
