@@ -5,10 +5,16 @@
 (saved with the model, applied at inference), metatomic outputs with ``selected_atoms``,
 checkpoints, export, and the default training data (graphs with vesin neighbour lists, computed
 once). An architecture subclasses it and implements :meth:`EnergyModel.per_atom_energies`.
+
+Direct (non-conservative) forces and stress are optional: an architecture with such heads sets
+``direct_kinds`` and overrides :meth:`EnergyModel.per_atom_energies_and_direct`; this class
+declares, exports (``non_conservative_force``, ``non_conservative_stress``) and trains them
+(quantities ``<target>/direct_forces``, ``<target>/direct_stress`` against the labels of
+``<target>/forces`` and ``<target>/stress``).
 """
 
 import copy
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import ase
 import torch
@@ -26,6 +32,7 @@ from .abc import CheckpointContext, ModelInterface
 from .checkpoints import upgrade_model_checkpoint
 from .data.graph import Graph, atoms_to_graph, collate_graphs, edge_vectors, systems_to_graph
 from .data.targets import DatasetInfo
+from .direct import declared_outputs, direct_tensormaps, structure_stress
 from .errors import MttError
 from .gradients import energies_and_gradients
 from .heads import GenericHead, generic_tensormap, reduce_atoms
@@ -54,6 +61,7 @@ class EnergyModel(ModelInterface):
     generic_reduction: List[str]
     generic_ranks: List[int]
     uncertainty_names: List[str]
+    direct_kinds: List[str]
 
     def __init__(
         self,
@@ -93,11 +101,23 @@ class EnergyModel(ModelInterface):
         # energy uncertainties (LLPR), calibrated after training when asked for
         self.uncertainty = LastLayerUncertainty()
         self.uncertainty_names: List[str] = [uncertainty_name(n) for n in self.target_names]
+        # direct heads ("forces", "stress"): set by architectures that have them
+        self.direct_kinds: List[str] = []
 
     # --- what an architecture implements --------------------------------------------------
     def per_atom_energies(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
         """Dimensionless per-atom energies ``[N, n_targets]`` (scaled and shifted here)."""
         raise NotImplementedError
+
+    def per_atom_energies_and_direct(
+        self, graph: Graph, species: torch.Tensor, direct: bool
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Dimensionless per-atom energies and, when ``direct``, the dimensionless outputs of
+        the direct heads of every kind in ``direct_kinds``, from the same pass:
+        ``{"forces": [N, n_targets, 3], "stress": [N, n_targets, 3, 3]}``, the stress as
+        per-atom contributions to the virial (summed per structure and divided by the volume
+        here). Architectures with direct heads override this; by default there are none."""
+        return self.per_atom_energies(graph, species), {}
 
     def per_atom_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
         """Rotation-invariant per-atom features ``[N, F]`` for generic targets' heads."""
@@ -151,10 +171,34 @@ class EnergyModel(ModelInterface):
     # --- numerics shared by training and the exported model -------------------------------
     def atomic_energies(self, graph: Graph) -> torch.Tensor:
         """Per-atom energies ``[N, n_targets]`` in the targets' units."""
+        return self.energies_and_direct(graph, False)[0]
+
+    def energies_and_direct(
+        self, graph: Graph, direct: bool
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Per-atom energies ``[N, n_targets]`` and, when ``direct``, the per-atom direct
+        predictions by quantity (``energy/direct_forces``: ``[N, 3]``; ``energy/direct_stress``:
+        ``[N, 3, 3]`` virial contributions, not yet divided by the volume), in the targets'
+        units: the heads' outputs times the energy scale, like the energies."""
         species = self.type_to_index[graph.types]
-        raw = self.per_atom_energies(graph, species)
+        raw, heads = self.per_atom_energies_and_direct(graph, species, direct)
+        scale = self.scale.to(raw.dtype)
         baseline = self.baseline.to(raw.dtype)[:, species].T
-        return raw * self.scale.to(raw.dtype) + baseline
+        results: Dict[str, torch.Tensor] = {}
+        for kind, values in heads.items():
+            for index, name in enumerate(self.target_names):
+                results[name + "/direct_" + kind] = values[:, index] * scale[index]
+        return raw * scale + baseline, results
+
+    def direct_quantities(self) -> List[str]:
+        """The quantities of the direct heads: ``<target>/direct_forces`` for energy targets
+        with force labels, ``<target>/direct_stress`` for those with stress labels."""
+        return [
+            f"{name}/direct_{kind}"
+            for kind in self.direct_kinds
+            for name in self.target_names
+            if getattr(self.dataset_info.targets[name], kind)
+        ]
 
     def forward(
         self,
@@ -164,8 +208,12 @@ class EnergyModel(ModelInterface):
     ) -> Dict[str, TensorMap]:
         graph = systems_to_graph(systems, self.nl_options)
         results: Dict[str, TensorMap] = {}
-        if any(name in outputs for name in self.target_names):
-            energies = self.atomic_energies(graph)
+        direct = False
+        for name in outputs:
+            direct = direct or name.startswith("non_conservative_")
+        if direct or any(name in outputs for name in self.target_names):
+            energies, direct_values = self.energies_and_direct(graph, direct)
+            results.update(direct_tensormaps(graph, direct_values, outputs, selected_atoms))
             for index, name in enumerate(self.target_names):
                 if name in outputs:
                     results[name] = scalar_tensormap(
@@ -245,6 +293,9 @@ class EnergyModel(ModelInterface):
                 description=target.description,
                 sample_kind="atom" if per_atom else "system",
             )
+        units = dict(zip(self.target_names, self.energy_units))
+        length = self.dataset_info.length_unit
+        outputs.update(declared_outputs(self.direct_quantities(), units, length))
         return outputs
 
     # --- training data (MatterTune's backbone interface) ----------------------------------
@@ -257,18 +308,26 @@ class EnergyModel(ModelInterface):
     def predict(
         self, batch: Graph, quantities: List[str], training: bool
     ) -> Dict[str, torch.Tensor]:
+        direct = [q for q in quantities if q in self.direct_quantities()]
+
         def energies(graph: Graph) -> Dict[str, torch.Tensor]:
-            per_atom = self.atomic_energies(graph)
+            # the direct heads come from the same pass, on the same (strained) structures
+            per_atom, direct_values = self.energies_and_direct(graph, len(direct) > 0)
             n_systems = graph.n_atoms.shape[0]
             totals = torch.zeros(
                 n_systems, per_atom.shape[1], dtype=per_atom.dtype, device=per_atom.device
             ).index_add(0, graph.system_index, per_atom)
-            return {name: totals[:, i] for i, name in enumerate(self.target_names)}
+            results = {name: totals[:, i] for i, name in enumerate(self.target_names)}
+            for quantity in direct:
+                value = direct_values[quantity]
+                stress = quantity.endswith("/direct_stress")
+                results[quantity] = structure_stress(graph, value) if stress else value
+            return results
 
         generic = [q for q in quantities if q in self.generic_names]
-        energy_quantities = [q for q in quantities if q not in generic]
+        energy_quantities = [q for q in quantities if q not in generic and q not in direct]
         results: Dict[str, torch.Tensor] = {}
-        if energy_quantities:
+        if energy_quantities or direct:
             results.update(
                 energies_and_gradients(energies, batch, energy_quantities, create_graph=training)
             )

@@ -44,11 +44,11 @@ def energies_and_gradients(
         if name in want_forces:
             results[f"{name}/forces"] = -grads[0]
         if name in want_stress:
-            results[f"{name}/stress"] = grads[-1] / _volumes(graph)[:, None, None]
+            results[f"{name}/stress"] = grads[-1] / periodic_volumes(graph)[:, None, None]
     return results
 
 
-def _volumes(graph: Graph) -> torch.Tensor:
+def periodic_volumes(graph: Graph) -> torch.Tensor:
     """Cell volumes; infinite for structures that are not periodic in every direction, so
     their (meaningless) stress comes out as zero and is masked in the loss."""
     volumes = torch.abs(torch.linalg.det(graph.cells.detach()))

@@ -52,3 +52,61 @@ def scalar_tensormap(
     block = TensorBlock(block_values, samples, [], properties)
     keys = Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=device))
     return TensorMap(keys, [block])
+
+
+def _xyz(name: str, device: torch.device) -> Labels:
+    return Labels([name], torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
+
+
+def force_tensormap(
+    forces: torch.Tensor,
+    system_index: torch.Tensor,
+    n_atoms: torch.Tensor,
+    property_name: str,
+    selected_atoms: Optional[Labels],
+) -> TensorMap:
+    """Per-atom vectors ``[N, 3]`` (metatomic's ``non_conservative_force``): samples
+    ``system, atom`` (the selected atoms), one component ``xyz``, values ``[n, 3, 1]``."""
+    device = forces.device
+    index = selected_atom_indices(n_atoms, selected_atoms)
+    offsets = torch.cumsum(n_atoms, 0) - n_atoms
+    systems = system_index[index]
+    sample_values = torch.stack([systems, index - offsets[systems]], dim=1)
+    block = TensorBlock(
+        forces[index].reshape(-1, 3, 1),
+        Labels(["system", "atom"], sample_values.to(torch.int32)),
+        [_xyz("xyz", device)],
+        Labels([property_name], torch.zeros((1, 1), dtype=torch.int32, device=device)),
+    )
+    keys = Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=device))
+    return TensorMap(keys, [block])
+
+
+def stress_tensormap(
+    per_atom: torch.Tensor,
+    system_index: torch.Tensor,
+    n_atoms: torch.Tensor,
+    volumes: torch.Tensor,
+    property_name: str,
+    selected_atoms: Optional[Labels],
+) -> TensorMap:
+    """Per-system stress (metatomic's ``non_conservative_stress``) from per-atom virial
+    contributions ``[N, 3, 3]``: the sum over the selected atoms divided by the cell volume
+    ``[S]``; samples ``system``, components ``xyz_1`` and ``xyz_2``, values ``[S, 3, 3, 1]``."""
+    device = per_atom.device
+    index = selected_atom_indices(n_atoms, selected_atoms)
+    n_systems = n_atoms.shape[0]
+    summed = torch.zeros(n_systems, 3, 3, dtype=per_atom.dtype, device=device)
+    summed = summed.index_add(0, system_index[index], per_atom[index])
+    stress = summed / volumes.to(per_atom.dtype).reshape(-1, 1, 1)
+    samples = Labels(
+        ["system"], torch.arange(n_systems, device=device, dtype=torch.int32).reshape(-1, 1)
+    )
+    block = TensorBlock(
+        stress.reshape(n_systems, 3, 3, 1),
+        samples,
+        [_xyz("xyz_1", device), _xyz("xyz_2", device)],
+        Labels([property_name], torch.zeros((1, 1), dtype=torch.int32, device=device)),
+    )
+    keys = Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=device))
+    return TensorMap(keys, [block])

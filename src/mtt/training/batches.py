@@ -24,12 +24,26 @@ class LabelBatch:
     n_atoms: torch.Tensor  # [S]
 
 
+#: Quantities of direct (non-conservative) heads, ``<target>/direct_forces`` and
+#: ``<target>/direct_stress``, are trained against the labels of the exact gradients.
+DIRECT_PREFIX = "direct_"
+
+
+def label_key(quantity: str) -> str:
+    """The label a quantity is compared with: itself, except for direct heads
+    (``energy/direct_forces`` -> ``energy/forces``)."""
+    head, _, tail = quantity.rpartition("/")
+    if head and not quantity.startswith("mtt::") and tail.startswith(DIRECT_PREFIX):
+        return f"{head}/{tail[len(DIRECT_PREFIX) :]}"
+    return quantity
+
+
 def quantity_kind(quantity: str) -> str:
-    """``energy``, ``forces``, ``stress`` (for names like ``energy/pbe0/forces``) or
-    ``generic`` (``mtt::<name>``)."""
+    """``energy``, ``forces``, ``stress`` (for names like ``energy/pbe0/forces``, and the
+    direct heads' ``energy/direct_forces``) or ``generic`` (``mtt::<name>``)."""
     if quantity.startswith("mtt::"):
         return "generic"
-    tail = quantity.rsplit("/", 1)[-1]
+    tail = label_key(quantity).rsplit("/", 1)[-1]
     return tail if tail in ("forces", "stress") else "energy"
 
 
@@ -123,8 +137,8 @@ def _frame_labels(labels: Dict[str, Any], n_atoms: int, quantities: List[str], t
     for q in quantities:
         shape = label_shape(q, targets, n_atoms)
         rows = shape[0]
-        if q in labels:
-            value = torch.tensor(labels[q], dtype=torch.float64).reshape(shape)
+        if label_key(q) in labels:
+            value = torch.tensor(labels[label_key(q)], dtype=torch.float64).reshape(shape)
             result[q] = (value, torch.ones(rows, dtype=torch.bool))
         else:
             result[q] = (

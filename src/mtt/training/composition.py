@@ -13,7 +13,7 @@ import torch
 
 from ..data.dataset import LabelledDataset
 from ..errors import MttError
-from .batches import quantity_kind
+from .batches import label_key, quantity_kind
 
 
 def composition_matrix(dataset: LabelledDataset, atomic_types: List[int]) -> np.ndarray:
@@ -83,7 +83,8 @@ def quantity_scales(
             if q in per_structure:
                 scale *= float(np.mean([len(a) for a in dataset.frames]))
         else:
-            moments = Moments.of(labels[q] for labels in dataset.labels if q in labels)
+            key = label_key(q)  # direct heads share the labels of the exact gradients
+            moments = Moments.of(labels[key] for labels in dataset.labels if key in labels)
             scale = moments.rms if moments.count else 0.0
         scales[q] = scale if scale > 1e-10 else 1.0
     return scales

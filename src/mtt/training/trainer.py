@@ -28,7 +28,7 @@ from ..errors import MttError
 from ..hypers import to_dict
 from ..version import __version__
 from . import distributed
-from .batches import LabelBatch, PreparedSet, quantity_kind, to_device
+from .batches import LabelBatch, PreparedSet, label_key, quantity_kind, to_device
 from .composition import (
     fit_baseline,
     generic_normalization,
@@ -475,9 +475,12 @@ class Trainer(TrainerInterface):
 
 
 def _labelled_quantities(model, dataset: LabelledDataset) -> List[str]:
-    """The model's quantities that this data labels (others are kept, not trained)."""
+    """The model's quantities that this data labels (others are kept, not trained),
+    including those of direct heads (``energy/direct_forces``, labelled by ``energy/forces``)."""
     quantities = [q for t in model.dataset_info.targets.values() for q in t.quantities]
-    return [q for q in quantities if any(q in labels for labels in dataset.labels)]
+    if hasattr(model, "direct_quantities"):
+        quantities += model.direct_quantities()
+    return [q for q in quantities if any(label_key(q) in labels for labels in dataset.labels)]
 
 
 class _Recorder(Loss):
@@ -533,7 +536,9 @@ def _format_row(row: Dict[str, float], model) -> str:
         if key.startswith("validation_") and key.endswith("_rmse"):
             quantity = key[len("validation_") : -len("_rmse")]
             target = (
-                quantity.replace("_per_atom", "").removesuffix("/forces").removesuffix("/stress")
+                label_key(quantity.replace("_per_atom", ""))
+                .removesuffix("/forces")
+                .removesuffix("/stress")
             )
             unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
             if unit.lower().startswith("ev"):  # what users read: meV/atom, meV/angstrom
