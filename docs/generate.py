@@ -295,12 +295,24 @@ def _facts(name: str, model: type) -> List[List[str]]:
 def _outputs(model: type) -> str:
     if issubclass(model, EnergyModel):
         return (
-            "Energies: ``energy`` and variants ``energy/<name>``, one per target of the "
-            "training set, per structure or per atom. Forces and stress are exact gradients "
-            "of the energy (conservative), computed by the engine; there is no direct "
-            "(non-conservative) forces head."
-        ) + _generic_note(model)
+            (
+                "Energies: ``energy`` and variants ``energy/<name>``, one per target of the "
+                "training set, per structure or per atom. Forces and stress are exact gradients "
+                "of the energy (conservative), computed by the engine"
+            )
+            + _direct_note(model)
+            + _generic_note(model)
+        )
     return "See the description above."
+
+
+def _direct_note(model: type) -> str:
+    if model.per_atom_energies_and_direct is EnergyModel.per_atom_energies_and_direct:
+        return "; there is no direct (non-conservative) forces head."
+    return (
+        "; optionally also directly, by separate heads (``non_conservative_force`` per atom, "
+        "``non_conservative_stress`` per structure; see ``direct_forces`` below)."
+    )
 
 
 def _generic_note(model: type) -> str:

@@ -34,6 +34,13 @@ class ModelHypers:
     spacing), fed with the edge vector to its token. Narrow Gaussians make the tokens
     sensitive to small displacements, which training on forces needs from the start (with 8
     on ethanol, forces did not start to learn within 20 epochs)."""
+    direct_forces: bool = False
+    """Add direct (non-conservative) heads for forces and stress: weights of the edge vectors
+    read from the last layer's edge tokens, trained against the same force and stress labels
+    as the exact gradients (loss quantities ``energy/direct_forces`` and
+    ``energy/direct_stress``, weights in ``loss.weights``). Exported as the
+    ``non_conservative_force`` and ``non_conservative_stress`` outputs (the latter for targets
+    with stress labels); MD with them skips the backward pass but does not conserve energy."""
 
     def validate(self) -> List[Tuple[str, str]]:
         positive = (

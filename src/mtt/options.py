@@ -34,16 +34,18 @@ class GradientOptions:
     """ASE format name for ``read_from``; by default guessed from the file name."""
     conservative: bool = True
     """``true``: exact gradients of the energy (forces -dE/dx, stress (1/V) dE/dε), the only
-    choice of the shipped architectures; ``false`` (direct, non-conservative heads) is
-    refused until an architecture offers it."""
+    choice of the shipped architectures; ``false`` (labels learnt by direct heads only) is
+    refused. To train direct (non-conservative) heads *as well*, on the same labels, use
+    ``pet`` with ``architecture.model.direct_forces: true``."""
 
     def validate(self) -> List[Tuple[str, str]]:
         if not self.conservative:
             return [
                 (
                     "conservative",
-                    "false (direct forces/stress) is not available in any "
-                    "shipped architecture yet; remove it to use exact energy gradients",
+                    "false (labels learnt by direct heads only) is not available; remove "
+                    "it to use exact energy gradients, and for direct forces/stress heads "
+                    "trained alongside them set pet's architecture.model.direct_forces: true",
                 )
             ]
         return []
