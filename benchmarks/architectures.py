@@ -20,7 +20,7 @@ For each of ``soap_bpnn``, ``pet`` and ``painn`` with their default hypers, and 
 Run from the repository root with mtt's environment::
 
     .venv/bin/python benchmarks/architectures.py                 # ~25 min on 2 loaded cores
-    .venv/bin/python benchmarks/architectures.py --quick         # ~4 min: checks that it runs
+    .venv/bin/python benchmarks/architectures.py --quick         # ~8 min: checks that it runs
     .venv/bin/python benchmarks/architectures.py --budget 120 --only soap_bpnn painn
 
 Every process runs with ``OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE`` (``run.ENV``). Results go
