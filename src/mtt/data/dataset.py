@@ -193,16 +193,7 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
     ``C`` = 1, 3 or 9 Cartesian components and ``k`` sub-targets (given as ``k`` groups of
     ``C`` numbers)."""
     options = spec.options
-    info = TargetInfo(
-        spec.name,
-        spec.unit,
-        description=options.description,
-        kind="generic",
-        rank=options.rank,
-        per_atom=options.per_atom,
-        num_subtargets=options.num_subtargets,
-        reduction=options.reduction,
-    )
+    info = spec.generic_info()
     found = 0
     for index, atoms in enumerate(frames):
         value = lookup(atoms, spec.key, per_atom=options.per_atom)

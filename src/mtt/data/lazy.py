@@ -96,16 +96,7 @@ def resolve(spec: TargetSpec, where: str) -> Tuple[TargetInfo, List[Quantity], L
                 "its own structures; pack the structures together with those labels"
             )
     if spec.kind == "generic":
-        info = TargetInfo(
-            spec.name,
-            spec.unit,
-            description=options.description,
-            kind="generic",
-            rank=options.rank,
-            per_atom=options.per_atom,
-            num_subtargets=options.num_subtargets,
-            reduction=options.reduction,
-        )
+        info = spec.generic_info()
         what = f"{spec.name} ({spec.key!r})"
         return info, [Quantity(spec.name, spec.key, options.per_atom, _generic(info), what)], []
     info = TargetInfo(spec.name, spec.unit, description=options.description)

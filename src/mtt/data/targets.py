@@ -114,6 +114,20 @@ class TargetSpec:
     key: str
     unit: str
 
+    def generic_info(self) -> "TargetInfo":
+        """The :class:`TargetInfo` of a generic target (``mtt::<name>``), from its options."""
+        options = self.options
+        return TargetInfo(
+            self.name,
+            self.unit,
+            description=options.description,
+            kind="generic",
+            rank=options.rank,
+            per_atom=options.per_atom,
+            num_subtargets=options.num_subtargets,
+            reduction=options.reduction,
+        )
+
     @classmethod
     def from_options(cls, name: str, options: TargetOptions, where: str) -> "TargetSpec":
         kind = target_kind(name)
