@@ -15,7 +15,14 @@ from mtt.data.graph import atoms_to_graph, collate_graphs
 from mtt.data.targets import DatasetInfo
 from mtt.hypers import parse
 from mtt.options import EnergyTargetOptions
-from mtt.testing import ArchitectureTests, energy_of, molecule, periodic_crystal, random_model
+from mtt.testing import (
+    ArchitectureTests,
+    energy_of,
+    energy_with_hydrogen_at,
+    molecule,
+    periodic_crystal,
+    random_model,
+)
 from mtt.testing._suite import random_rotation, rotated
 
 from ..hypers import ModelHypers, TrainerHypers
@@ -39,15 +46,6 @@ class TestPainn(ArchitectureTests):
     golden_energies = {"model-v1.ckpt": -97076.0859375}
 
 
-def _energy_with_hydrogen_at(model, distance: float) -> float:
-    """Energy of a molecule plus an H atom ``distance`` away from its atom of largest x,
-    along +x (so every other atom is farther away)."""
-    atoms = molecule()
-    nearest = int(np.argmax(atoms.positions[:, 0]))
-    position = atoms.positions[nearest] + np.array([distance, 0.0, 0.0])
-    return float(energy_of(model, atoms + ase.Atoms("H", [position]))[0])
-
-
 @pytest.mark.parametrize("cutoff_width", [None, 0.5])
 def test_energy_is_smooth_when_a_neighbour_crosses_the_cutoff(cutoff_width):
     """Just beyond the cutoff the H atom contributes exactly nothing (the energy is that of
@@ -58,10 +56,10 @@ def test_energy_is_smooth_when_a_neighbour_crosses_the_cutoff(cutoff_width):
     hypers = dict(HYPERS, cutoff_width=cutoff_width)
     model = random_model("painn", hypers, torch.float64, generic=False)
     cutoff = model.cutoff
-    far = _energy_with_hydrogen_at(model, 4 * cutoff * model.interaction_range)
+    far = energy_with_hydrogen_at(model, 4 * cutoff * model.interaction_range)
     for delta in (1e-3, 1e-4):
-        assert _energy_with_hydrogen_at(model, cutoff + delta) == pytest.approx(far, abs=1e-12)
-    effects = [abs(_energy_with_hydrogen_at(model, cutoff - d) - far) for d in (1e-3, 1e-4)]
+        assert energy_with_hydrogen_at(model, cutoff + delta) == pytest.approx(far, abs=1e-12)
+    effects = [abs(energy_with_hydrogen_at(model, cutoff - d) - far) for d in (1e-3, 1e-4)]
     assert 0 < effects[1] < 1e-6
     assert effects[0] / effects[1] == pytest.approx(100, rel=0.05)
 

@@ -8,6 +8,7 @@ docstring says what a failure means.
 from ._suite import ArchitectureTests
 from ._tools import (
     energy_of,
+    energy_with_hydrogen_at,
     exported_in_fresh_process,
     molecule,
     nve_energies_in_fresh_process,
@@ -19,6 +20,7 @@ from ._tools import (
 __all__ = [
     "ArchitectureTests",
     "energy_of",
+    "energy_with_hydrogen_at",
     "exported_in_fresh_process",
     "molecule",
     "nve_energies_in_fresh_process",

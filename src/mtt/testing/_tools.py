@@ -94,6 +94,15 @@ def systems_with_neighbors(
     return systems
 
 
+def energy_with_hydrogen_at(model, distance: float) -> float:
+    """Energy of :func:`molecule` plus an H atom ``distance`` away from its atom of largest x,
+    along +x (so every other atom is farther away): smoothness at the cutoff."""
+    atoms = molecule()
+    nearest = int(np.argmax(atoms.positions[:, 0]))
+    position = atoms.positions[nearest] + np.array([distance, 0.0, 0.0])
+    return float(energy_of(model, atoms + ase.Atoms("H", [position]))[0])
+
+
 def energy_of(
     model,
     atoms: ase.Atoms,
