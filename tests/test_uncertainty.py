@@ -4,8 +4,6 @@ larger uncertainties, and the exported model serves them to ASE without mtt."""
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import ase.io
@@ -21,7 +19,7 @@ from mtt.checkpoints import read_checkpoint
 from mtt.data.graph import atoms_to_graph, collate_graphs
 from mtt.errors import MttError
 from mtt.testing import molecule, random_model
-from mtt.testing._tools import systems_with_neighbors
+from mtt.testing._tools import _json_from_fresh_process, systems_with_neighbors
 from mtt.uncertainty import uncertainty_name
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "examples", "data")
@@ -171,17 +169,8 @@ def test_exported_model_serves_uncertainties_to_ase_without_mtt(calibrated_run):
     sigma = _uncertainties(model.eval(), frames[:1]).values.detach()
     expected = float(sigma[0, 0]) / 23.060547830619029
     ase.io.write(work / "one.xyz", frames[0])
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH, str(work / "model.pt"), str(work / "one.xyz")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    value = json.loads(completed.stdout.strip().splitlines()[-1])
+    arguments = [str(work / "model.pt"), str(work / "one.xyz")]
+    value = _json_from_fresh_process(FRESH, arguments, str(work), "ASE without mtt")
     assert value == pytest.approx(expected, rel=1e-6)
 
 

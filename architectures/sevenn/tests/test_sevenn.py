@@ -6,7 +6,6 @@ exactly the intended weights."""
 
 import copy
 import os
-import textwrap
 import warnings
 
 import ase
@@ -28,8 +27,12 @@ from mtt.errors import MttError  # noqa: E402
 from mtt.finetune import FinetuneHypers, apply_method  # noqa: E402
 from mtt.hypers import parse  # noqa: E402
 from mtt.options import EnergyTargetOptions  # noqa: E402
-from mtt.testing import ArchitectureTests, energy_of, molecule  # noqa: E402
-from mtt.testing._tools import _json_from_fresh_process  # noqa: E402
+from mtt.testing import (  # noqa: E402
+    ArchitectureTests,
+    energy_of,
+    exported_in_fresh_process,  # noqa: E402
+    molecule,
+)
 
 from ..hypers import ModelHypers, TrainerHypers  # noqa: E402
 from ..model import SevenNet  # noqa: E402
@@ -88,28 +91,6 @@ def _structures():
     return [silicon, salt, molecule()]
 
 
-FRESH = textwrap.dedent(
-    """
-    import json, sys, warnings
-    warnings.simplefilter("ignore")
-    for name in ("mtt", "sevenn", "e3nn"):  # the .pt file must run without any of them
-        sys.modules[name] = None
-    import ase.io
-    from metatomic_ase import MetatomicCalculator
-
-    calculator = MetatomicCalculator(sys.argv[1], extensions_directory=None)
-    results = []
-    for atoms in ase.io.read(sys.argv[2], ":"):
-        atoms.calc = calculator
-        entry = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces().tolist()}
-        if atoms.pbc.all():
-            entry["stress"] = atoms.get_stress(voigt=False).tolist()
-        results.append(entry)
-    print(json.dumps(results))
-    """
-)
-
-
 def test_exported_sevennet_0_matches_sevenn_without_sevenn(sevennet_0, tmp_path):
     """``mtt export sevennet-0``'s model, run by metatomic's ASE calculator in a process
     where mtt, sevenn and e3nn cannot be imported, gives sevenn's own calculator's energy,
@@ -118,9 +99,7 @@ def test_exported_sevennet_0_matches_sevenn_without_sevenn(sevennet_0, tmp_path)
     path = str(tmp_path / "sevennet-0.pt")
     save_model(sevennet_0.export(), path)
     frames = _structures()
-    ase.io.write(str(tmp_path / "structures.traj"), frames)
-    arguments = [path, str(tmp_path / "structures.traj")]
-    results = _json_from_fresh_process(FRESH, arguments, str(tmp_path), "sevenn-free run")
+    results = exported_in_fresh_process(path, frames, str(tmp_path), ("mtt", "sevenn", "e3nn"))
     calculator = _sevenn_calculator()
     for atoms, result in zip(frames, results):
         atoms.calc = calculator

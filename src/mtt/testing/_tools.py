@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import ase
 import ase.build
@@ -121,16 +121,17 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
     """
     import json, sys, warnings
     warnings.simplefilter("ignore")
-    sys.modules["mtt"] = None  # make sure the model runs without any of mtt's code
-    try:
-        import mtt  # noqa: F401
-        raise SystemExit("mtt is importable in the fresh process")
-    except ImportError:
-        pass
+    model_path, structures_path, blocked = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    for name in blocked:  # the model must run without any of these (mtt's code, at least)
+        sys.modules[name] = None
+        try:
+            __import__(name)
+            raise SystemExit(f"{name} is importable in the fresh process")
+        except ImportError:
+            pass
     import ase.io
     from metatomic_ase import MetatomicCalculator
 
-    model_path, structures_path = sys.argv[1], sys.argv[2]
     calculator = MetatomicCalculator(model_path, extensions_directory=None)
     results = []
     for atoms in ase.io.read(structures_path, ":"):
@@ -198,13 +199,18 @@ def _json_from_fresh_process(script: str, arguments: List[str], workdir: str, wh
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def exported_in_fresh_process(model_path: str, frames: List[ase.Atoms], workdir: str):
+def exported_in_fresh_process(
+    model_path: str,
+    frames: List[ase.Atoms],
+    workdir: str,
+    blocked: Sequence[str] = ("mtt",),
+):
     """Energies, forces and stress from metatomic's ASE calculator in a new Python process in
-    which ``mtt`` cannot be imported: what a user of the ``.pt`` file alone gets."""
+    which ``mtt`` (and the other ``blocked`` packages) cannot be imported: what a user of the
+    ``.pt`` file alone gets."""
     import ase.io
 
     structures = os.path.join(workdir, "structures.traj")  # exact positions
     ase.io.write(structures, frames)
-    return _json_from_fresh_process(
-        FRESH_PROCESS_SCRIPT, [model_path, structures], workdir, "fresh process"
-    )
+    arguments = [model_path, structures, ",".join(blocked)]
+    return _json_from_fresh_process(FRESH_PROCESS_SCRIPT, arguments, workdir, "fresh process")
