@@ -9,7 +9,7 @@ Two things differ from the shared loop, both about SevenNet being a pretrained m
   labels (``E - E_SevenNet``), not to the raw labels: SevenNet's per-atom interaction energies
   do not average to zero on new data (about -0.2 eV/atom on xTB ethanol), so the shared
   composition fit would start fine-tuning with that offset in every energy. Elements absent
-  from the new data keep SevenNet's reference energies.
+  from the new data keep SevenNet's reference energies (as in the shared fit).
 """
 
 import dataclasses
@@ -51,13 +51,10 @@ class Trainer(SharedTrainer):
         baseline = model.baseline.detach().clone()
         present = sorted(set(dataset.atomic_types))
         columns = [model.atomic_types.index(z) for z in present]
-        absent = [k for k in range(len(model.atomic_types)) if k not in columns]
         refit = self.hypers.finetune.reference_energies == "refit"
         for index, name in enumerate(model.target_names):
-            if name not in self.pretrained_targets:
-                continue
-            baseline[index, absent] = old[index, absent]
-            if refit and name in quantities:
+            # elements absent from the data already kept SevenNet's references (shared fit)
+            if refit and name in self.pretrained_targets and name in quantities:
                 baseline[index, columns] = _residual_fit(model, dataset, index, name, columns)
         model.set_baseline(baseline, model.scale.detach().clone())
         if self.pretrained_targets:
