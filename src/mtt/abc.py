@@ -84,8 +84,12 @@ class ModelInterface(torch.nn.Module, metaclass=ABCMeta):
         """Upgrade an older checkpoint to ``__checkpoint_version__``."""
 
     @abstractmethod
-    def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
-        """Wrap a copy of this model as a metatomic ``AtomisticModel``."""
+    def export(
+        self, metadata: Optional[ModelMetadata] = None, second_derivatives: bool = False
+    ) -> AtomisticModel:
+        """Wrap a copy of this model as a metatomic ``AtomisticModel``; with
+        ``second_derivatives``, autograd must give exact second derivatives of its energies
+        too (see :mod:`mtt.lean_gradients`)."""
 
     # MatterTune's backbone: native training data, batching and predictions
     @abstractmethod

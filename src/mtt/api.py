@@ -614,9 +614,12 @@ def export(
     force: bool = False,
     metadata: Optional[ModelMetadata] = None,
     dtype: Optional[str] = None,
+    second_derivatives: bool = False,
 ) -> str:
     """Export the best model of a checkpoint to ``output`` (``mtt export``), optionally in
-    another precision (``float32`` or ``float64``), e.g. trained in float64, run in float32."""
+    another precision (``float32`` or ``float64``), e.g. trained in float64, run in float32.
+    ``second_derivatives`` keeps the full autograd graph (Hessians by autograd) in models
+    whose forces otherwise come from lean gradients (:mod:`mtt.lean_gradients`)."""
     refuse_overwrite(output, force)
     checkpoint = read_checkpoint(checkpoint_path)
     architecture, model = model_from_checkpoint(checkpoint, checkpoint_path, "export")
@@ -625,5 +628,5 @@ def export(
         if wanted not in architecture.__model__.__supported_dtypes__:
             raise MttError(f"{checkpoint.get('architecture')} does not support {dtype}")
         model = model.to(wanted)
-    save_model(model.export(metadata), output)
+    save_model(model.export(metadata, second_derivatives=second_derivatives), output)
     return output

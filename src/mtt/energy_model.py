@@ -37,9 +37,10 @@ from .errors import MttError
 from .gradients import energies_and_gradients
 from .heads import GenericHead, generic_tensormap, reduce_atoms
 from .hypers import parse, to_dict
+from .lean_gradients import linked_energies
 from .lora import adapter_config, merge_adapters, restore_adapters
 from .metadata import merge_metadata
-from .outputs import scalar_tensormap
+from .outputs import scalar_tensormap, selected_atom_indices
 from .uncertainty import LastLayerUncertainty, uncertainty_name
 from .units import conversion
 from .verification import METADATA_KEY, verification_metadata
@@ -103,6 +104,9 @@ class EnergyModel(ModelInterface):
         self.uncertainty_names: List[str] = [uncertainty_name(n) for n in self.target_names]
         # direct heads ("forces", "stress"): set by architectures that have them
         self.direct_kinds: List[str] = []
+        # forces and stress by energies_and_vector_gradient at inference (mtt.lean_gradients):
+        # set by architectures that implement it; export(second_derivatives=True) clears it
+        self.lean_gradients = False
 
     # --- what an architecture implements --------------------------------------------------
     def per_atom_energies(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
@@ -118,6 +122,20 @@ class EnergyModel(ModelInterface):
         per-atom contributions to the virial (summed per structure and divided by the volume
         here). Architectures with direct heads override this; by default there are none."""
         return self.per_atom_energies(graph, species), {}
+
+    def energies_and_vector_gradient(
+        self,
+        graph: Graph,
+        species: torch.Tensor,
+        vectors: torch.Tensor,
+        atom_weights: torch.Tensor,
+        target: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Dimensionless per-atom energies ``[N, n_targets]`` (without autograd graph) and the
+        gradient of ``sum_a atom_weights[a] * energies[a, target]`` with respect to the edge
+        vectors ``vectors`` (``[E, 3]``, detached), computed so that memory stays small: see
+        :mod:`mtt.lean_gradients`. Architectures that set ``lean_gradients`` implement it."""
+        raise NotImplementedError("this architecture does not compute lean gradients")
 
     def per_atom_features(self, graph: Graph, species: torch.Tensor) -> torch.Tensor:
         """Rotation-invariant per-atom features ``[N, F]`` for generic targets' heads."""
@@ -211,19 +229,33 @@ class EnergyModel(ModelInterface):
         direct = False
         for name in outputs:
             direct = direct or name.startswith("non_conservative_")
-        if direct or any(name in outputs for name in self.target_names):
-            energies, direct_values = self.energies_and_direct(graph, direct)
-            results.update(direct_tensormaps(graph, direct_values, outputs, selected_atoms))
-            for index, name in enumerate(self.target_names):
-                if name in outputs:
-                    results[name] = scalar_tensormap(
-                        energies[:, index],
-                        graph.system_index,
-                        graph.n_atoms,
-                        "energy",
-                        outputs[name].sample_kind == "atom",
-                        selected_atoms,
-                    )
+        wanted: List[int] = []
+        lean = self.lean_gradients and not self.training and not direct
+        for index, name in enumerate(self.target_names):
+            if name in outputs:
+                wanted.append(index)
+                lean = lean and outputs[name].sample_kind != "atom"
+        if direct or len(wanted) > 0:
+            links: Dict[str, torch.Tensor] = {}
+            if lean and (graph.positions.requires_grad or graph.cells.requires_grad):
+                energies, links = self.lean_energies(graph, wanted, selected_atoms)
+            else:
+                energies, direct_values = self.energies_and_direct(graph, direct)
+                results.update(direct_tensormaps(graph, direct_values, outputs, selected_atoms))
+            for index in wanted:
+                name = self.target_names[index]
+                link: Optional[torch.Tensor] = None
+                if name in links:
+                    link = links[name]
+                results[name] = scalar_tensormap(
+                    energies[:, index],
+                    graph.system_index,
+                    graph.n_atoms,
+                    "energy",
+                    outputs[name].sample_kind == "atom",
+                    selected_atoms,
+                    link,
+                )
         requested: List[int] = []
         for index, name in enumerate(self.uncertainty_names):
             if name in outputs:
@@ -254,6 +286,33 @@ class EnergyModel(ModelInterface):
                         selected_atoms,
                     )
         return results
+
+    def lean_energies(
+        self, graph: Graph, wanted: List[int], selected_atoms: Optional[Labels]
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Per-atom energies without autograd graph, and for each target in ``wanted`` the
+        zero-valued per-system term that carries their gradient (:mod:`mtt.lean_gradients`)."""
+        species = self.type_to_index[graph.types]
+        vectors = edge_vectors(graph)
+        n_atoms = graph.positions.shape[0]
+        # only the selected atoms' energies are summed (LAMMPS leaves its ghosts out)
+        atom_weights = torch.zeros(n_atoms, dtype=vectors.dtype, device=vectors.device)
+        atom_weights = atom_weights.index_fill(
+            0, selected_atom_indices(graph.n_atoms, selected_atoms), 1.0
+        )
+        edge_system = graph.system_index.index_select(0, graph.edge_i)
+        scale = self.scale.to(vectors.dtype)
+        raw = torch.zeros_like(atom_weights).unsqueeze(1).expand(-1, len(self.target_names))
+        links: Dict[str, torch.Tensor] = {}
+        for index in wanted:
+            raw, gradient = self.energies_and_vector_gradient(
+                graph, species, vectors.detach(), atom_weights, index
+            )
+            links[self.target_names[index]] = linked_energies(
+                gradient * scale[index], vectors, edge_system, graph.n_atoms.shape[0]
+            )
+        baseline = self.baseline.to(raw.dtype)[:, species].T
+        return raw * scale + baseline, links
 
     def generic_values(self, graph: Graph) -> List[torch.Tensor]:
         """Per-atom values ``[N, C, k]`` of every generic target, in the targets' units."""
@@ -479,11 +538,18 @@ class EnergyModel(ModelInterface):
         targets.update({n: info.targets[n] for n in names})
         self.dataset_info = DatasetInfo(self.dataset_info.length_unit, self.atomic_types, targets)
 
-    def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
+    def export(
+        self, metadata: Optional[ModelMetadata] = None, second_derivatives: bool = False
+    ) -> AtomisticModel:
+        """The metatomic model. ``second_derivatives`` keeps the whole autograd graph
+        through the energy, for Hessians by autograd, at the cost of lean gradients'
+        memory savings (:mod:`mtt.lean_gradients`)."""
         # AtomisticModel switches off requires_grad in place: wrap a copy; LoRA adapters are
         # folded into the weights so the exported model costs what the pretrained one did
         model = copy.deepcopy(self).eval()
         merge_adapters(model)
+        if second_derivatives:
+            model.lean_gradients = False
         capabilities = ModelCapabilities(
             outputs=self.supported_outputs(),
             atomic_types=self.atomic_types,

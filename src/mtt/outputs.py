@@ -29,8 +29,10 @@ def scalar_tensormap(
     property_name: str,
     per_atom_output: bool,
     selected_atoms: Optional[Labels],
+    system_terms: Optional[torch.Tensor] = None,
 ) -> TensorMap:
-    """A one-block TensorMap of a per-atom scalar (``[N]``), per atom or summed per system."""
+    """A one-block TensorMap of a per-atom scalar (``[N]``), per atom or summed per system
+    (plus ``system_terms``, ``[n_systems]``, if given: see :mod:`mtt.lean_gradients`)."""
     device = per_atom.device
     index = selected_atom_indices(n_atoms, selected_atoms)
     values = per_atom[index]
@@ -45,6 +47,8 @@ def scalar_tensormap(
         n_systems = n_atoms.shape[0]
         summed = torch.zeros(n_systems, dtype=per_atom.dtype, device=device)
         summed = summed.index_add(0, system_index[index], values)
+        if system_terms is not None:
+            summed = summed + system_terms
         samples = Labels(
             ["system"], torch.arange(n_systems, device=device, dtype=torch.int32).reshape(-1, 1)
         )

@@ -22,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["float32", "float64"],
         help="precision of the exported model (default: the one it was trained in)",
     )
+    parser.add_argument(
+        "--second-derivatives",
+        action="store_true",
+        help="keep the whole autograd graph, so that second derivatives of the energy "
+        "(Hessians by autograd) are exact; pet otherwise computes forces and stress layer by "
+        "layer in much less memory, exact only to first order",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -33,5 +40,11 @@ def run(args: argparse.Namespace) -> None:
     if args.checkpoint in pretrained.names() and not os.path.exists(args.checkpoint):
         path = pretrained.export(args.checkpoint, args.output, args.force, args.dtype)
     else:
-        path = export(args.checkpoint, args.output, force=args.force, dtype=args.dtype)
+        path = export(
+            args.checkpoint,
+            args.output,
+            force=args.force,
+            dtype=args.dtype,
+            second_derivatives=args.second_derivatives,
+        )
     print(f"exported {args.checkpoint} to {path}")

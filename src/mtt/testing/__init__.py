@@ -9,6 +9,7 @@ from ._suite import ArchitectureTests
 from ._tools import (
     energy_of,
     energy_with_hydrogen_at,
+    engine_gradients,
     exported_in_fresh_process,
     molecule,
     nve_energies_in_fresh_process,
@@ -21,6 +22,7 @@ __all__ = [
     "ArchitectureTests",
     "energy_of",
     "energy_with_hydrogen_at",
+    "engine_gradients",
     "exported_in_fresh_process",
     "molecule",
     "nve_energies_in_fresh_process",

@@ -23,6 +23,7 @@ from ..hypers import parse
 from ..verification import METADATA_KEY, verify
 from ._tools import (
     energy_of,
+    engine_gradients,
     exported_in_fresh_process,
     molecule,
     nve_energies_in_fresh_process,
@@ -300,6 +301,35 @@ class ArchitectureTests:
                     energies.append(float(energy_of(model, strained)[0]))
                 numerical[a, b] = (energies[0] - energies[1]) / (2 * delta) / atoms.get_volume()
         np.testing.assert_allclose(stress, numerical, rtol=1e-5, atol=1e-7)
+
+    def test_engine_gradients(self):
+        """Forces and stress as engines get them (``backward`` through the metatomic
+        ``forward``; for architectures with lean gradients, through their linearised energy)
+        equal the training path's, for two systems weighted differently in one batch; with
+        LAMMPS-like selected atoms they equal those of the full autograd graph."""
+        model = self.model()
+        frames = [molecule(), periodic_crystal()]
+        energies, position_grads, strain_grads = engine_gradients(model, frames, [1.0, -0.5])
+        reference = self._predict(model, frames)
+        np.testing.assert_allclose(energies.numpy(), reference["energy"].reshape(-1), rtol=1e-12)
+        gradient = np.concatenate([g.numpy() for g in position_grads])
+        gradient[len(frames[0]) :] /= -0.5  # undo the weight of the second system
+        np.testing.assert_allclose(-gradient, reference["energy/forces"], rtol=1e-9, atol=1e-12)
+        virial = strain_grads[1].numpy() / -0.5
+        np.testing.assert_allclose(
+            virial / frames[1].get_volume(), reference["energy/stress"][1], rtol=1e-9, atol=1e-12
+        )
+
+        selected = Labels(
+            ["system", "atom"], torch.tensor([[0, 1], [0, 4], [1, 0], [1, 3]], dtype=torch.int32)
+        )
+        full_graph = model.export(second_derivatives=True).module
+        for got, expected in zip(
+            engine_gradients(model, frames, [0.7, 1.3], selected),
+            engine_gradients(full_graph, frames, [0.7, 1.3], selected),
+        ):
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
     # --- TorchScript and engines ------------------------------------------------------------
     def test_export_save_load(self, dtype, tmp_path):

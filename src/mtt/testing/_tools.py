@@ -12,7 +12,7 @@ import ase.build
 import numpy as np
 import torch
 from metatensor.torch import Labels
-from metatomic.torch import ModelOutput, System
+from metatomic.torch import ModelEvaluationOptions, ModelOutput, System
 
 from .. import architectures, hypers
 from ..data.neighbors import attach_neighbor_lists
@@ -115,6 +115,49 @@ def energy_of(
     output = ModelOutput(unit="eV", sample_kind="atom" if per_atom else "system")
     result = model(systems, {"energy": output}, selected)
     return result["energy"].block().values.detach().reshape(-1)
+
+
+def engine_gradients(
+    model,
+    frames: List[ase.Atoms],
+    weights: Sequence[float],
+    selected: Optional[Labels] = None,
+):
+    """What an engine gets: energies per system through the metatomic ``forward`` of
+    ``model`` (ours, or an exported model as loaded by ``load_atomistic_model``) and the
+    gradients of ``sum_s weights[s] * E_s`` with respect to positions (minus the forces, if
+    the weights are ones) and to a strain of each system (volume times the stress), float64."""
+    systems, positions, strains = [], [], []
+    for atoms in frames:
+        pbc = torch.tensor(np.asarray(atoms.pbc, dtype=bool))
+        position = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
+        strain = torch.eye(3, dtype=torch.float64, requires_grad=True)
+        cell = torch.tensor(np.asarray(atoms.cell[:]), dtype=torch.float64) * pbc[:, None]
+        system = System(
+            types=torch.tensor(atoms.numbers, dtype=torch.int32),
+            positions=position @ strain,
+            cell=cell @ strain,
+            pbc=pbc,
+        )
+        attach_neighbor_lists(system, model.requested_neighbor_lists())
+        systems.append(system)
+        positions.append(position)
+        strains.append(strain)
+    output = {"energy": ModelOutput(unit="eV")}
+    if hasattr(model, "capabilities"):  # exported: check what engines would check
+        options = ModelEvaluationOptions(
+            length_unit="angstrom", outputs=output, selected_atoms=selected
+        )
+        result = model(systems, options, check_consistency=True)
+    else:
+        result = model(systems, output, selected)
+    energies = result["energy"].block().values.reshape(-1)
+    (energies * torch.tensor(list(weights), dtype=energies.dtype)).sum().backward()
+    return (
+        energies.detach(),
+        [p.grad for p in positions],
+        [s.grad for s in strains],
+    )
 
 
 FRESH_PROCESS_SCRIPT = textwrap.dedent(
