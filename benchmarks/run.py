@@ -76,11 +76,15 @@ FULL = {
         (1, 1, 5),
         (2, 1, 3),
     ],
-    # pet: 1000 atoms only. Both tools need ~2 GB of memory per 1000 atoms for energy and
-    # forces (and ~5 s per step on two cores): 8000 atoms would need ~17 GB each, more than
-    # this shared machine (23 GB) can safely give.
-    "pet_inference": [(0, 1, 4)],
+    # pet: metatrain needs ~2.3 GB per 1000 atoms for energy and forces, so 8000 atoms
+    # would need ~17 GB, more than this shared machine (23 GB) can safely give; mtt's lean
+    # gradients need ~0.3 GB per 1000 atoms, so it alone also runs 8000 (3 rounds) and
+    # 32768 atoms (one round). Entries: (frame, warm-up, steps[, tools, rounds]).
+    "pet_inference": [(0, 1, 4), (1, 1, 2, ("mtt",)), (2, 1, 1, ("mtt",), 1)],
     "pet": True,
+    # pet training, metatrain's default sizes on both sides: epochs per data set (~1 and
+    # ~4 s per epoch for mtt and metatrain on ethanol; carbon's 4-atom cells are cheaper)
+    "pet_datasets": {"ethanol": 40, "carbon": 40},
     "rounds": 3,
 }
 QUICK = {
@@ -90,6 +94,7 @@ QUICK = {
     "inference": [(0, 1, 3)],
     "pet_inference": [(0, 1, 2)],
     "pet": False,  # training and timing pet takes ~3 minutes more: --pet
+    "pet_datasets": {"ethanol": 2},
     "rounds": 1,
 }
 SI_VAL_TRAJECTORIES = (
@@ -479,9 +484,17 @@ def mtt_pet_fields(python: str) -> Optional[List[str]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_training(tools: Tools, sets, config, workdir: str) -> Dict[str, Any]:
+def run_training(
+    tools: Tools,
+    sets,
+    datasets: Dict[str, int],
+    workdir: str,
+    arch: str = "soap_bpnn",
+    pet_fields: Optional[List[str]] = None,
+) -> Dict[str, Any]:
+    """Both tools train ``arch`` on each data set for the given number of epochs."""
     results: Dict[str, Any] = {}
-    for name, epochs in config["datasets"].items():
+    for name, epochs in datasets.items():
         dataset = sets[name]
         entry: Dict[str, Any] = {
             "epochs": epochs,
@@ -490,11 +503,12 @@ def run_training(tools: Tools, sets, config, workdir: str) -> Dict[str, Any]:
         # alternate which tool goes first, so a slow phase of the machine hits both
         order = ["mtt", "metatrain"] if len(results) % 2 == 0 else ["metatrain", "mtt"]
         for tool in order:
-            cwd = os.path.join(workdir, "train", name, tool)
+            cwd = os.path.join(workdir, "train", arch, name, tool)
             shutil.rmtree(cwd, ignore_errors=True)
             os.makedirs(cwd)
-            write_options(os.path.join(cwd, "options.yaml"), tool, "soap_bpnn", dataset, epochs)
-            log(f"training soap_bpnn on {name} with {tool} ({epochs} epochs)")
+            options = os.path.join(cwd, "options.yaml")
+            write_options(options, tool, arch, dataset, epochs, pet_fields)
+            log(f"training {arch} on {name} with {tool} ({epochs} epochs)")
             run = train(tool, tools.mtt[tool], os.path.join(cwd, "options.yaml"), cwd, 1800)
             if "error" not in run:
                 run["validation"] = evaluate(
@@ -502,7 +516,7 @@ def run_training(tools: Tools, sets, config, workdir: str) -> Dict[str, Any]:
                     tools.python[tool],
                     os.path.join(cwd, "model.pt"),
                     dataset,
-                    Tools.extensions(tool, "soap_bpnn"),
+                    Tools.extensions(tool, arch),
                 )
                 run["model"] = os.path.join(cwd, "model.pt")
                 log(f"  {run['s_per_epoch']:.3f} s/epoch, validation {run['validation']}")
@@ -554,16 +568,22 @@ def run_inference(tools: Tools, models, arch: str, plan, rounds: int, floor_cuto
 
     sizes = [len(a) for a in ase.io.read(BIG_SI, ":")]
     results: Dict[str, Any] = {}
-    for index, warmup, steps in plan:
+    for item in plan:
+        index, warmup, steps = item[:3]
+        tools_here = item[3] if len(item) > 3 else ("mtt", "metatrain")
+        n_rounds = item[4] if len(item) > 4 else rounds
         n = sizes[index]
-        entry: Dict[str, Any] = {"n_atoms": n, "steps_per_round": steps, "rounds": rounds}
+        entry: Dict[str, Any] = {"n_atoms": n, "steps_per_round": steps, "rounds": n_rounds}
         times: Dict[str, List[float]] = {}
         round_medians: Dict[str, List[float]] = {}
-        for r in range(rounds):
+        for r in range(n_rounds):
             order = ["mtt", "metatrain", "floor"]
             if r % 2 == 1:
                 order = ["floor", "metatrain", "mtt"]
             for who in order:
+                if who != "floor" and who not in tools_here:
+                    entry[who] = {"skipped": "not run at this size (memory), see the plan"}
+                    continue
                 if who == "floor":
                     if floor_cutoff is None:
                         continue
@@ -601,7 +621,7 @@ def run_inference(tools: Tools, models, arch: str, plan, rounds: int, floor_cuto
                     ]
                     for module in Tools.extensions(who, arch):
                         args += ["--extension-import", module]
-                    log(f"inference {arch} {who} {n} atoms (round {r + 1}/{rounds})")
+                    log(f"inference {arch} {who} {n} atoms (round {r + 1}/{n_rounds})")
                     out = worker(tools.python[who], args, timeout=900)
                 if "error" in out:
                     log(f"  {who} failed: {out['error'][:300]}")
@@ -616,7 +636,7 @@ def run_inference(tools: Tools, models, arch: str, plan, rounds: int, floor_cuto
                     **({"n_pairs": out["n_pairs"]} if "n_pairs" in out else {}),
                 }
         for who, values in times.items():
-            if "error" in entry.get(who, {}):
+            if "error" in entry.get(who, {}) or "skipped" in entry.get(who, {}):
                 continue
             median = float(np.median(values))
             entry[who].update(
@@ -679,33 +699,38 @@ def fmt(value, spec=".3g") -> str:
     return format(value, spec)
 
 
+def _print_training(arch: str, training: Dict[str, Any]) -> None:
+    print(
+        f"\nTraining {arch} (s/epoch: median over epochs after the first; errors: "
+        "validation RMSE of the exported model, data units)"
+    )
+    print(
+        f"{'data':8} {'epochs':>6} {'mtt s/ep':>9} {'mt s/ep':>9} {'ratio':>6} {'(min)':>6} | "
+        f"{'E/atom mtt':>10} {'E/atom mt':>10} | {'F mtt':>8} {'F mt':>8} | "
+        f"{'S mtt':>8} {'S mt':>8}"
+    )
+    for name, e in training.items():
+        a, b = e.get("mtt", {}), e.get("metatrain", {})
+        va, vb = a.get("validation", {}), b.get("validation", {})
+
+        def rmse(v, q):
+            return v.get(q, {}).get("rmse")
+
+        print(
+            f"{name:8} {e['epochs']:>6} {fmt(a.get('s_per_epoch')):>9} "
+            f"{fmt(b.get('s_per_epoch')):>9} {fmt(e.get('ratio_s_per_epoch'), '.2f'):>6} "
+            f"{fmt(e.get('ratio_s_per_epoch_min'), '.2f'):>6} | "
+            f"{fmt(rmse(va, 'energy_per_atom')):>10} {fmt(rmse(vb, 'energy_per_atom')):>10} | "
+            f"{fmt(rmse(va, 'forces')):>8} {fmt(rmse(vb, 'forces')):>8} | "
+            f"{fmt(rmse(va, 'stress')):>8} {fmt(rmse(vb, 'stress')):>8}"
+        )
+
+
 def print_table(results: Dict[str, Any]) -> None:
-    training = results.get("training", {})
-    if training:
-        print(
-            "\nTraining soap_bpnn (s/epoch: median over epochs after the first; errors: "
-            "validation RMSE of the exported model, data units)"
-        )
-        print(
-            f"{'data':8} {'epochs':>6} {'mtt s/ep':>9} {'mt s/ep':>9} {'ratio':>6} {'(min)':>6} | "
-            f"{'E/atom mtt':>10} {'E/atom mt':>10} | {'F mtt':>8} {'F mt':>8} | "
-            f"{'S mtt':>8} {'S mt':>8}"
-        )
-        for name, e in training.items():
-            a, b = e.get("mtt", {}), e.get("metatrain", {})
-            va, vb = a.get("validation", {}), b.get("validation", {})
-
-            def rmse(v, q):
-                return v.get(q, {}).get("rmse")
-
-            print(
-                f"{name:8} {e['epochs']:>6} {fmt(a.get('s_per_epoch')):>9} "
-                f"{fmt(b.get('s_per_epoch')):>9} {fmt(e.get('ratio_s_per_epoch'), '.2f'):>6} "
-                f"{fmt(e.get('ratio_s_per_epoch_min'), '.2f'):>6} | "
-                f"{fmt(rmse(va, 'energy_per_atom')):>10} {fmt(rmse(vb, 'energy_per_atom')):>10} | "
-                f"{fmt(rmse(va, 'forces')):>8} {fmt(rmse(vb, 'forces')):>8} | "
-                f"{fmt(rmse(va, 'stress')):>8} {fmt(rmse(vb, 'stress')):>8}"
-            )
+    for key, arch in (("training", "soap_bpnn"), ("training_pet", "pet")):
+        training = results.get(key, {})
+        if training:
+            _print_training(arch, training)
     for arch, inference in results.get("inference", {}).items():
         if "note" in inference:
             print(f"\nInference {arch}: {inference['note']}")
@@ -761,7 +786,13 @@ def main() -> None:
         "--pet",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="time pet inference (default: yes, no with --quick)",
+        help="train pet next to metatrain's, time its inference (default: yes, not with --quick)",
+    )
+    parser.add_argument(
+        "--no-soap-training",
+        action="store_true",
+        help="skip the soap_bpnn training runs (e.g. --only training --no-soap-training --pet "
+        "trains pet alone)",
     )
     parser.add_argument(
         "--no-soap-inference",
@@ -796,9 +827,16 @@ def main() -> None:
         },
     }
 
+    run_pet = args.pet if args.pet is not None else config["pet"]
     if args.only != "inference":
         t0 = time.time()
-        results["training"] = run_training(tools, sets, config, args.workdir)
+        if not args.no_soap_training:
+            results["training"] = run_training(tools, sets, config["datasets"], args.workdir)
+        if run_pet:
+            fields = mtt_pet_fields(tools.python["mtt"])
+            results["training_pet"] = run_training(
+                tools, sets, config["pet_datasets"], args.workdir, "pet", fields
+            )
         results["training_wall_s"] = time.time() - t0
 
     if args.only != "training":
@@ -828,7 +866,7 @@ def main() -> None:
             results["scaling"]["soap_bpnn"] = scaling(
                 {k: v for k, v in soap.items() if k.isdigit()}
             )
-        if args.pet if args.pet is not None else config["pet"]:
+        if run_pet:
             fields = mtt_pet_fields(tools.python["mtt"])
             models = tiny_models(tools, sets, args.workdir, "pet", fields)
             pet = run_inference(

@@ -47,10 +47,10 @@ from .modules.neighbors import neighbor_slots, reverse_edges
 from .modules.radial import GaussianBasis, cutoff_function
 
 # tokens (atoms x (1 + max neighbours)) per chunk of the lean gradients. With pet's default
-# sizes in float32 a TorchScript chunk keeps ~75 KB per token (~150 MB), and the chunks are
-# large enough that per-chunk overheads vanish: measured on 1000 Si atoms, 1024 tokens were
-# 1.2x slower, 4096 no faster but 150 MB larger
-TOKENS_PER_CHUNK = 2048
+# sizes in float32 a TorchScript chunk keeps ~75 KB per token (~75 MB). Measured on 1000 Si
+# atoms (25 tokens each): 2048 tokens were no faster and ~90 MB larger, 512 were 1.5x slower
+# (per-chunk overheads)
+TOKENS_PER_CHUNK = 1024
 
 
 @torch.jit.script

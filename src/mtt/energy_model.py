@@ -237,7 +237,8 @@ class EnergyModel(ModelInterface):
                 lean = lean and outputs[name].sample_kind != "atom"
         if direct or len(wanted) > 0:
             links: Dict[str, torch.Tensor] = {}
-            if lean and (graph.positions.requires_grad or graph.cells.requires_grad):
+            needs_gradient = graph.positions.requires_grad or graph.cells.requires_grad
+            if lean and needs_gradient and torch.is_grad_enabled():
                 energies, links = self.lean_energies(graph, wanted, selected_atoms)
             else:
                 energies, direct_values = self.energies_and_direct(graph, direct)

@@ -170,6 +170,30 @@ def test_lean_gradients_equal_full_graph_in_every_chunking(tokens_per_chunk):
         for got, expected in zip(lean, full):
             for a, b in zip(got, expected):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    # atoms without neighbours, in a batch with edges and alone (no edges at all)
+    apart = ase.Atoms("HOH", positions=[[0, 0, 0], [0, 0, 10], [0, 10, 0]])
+    for batch in ([apart, molecule()], [apart]):
+        weights = [1.0, 0.5][: len(batch)]
+        for got, expected in zip(
+            engine_gradients(model, batch, weights), engine_gradients(full_graph, batch, weights)
+        ):
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_lean_gradients_under_no_grad():
+    """Positions that require gradients but a forward under ``torch.no_grad()`` (no graph
+    wanted): energies come back, without autograd graph."""
+    from metatomic.torch import ModelOutput
+
+    from mtt.testing import energy_of, molecule, systems_with_neighbors
+
+    model = random_model("pet", HYPERS, torch.float64, generic=False)
+    systems = systems_with_neighbors(model, [molecule()], torch.float64, positions_grad=True)
+    with torch.no_grad():
+        energy = model(systems, {"energy": ModelOutput(unit="eV")})["energy"].block().values
+    assert energy.grad_fn is None
+    torch.testing.assert_close(energy.reshape(-1), energy_of(model, molecule()))
 
 
 def test_second_derivatives_export_keeps_the_hessian(tmp_path):
