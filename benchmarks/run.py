@@ -491,8 +491,10 @@ def run_training(
     workdir: str,
     arch: str = "soap_bpnn",
     pet_fields: Optional[List[str]] = None,
+    same_budget: bool = False,
 ) -> Dict[str, Any]:
-    """Both tools train ``arch`` on each data set for the given number of epochs."""
+    """Both tools train ``arch`` on each data set for the given number of epochs; with
+    ``same_budget``, mtt trains once more for as many epochs as fit in metatrain's time."""
     results: Dict[str, Any] = {}
     for name, epochs in datasets.items():
         dataset = sets[name]
@@ -524,6 +526,10 @@ def run_training(
                 log(f"  failed: {run['error']}")
             entry[tool] = run
         a, b = entry["mtt"], entry["metatrain"]
+        if same_budget and a.get("s_per_epoch") and b.get("s_per_epoch"):
+            entry["mtt_same_budget"] = _train_for_budget(
+                tools, dataset, workdir, arch, name, epochs * b["s_per_epoch"], a, pet_fields
+            )
         if a.get("s_per_epoch") and b.get("s_per_epoch"):
             entry["ratio_s_per_epoch"] = a["s_per_epoch"] / b["s_per_epoch"]
             # the least disturbed epoch of each: a check on the median's ratio
@@ -536,6 +542,28 @@ def run_training(
             }
         results[name] = entry
     return results
+
+
+def _train_for_budget(
+    tools: Tools, dataset, workdir: str, arch: str, name: str, budget_s: float, first, fields
+) -> Dict[str, Any]:
+    """mtt again, for as many epochs as fit in ``budget_s`` seconds of epochs at the speed of
+    its first run (metatrain's epochs times its median epoch), evaluated the same way."""
+    epochs = max(2, int(budget_s / first["s_per_epoch"]))
+    cwd = os.path.join(workdir, "train", arch, name, "mtt_same_budget")
+    shutil.rmtree(cwd, ignore_errors=True)
+    os.makedirs(cwd)
+    options = os.path.join(cwd, "options.yaml")
+    write_options(options, "mtt", arch, dataset, epochs, fields)
+    log(f"training {arch} on {name} with mtt for metatrain's time: {epochs} epochs")
+    run = train("mtt", tools.mtt["mtt"], options, cwd, 3600)
+    run["epochs"] = epochs
+    run["budget_s"] = budget_s
+    if "error" not in run:
+        model = os.path.join(cwd, "model.pt")
+        run["validation"] = evaluate("mtt", tools.python["mtt"], model, dataset, [])
+        log(f"  validation {run['validation']}")
+    return run
 
 
 def tiny_models(tools: Tools, sets, workdir: str, arch: str, pet_fields) -> Dict[str, Any]:
@@ -724,6 +752,14 @@ def _print_training(arch: str, training: Dict[str, Any]) -> None:
             f"{fmt(rmse(va, 'forces')):>8} {fmt(rmse(vb, 'forces')):>8} | "
             f"{fmt(rmse(va, 'stress')):>8} {fmt(rmse(vb, 'stress')):>8}"
         )
+        budget = e.get("mtt_same_budget", {})
+        if "validation" in budget:
+            vc = budget["validation"]
+            print(
+                f"  mtt in metatrain's time ({budget['epochs']} epochs): energy/atom "
+                f"{fmt(rmse(vc, 'energy_per_atom'))}, forces {fmt(rmse(vc, 'forces'))}, "
+                f"stress {fmt(rmse(vc, 'stress'))}"
+            )
 
 
 def print_table(results: Dict[str, Any]) -> None:
@@ -789,6 +825,11 @@ def main() -> None:
         help="train pet next to metatrain's, time its inference (default: yes, not with --quick)",
     )
     parser.add_argument(
+        "--same-budget",
+        action="store_true",
+        help="also train soap_bpnn with mtt for as many epochs as fit in metatrain's time",
+    )
+    parser.add_argument(
         "--no-soap-training",
         action="store_true",
         help="skip the soap_bpnn training runs (e.g. --only training --no-soap-training --pet "
@@ -831,7 +872,9 @@ def main() -> None:
     if args.only != "inference":
         t0 = time.time()
         if not args.no_soap_training:
-            results["training"] = run_training(tools, sets, config["datasets"], args.workdir)
+            results["training"] = run_training(
+                tools, sets, config["datasets"], args.workdir, same_budget=args.same_budget
+            )
         if run_pet:
             fields = mtt_pet_fields(tools.python["mtt"])
             results["training_pet"] = run_training(
