@@ -46,75 +46,11 @@ from mtt.energy_model import EnergyModel
 from mtt.errors import MttError
 
 from .hypers import ModelHypers
+from .modules.chunks import TOKENS_PER_CHUNK, LayerInputs, add_rows, edges_by_centre, or_zeros
 from .modules.direct import DirectHeads
 from .modules.layer import PetLayer
 from .modules.neighbors import neighbor_slots, reverse_edges
 from .modules.radial import GaussianBasis, cutoff_function
-
-# tokens (atoms x (1 + max neighbours)) per chunk of the lean gradients. With pet's default
-# sizes in float32 a TorchScript chunk keeps ~75 KB per token (~75 MB). Measured on 1000 Si
-# atoms (25 tokens each): 2048 tokens were no faster and ~90 MB larger, 512 were 1.5x slower
-# (per-chunk overheads)
-TOKENS_PER_CHUNK = 1024
-
-
-@torch.jit.script
-class _EdgesByCentre:
-    """Edges grouped by centre atom: those of atoms ``start:stop`` are one slice."""
-
-    def __init__(self, order: Tensor, starts: List[int]):
-        self.order = order
-        self.starts = starts
-
-    def edges(self, start: int, stop: int) -> Tensor:
-        return self.order[self.starts[start] : self.starts[stop]]
-
-
-def _edges_by_centre(edge_i: Tensor, n_atoms: int) -> _EdgesByCentre:
-    counts = torch.bincount(edge_i, minlength=n_atoms)
-    starts = torch.cat([torch.zeros_like(counts[:1]), torch.cumsum(counts, 0)])
-    positions: List[int] = starts.tolist()
-    return _EdgesByCentre(torch.argsort(edge_i, stable=True), positions)
-
-
-@torch.jit.script
-class _LayerInputs:
-    """What every layer reads besides the messages: per-edge geometry, species and slots,
-    per-atom cutoff weights and real-token masks, all without autograd graph."""
-
-    def __init__(
-        self,
-        geometry: Tensor,
-        species: Tensor,
-        neighbor_species: Tensor,
-        slots: Tensor,
-        weights: Tensor,
-        real: Tensor,
-        width: int,
-        by_centre: _EdgesByCentre,
-    ):
-        self.geometry = geometry
-        self.species = species
-        self.neighbor_species = neighbor_species
-        self.slots = slots
-        self.weights = weights
-        self.real = real
-        self.width = width
-        self.by_centre = by_centre
-
-    def edges(self, start: int, stop: int) -> Tensor:
-        return self.by_centre.edges(start, stop)
-
-
-def _or_zeros(gradient: Optional[Tensor], like: Tensor) -> Tensor:
-    if gradient is None:
-        return torch.zeros_like(like)
-    return gradient
-
-
-def _add_rows(total: Tensor, rows: Tensor, gradient: Optional[Tensor]) -> None:
-    if gradient is not None:
-        total.index_add_(0, rows, gradient)
 
 
 class Pet(EnergyModel):
@@ -282,7 +218,7 @@ class Pet(EnergyModel):
         reverse, has_reverse = reverse_edges(graph.edge_i, graph.edge_j, graph.edge_shifts)
         slots, width = neighbor_slots(graph.edge_i, n_atoms)
         weights, real = self._token_weights(cutoffs, slots, n_atoms, width)
-        fixed = _LayerInputs(
+        fixed = LayerInputs(
             geometry.detach(),
             species,
             species[graph.edge_j],
@@ -290,7 +226,7 @@ class Pet(EnergyModel):
             weights.detach(),
             real,
             width,
-            _edges_by_centre(graph.edge_i, n_atoms),
+            edges_by_centre(graph.edge_i, n_atoms),
         )
         chunk = max(1, self.tokens_per_chunk // width)
         keep = has_reverse.unsqueeze(-1).to(vectors.dtype)
@@ -324,9 +260,9 @@ class Pet(EnergyModel):
                     [objective], [geometry_in, weights_in, messages_in], allow_unused=True
                 )
                 # every edge belongs to one chunk: each row is written once per layer
-                _add_rows(grad_geometry, edges, grads[0])
-                grad_weights[start:stop] += _or_zeros(grads[1], weights_in)
-                grad_messages.index_copy_(0, edges, _or_zeros(grads[2], messages_in))
+                add_rows(grad_geometry, edges, grads[0])
+                grad_weights[start:stop] += or_zeros(grads[1], weights_in)
+                grad_messages.index_copy_(0, edges, or_zeros(grads[2], messages_in))
                 energies[start:stop] += layer_energies.detach()
             if k > 0:
                 # messages[k][e] = tokens_{k-1}[reverse[e]] * keep[e]
@@ -343,7 +279,7 @@ class Pet(EnergyModel):
         return energies, gradient
 
     def _messages_without_graph(
-        self, fixed: _LayerInputs, reverse: Tensor, keep: Tensor, chunk: int
+        self, fixed: LayerInputs, reverse: Tensor, keep: Tensor, chunk: int
     ) -> List[Tensor]:
         """The messages entering every layer (``[E, d]`` each), without autograd graph;
         layer 0's, zeros, as an empty placeholder (see :meth:`_incoming`)."""
@@ -375,7 +311,7 @@ class Pet(EnergyModel):
     def _layer(
         self,
         k: int,
-        fixed: _LayerInputs,
+        fixed: LayerInputs,
         start: int,
         stop: int,
         edges: Tensor,
