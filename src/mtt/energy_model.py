@@ -237,8 +237,10 @@ class EnergyModel(ModelInterface):
                 lean = lean and outputs[name].sample_kind != "atom"
         if direct or len(wanted) > 0:
             links: Dict[str, torch.Tensor] = {}
+            # the graph's tensors are built here, so they require gradients only when autograd
+            # records (not under no_grad) and the engine asked for them
             needs_gradient = graph.positions.requires_grad or graph.cells.requires_grad
-            if lean and needs_gradient and torch.is_grad_enabled():
+            if lean and needs_gradient:
                 energies, links = self.lean_energies(graph, wanted, selected_atoms)
             else:
                 energies, direct_values = self.energies_and_direct(graph, direct)
