@@ -46,7 +46,13 @@ from mtt.energy_model import EnergyModel
 from mtt.errors import MttError
 
 from .hypers import ModelHypers
-from .modules.chunks import TOKENS_PER_CHUNK, LayerInputs, add_rows, edges_by_centre, or_zeros
+from .modules.chunks import (
+    TOKENS_PER_CHUNK,
+    Chunk,
+    LayerInputs,
+    add_rows,
+    chunks_by_neighbour_count,
+)
 from .modules.direct import DirectHeads
 from .modules.layer import PetLayer
 from .modules.neighbors import neighbor_slots, reverse_edges
@@ -166,13 +172,11 @@ class Pet(EnergyModel):
         weights, real = self._token_weights(cutoffs, slots, n_atoms, width)
         neighbor_species = species[graph.edge_j]
 
-        messages = torch.zeros(
-            vectors.shape[0], self.d_pet, dtype=vectors.dtype, device=vectors.device
-        )
+        messages: Optional[Tensor] = None  # the first layer's: zeros
         energies = torch.zeros(
             n_atoms, len(self.target_names), dtype=vectors.dtype, device=vectors.device
         )
-        tokens = messages
+        tokens = torch.zeros(0)
         for layer in self.layers:
             layer_energies, tokens = layer(
                 geometry, species, neighbor_species, messages, slots, weights, real
@@ -209,61 +213,60 @@ class Pet(EnergyModel):
         messages received. This gives the gradient with respect to the layer's inputs (edge
         geometry, cutoff weights and incoming messages), the last of which passes on to the
         previous layer's tokens through the edge reversal. The last layer runs once, the
-        others twice.
+        others twice. Chunks group atoms of similar neighbour counts (see
+        :mod:`.modules.chunks`).
         """
         n_atoms = graph.positions.shape[0]
         n_edges = vectors.shape[0]
         leaf = vectors.detach().requires_grad_(True)
         geometry, _, cutoffs = self._edge_features(leaf)
         reverse, has_reverse = reverse_edges(graph.edge_i, graph.edge_j, graph.edge_shifts)
-        slots, width = neighbor_slots(graph.edge_i, n_atoms)
-        weights, real = self._token_weights(cutoffs, slots, n_atoms, width)
         fixed = LayerInputs(
             geometry.detach(),
+            cutoffs.detach(),
             species,
             species[graph.edge_j],
-            slots,
-            weights.detach(),
-            real,
-            width,
-            edges_by_centre(graph.edge_i, n_atoms),
+            chunks_by_neighbour_count(graph.edge_i, n_atoms, self.tokens_per_chunk),
         )
-        chunk = max(1, self.tokens_per_chunk // width)
         keep = has_reverse.unsqueeze(-1).to(vectors.dtype)
 
-        messages = self._messages_without_graph(fixed, reverse, keep, chunk)
+        messages = self._messages_without_graph(fixed, reverse, keep)
         energies = torch.zeros(
             n_atoms, len(self.target_names), dtype=vectors.dtype, device=vectors.device
         )
         grad_geometry = torch.zeros_like(fixed.geometry)
-        grad_weights = torch.zeros_like(fixed.weights)
+        grad_cutoffs = torch.zeros_like(fixed.cutoffs)
         # [E, d] buffers updated in place: the gradients of a layer's incoming messages and
         # of its output tokens (those of the last layer get none)
         grad_messages = torch.empty(n_edges, self.d_pet, dtype=vectors.dtype, device=vectors.device)
         grad_tokens = torch.zeros_like(grad_messages)
         for step in range(len(self.layers)):
             k = len(self.layers) - 1 - step
-            for start in range(0, n_atoms, chunk):
-                stop = min(start + chunk, n_atoms)
-                edges = fixed.edges(start, stop)
-                geometry_in = fixed.geometry.index_select(0, edges).requires_grad_(True)
-                weights_in = fixed.weights[start:stop].clone().requires_grad_(True)
-                messages_in = self._incoming(messages, k, edges).requires_grad_(True)
+            for chunk in fixed.chunks:
+                geometry_in = fixed.geometry.index_select(0, chunk.edges).requires_grad_(True)
+                cutoffs_in = fixed.cutoffs.index_select(0, chunk.edges).requires_grad_(True)
+                inputs = [geometry_in, cutoffs_in]
+                messages_in = self._incoming(messages, k, chunk.edges)
+                if messages_in is not None:
+                    inputs.append(messages_in.requires_grad_(True))
                 layer_energies, layer_tokens = self._layer(
-                    k, fixed, start, stop, edges, messages_in, geometry_in, weights_in
+                    k, fixed, chunk, messages_in, geometry_in, cutoffs_in
                 )
-                objective = (layer_energies[:, target] * atom_weights[start:stop]).sum()
+                chunk_weights = atom_weights.index_select(0, chunk.atoms)
+                objective = (layer_energies[:, target] * chunk_weights).sum()
                 if step > 0:
-                    upstream = grad_tokens.index_select(0, edges)
+                    upstream = grad_tokens.index_select(0, chunk.edges)
                     objective = objective + (layer_tokens * upstream).sum()
-                grads = torch.autograd.grad(
-                    [objective], [geometry_in, weights_in, messages_in], allow_unused=True
-                )
+                grads = torch.autograd.grad([objective], inputs, allow_unused=True)
                 # every edge belongs to one chunk: each row is written once per layer
-                add_rows(grad_geometry, edges, grads[0])
-                grad_weights[start:stop] += or_zeros(grads[1], weights_in)
-                grad_messages.index_copy_(0, edges, or_zeros(grads[2], messages_in))
-                energies[start:stop] += layer_energies.detach()
+                add_rows(grad_geometry, chunk.edges, grads[0])
+                add_rows(grad_cutoffs, chunk.edges, grads[1])
+                if k > 0:
+                    found = grads[2]
+                    if found is None:
+                        found = torch.zeros_like(inputs[2])
+                    grad_messages.index_copy_(0, chunk.edges, found)
+                energies.index_add_(0, chunk.atoms, layer_energies.detach())
             if k > 0:
                 # messages[k][e] = tokens_{k-1}[reverse[e]] * keep[e]
                 grad_tokens.zero_().index_add_(0, reverse, grad_messages.mul_(keep))
@@ -271,19 +274,18 @@ class Pet(EnergyModel):
 
         gradient = torch.zeros_like(leaf)
         if n_edges > 0:
-            outputs: List[Tensor] = [geometry, weights]
-            chained: List[Optional[Tensor]] = [grad_geometry, grad_weights]
+            outputs: List[Tensor] = [geometry, cutoffs]
+            chained: List[Optional[Tensor]] = [grad_geometry, grad_cutoffs]
             found = torch.autograd.grad(outputs, [leaf], chained, allow_unused=True)[0]
             if found is not None:
                 gradient = found
         return energies, gradient
 
     def _messages_without_graph(
-        self, fixed: LayerInputs, reverse: Tensor, keep: Tensor, chunk: int
+        self, fixed: LayerInputs, reverse: Tensor, keep: Tensor
     ) -> List[Tensor]:
         """The messages entering every layer (``[E, d]`` each), without autograd graph;
         layer 0's, zeros, as an empty placeholder (see :meth:`_incoming`)."""
-        n_atoms = fixed.weights.shape[0]
         n_edges = fixed.geometry.shape[0]
         dtype = fixed.geometry.dtype
         device = fixed.geometry.device
@@ -291,40 +293,37 @@ class Pet(EnergyModel):
         with torch.no_grad():
             for k in range(len(self.layers) - 1):
                 tokens = torch.empty(n_edges, self.d_pet, dtype=dtype, device=device)
-                for start in range(0, n_atoms, chunk):
-                    stop = min(start + chunk, n_atoms)
-                    edges = fixed.edges(start, stop)
-                    incoming = self._incoming(messages, k, edges)
-                    _, layer_tokens = self._layer(k, fixed, start, stop, edges, incoming)
-                    tokens.index_copy_(0, edges, layer_tokens)
+                for chunk in fixed.chunks:
+                    incoming = self._incoming(messages, k, chunk.edges)
+                    _, layer_tokens = self._layer(k, fixed, chunk, incoming)
+                    tokens.index_copy_(0, chunk.edges, layer_tokens)
                 messages.append(tokens.index_select(0, reverse).mul_(keep))
         return messages
 
-    def _incoming(self, messages: List[Tensor], k: int, edges: Tensor) -> Tensor:
-        """The chunk's rows of the messages entering layer ``k`` (zeros for the first)."""
+    def _incoming(self, messages: List[Tensor], k: int, edges: Tensor) -> Optional[Tensor]:
+        """The chunk's rows of the messages entering layer ``k`` (None, zeros, for the
+        first)."""
         if k == 0:
-            return torch.zeros(
-                edges.shape[0], self.d_pet, dtype=messages[0].dtype, device=edges.device
-            )
+            return None
         return messages[k].index_select(0, edges)
 
     def _layer(
         self,
         k: int,
         fixed: LayerInputs,
-        start: int,
-        stop: int,
-        edges: Tensor,
-        messages: Tensor,
+        chunk: Chunk,
+        messages: Optional[Tensor],
         geometry: Optional[Tensor] = None,
-        weights: Optional[Tensor] = None,
+        cutoffs: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
-        """Layer ``k`` on atoms ``start:stop`` (their edges ``edges``, in centre order);
-        ``geometry`` and ``weights`` default to the chunk's rows of ``fixed``."""
+        """Layer ``k`` on one chunk; ``geometry`` and ``cutoffs`` default to the chunk's rows
+        of ``fixed``."""
         if geometry is None:
-            geometry = fixed.geometry.index_select(0, edges)
-        if weights is None:
-            weights = fixed.weights[start:stop]
+            geometry = fixed.geometry.index_select(0, chunk.edges)
+        if cutoffs is None:
+            cutoffs = fixed.cutoffs.index_select(0, chunk.edges)
+        n_atoms = chunk.atoms.shape[0]
+        weights, real = self._token_weights(cutoffs, chunk.slots, n_atoms, chunk.width)
         energies = torch.zeros(0)
         tokens = torch.zeros(0)
         # TorchScript indexes a ModuleList only with constants: pick layer k by iterating
@@ -332,11 +331,11 @@ class Pet(EnergyModel):
             if index == k:
                 energies, tokens = layer(
                     geometry,
-                    fixed.species[start:stop],
-                    fixed.neighbor_species.index_select(0, edges),
+                    fixed.species.index_select(0, chunk.atoms),
+                    fixed.neighbor_species.index_select(0, chunk.edges),
                     messages,
-                    fixed.slots.index_select(0, edges) - start * fixed.width,
+                    chunk.slots,
                     weights,
-                    fixed.real[start:stop],
+                    real,
                 )
         return energies, tokens

@@ -1,6 +1,6 @@
 """One message-passing layer of PET: edge tokens in, per-atom energies and edge tokens out."""
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -55,25 +55,37 @@ class PetLayer(torch.nn.Module):
         geometry: Tensor,
         species: Tensor,
         neighbor_species: Tensor,
-        messages: Tensor,
+        messages: Optional[Tensor],
         slots: Tensor,
         weights: Tensor,
         real: Tensor,
     ) -> Tuple[Tensor, Tensor]:
         """:param geometry: ``[E, n_geometry]`` edge features; :param species: ``[A]``;
-        :param neighbor_species: ``[E]``; :param messages: ``[E, d]``; :param slots: ``[E]``
-        dense index of each edge (see ``neighbor_slots``); :param weights, real: ``[A, T]``.
+        :param neighbor_species: ``[E]``; :param messages: ``[E, d]``, or None for zeros (the
+        first layer); :param slots: ``[E]`` dense index of each edge (see
+        ``neighbor_slots``); :param weights, real: ``[A, T]``.
         :return: per-atom energies ``[A, n_targets]`` and output edge tokens ``[E, d]``."""
         n_atoms, width = weights.shape
-        edges = torch.cat(
-            [self.geometry(geometry), self.neighbor_embedding(neighbor_species), messages], dim=1
+        edges = self._compress(
+            self.geometry(geometry), self.neighbor_embedding(neighbor_species), messages
         )
         centre_slots = torch.arange(n_atoms, device=slots.device) * width
         tokens = torch.zeros(
             n_atoms * width, self.d_model, dtype=geometry.dtype, device=geometry.device
         )
-        tokens = tokens.index_copy(0, slots, self.compress(edges))
+        tokens = tokens.index_copy(0, slots, edges)
         tokens = tokens.index_copy(0, centre_slots, self.centre_embedding(species))
         tokens = self.transformer(tokens.reshape(n_atoms, width, self.d_model), weights, real)
         pooled = (tokens * weights.unsqueeze(-1)).sum(dim=1)
         return self.head(pooled), tokens.reshape(n_atoms * width, self.d_model)[slots]
+
+    def _compress(self, geometry: Tensor, species: Tensor, messages: Optional[Tensor]) -> Tensor:
+        """``compress([geometry, species, messages])``, each ``[E, d]``."""
+        if messages is not None:
+            return self.compress(torch.cat([geometry, species, messages], dim=1))
+        # zero messages contribute nothing to the first product: skip their third of it
+        first = self.compress[0]
+        hidden = torch.nn.functional.linear(
+            torch.cat([geometry, species], dim=1), first.weight[:, : 2 * self.d_model], first.bias
+        )
+        return self.compress[2](self.compress[1](hidden))
