@@ -50,7 +50,6 @@ from .modules.chunks import (
     TOKENS_PER_CHUNK,
     Chunk,
     LayerInputs,
-    add_rows,
     chunks_by_neighbour_count,
 )
 from .modules.direct import DirectHeads
@@ -208,13 +207,14 @@ class Pet(EnergyModel):
 
         A first pass without autograd keeps the messages entering each layer (``[E, d]``
         each). Then, from the last layer to the first, each chunk of atoms runs its layer
-        again with autograd and is differentiated at once: the chunk's energy (weighted by
-        ``atom_weights``) plus its output tokens times the gradient that the next layer's
-        messages received. This gives the gradient with respect to the layer's inputs (edge
-        geometry, cutoff weights and incoming messages), the last of which passes on to the
-        previous layer's tokens through the edge reversal. The last layer runs once, the
-        others twice. Chunks group atoms of similar neighbour counts (see
-        :mod:`.modules.chunks`).
+        again, keeping its intermediates, and is differentiated at once by the layer's own
+        ``backward`` (native backward kernels, no autograd graph): the chunk's energy
+        (weighted by ``atom_weights``) plus its output tokens times the gradient that the
+        next layer's messages received. This gives the gradient with respect to the layer's
+        inputs (edge geometry, cutoff weights and incoming messages), the last of which
+        passes on to the previous layer's tokens through the edge reversal. The last layer
+        runs once, the others twice. Chunks group atoms of similar neighbour counts (see
+        :mod:`.modules.chunks`). Autograd only chains the result to the edge vectors.
         """
         n_atoms = graph.positions.shape[0]
         n_edges = vectors.shape[0]
@@ -240,37 +240,26 @@ class Pet(EnergyModel):
         # of its output tokens (those of the last layer get none)
         grad_messages = torch.empty(n_edges, self.d_pet, dtype=vectors.dtype, device=vectors.device)
         grad_tokens = torch.zeros_like(grad_messages)
-        for step in range(len(self.layers)):
-            k = len(self.layers) - 1 - step
-            for chunk in fixed.chunks:
-                geometry_in = fixed.geometry.index_select(0, chunk.edges).requires_grad_(True)
-                cutoffs_in = fixed.cutoffs.index_select(0, chunk.edges).requires_grad_(True)
-                inputs = [geometry_in, cutoffs_in]
-                messages_in = self._incoming(messages, k, chunk.edges)
-                if messages_in is not None:
-                    inputs.append(messages_in.requires_grad_(True))
-                layer_energies, layer_tokens = self._layer(
-                    k, fixed, chunk, messages_in, geometry_in, cutoffs_in
-                )
-                chunk_weights = atom_weights.index_select(0, chunk.atoms)
-                objective = (layer_energies[:, target] * chunk_weights).sum()
-                if step > 0:
-                    upstream = grad_tokens.index_select(0, chunk.edges)
-                    objective = objective + (layer_tokens * upstream).sum()
-                grads = torch.autograd.grad([objective], inputs, allow_unused=True)
-                # every edge belongs to one chunk: each row is written once per layer
-                add_rows(grad_geometry, chunk.edges, grads[0])
-                add_rows(grad_cutoffs, chunk.edges, grads[1])
+        with torch.no_grad():
+            for step in range(len(self.layers)):
+                k = len(self.layers) - 1 - step
+                for chunk in fixed.chunks:
+                    upstream: Optional[Tensor] = None
+                    if step > 0:
+                        upstream = grad_tokens.index_select(0, chunk.edges)
+                    layer_energies, grads = self._layer_with_gradients(
+                        k, fixed, chunk, messages, atom_weights, target, upstream
+                    )
+                    energies.index_add_(0, chunk.atoms, layer_energies)
+                    # every edge belongs to one chunk: each row is written once per layer
+                    grad_geometry.index_add_(0, chunk.edges, grads[0])
+                    grad_cutoffs.index_add_(0, chunk.edges, grads[1])
+                    if k > 0:
+                        grad_messages.index_copy_(0, chunk.edges, grads[2])
                 if k > 0:
-                    found = grads[2]
-                    if found is None:
-                        found = torch.zeros_like(inputs[2])
-                    grad_messages.index_copy_(0, chunk.edges, found)
-                energies.index_add_(0, chunk.atoms, layer_energies.detach())
-            if k > 0:
-                # messages[k][e] = tokens_{k-1}[reverse[e]] * keep[e]
-                grad_tokens.zero_().index_add_(0, reverse, grad_messages.mul_(keep))
-            del messages[-1]
+                    # messages[k][e] = tokens_{k-1}[reverse[e]] * keep[e]
+                    grad_tokens.zero_().index_add_(0, reverse, grad_messages.mul_(keep))
+                del messages[-1]
 
         gradient = torch.zeros_like(leaf)
         if n_edges > 0:
@@ -307,21 +296,60 @@ class Pet(EnergyModel):
             return None
         return messages[k].index_select(0, edges)
 
-    def _layer(
+    def _layer_with_gradients(
         self,
         k: int,
         fixed: LayerInputs,
         chunk: Chunk,
-        messages: Optional[Tensor],
-        geometry: Optional[Tensor] = None,
-        cutoffs: Optional[Tensor] = None,
+        messages: List[Tensor],
+        atom_weights: Tensor,
+        target: int,
+        upstream: Optional[Tensor],
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Layer ``k`` on one chunk: its energies, and the gradients of the chunk's weighted
+        energy plus ``upstream`` times its output tokens with respect to its inputs: the
+        edges' geometry features and cutoff weights, and for ``k > 0`` the messages."""
+        edges = chunk.edges
+        weights, real = self._token_weights(
+            fixed.cutoffs.index_select(0, edges), chunk.slots, chunk.atoms.shape[0], chunk.width
+        )
+        energies = torch.zeros(0)
+        grads: List[Tensor] = []
+        # TorchScript indexes a ModuleList only with constants: pick layer k by iterating
+        for index, layer in enumerate(self.layers):
+            if index == k:
+                energies, _, saved, transformer_saved = layer.forward_saving(
+                    fixed.geometry.index_select(0, edges),
+                    fixed.species.index_select(0, chunk.atoms),
+                    fixed.neighbor_species.index_select(0, edges),
+                    self._incoming(messages, k, edges),
+                    chunk.slots,
+                    weights,
+                    real,
+                )
+                grad_energies = torch.zeros_like(energies)
+                grad_energies[:, target] = atom_weights.index_select(0, chunk.atoms)
+                geometry, key_weights, incoming = layer.backward(
+                    grad_energies,
+                    upstream,
+                    saved,
+                    transformer_saved,
+                    chunk.slots,
+                    weights,
+                    real,
+                    k > 0,
+                )
+                grads = [geometry, key_weights.reshape(-1).index_select(0, chunk.slots)]
+                if incoming is not None:
+                    grads.append(incoming)
+        return energies, grads
+
+    def _layer(
+        self, k: int, fixed: LayerInputs, chunk: Chunk, messages: Optional[Tensor]
     ) -> Tuple[Tensor, Tensor]:
-        """Layer ``k`` on one chunk; ``geometry`` and ``cutoffs`` default to the chunk's rows
-        of ``fixed``."""
-        if geometry is None:
-            geometry = fixed.geometry.index_select(0, chunk.edges)
-        if cutoffs is None:
-            cutoffs = fixed.cutoffs.index_select(0, chunk.edges)
+        """Layer ``k`` on one chunk."""
+        geometry = fixed.geometry.index_select(0, chunk.edges)
+        cutoffs = fixed.cutoffs.index_select(0, chunk.edges)
         n_atoms = chunk.atoms.shape[0]
         weights, real = self._token_weights(cutoffs, chunk.slots, n_atoms, chunk.width)
         energies = torch.zeros(0)

@@ -12,7 +12,7 @@ neighbour counts vary: 18 % of the tokens in a 1000-atom Si cell at 4.5 Å (16 t
 neighbours), far more at surfaces, in molecules and in LAMMPS' ghost shells.
 """
 
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import Tensor
@@ -90,7 +90,3 @@ class LayerInputs:
         self.neighbor_species = neighbor_species
         self.chunks = chunks
 
-
-def add_rows(total: Tensor, rows: Tensor, gradient: Optional[Tensor]) -> None:
-    if gradient is not None:
-        total.index_add_(0, rows, gradient)

@@ -1,11 +1,11 @@
 """One message-passing layer of PET: edge tokens in, per-atom energies and edge tokens out."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .transformer import Transformer
+from .transformer import Transformer, layer_norm_backward, layer_norm_saving, silu_backward
 
 
 class PetLayer(torch.nn.Module):
@@ -65,27 +65,100 @@ class PetLayer(torch.nn.Module):
         first layer); :param slots: ``[E]`` dense index of each edge (see
         ``neighbor_slots``); :param weights, real: ``[A, T]``.
         :return: per-atom energies ``[A, n_targets]`` and output edge tokens ``[E, d]``."""
-        n_atoms, width = weights.shape
-        edges = self._compress(
-            self.geometry(geometry), self.neighbor_embedding(neighbor_species), messages
+        energies, tokens, _, _ = self.forward_saving(
+            geometry, species, neighbor_species, messages, slots, weights, real
         )
+        return energies, tokens
+
+    def forward_saving(
+        self,
+        geometry: Tensor,
+        species: Tensor,
+        neighbor_species: Tensor,
+        messages: Optional[Tensor],
+        slots: Tensor,
+        weights: Tensor,
+        real: Tensor,
+    ) -> Tuple[Tensor, Tensor, List[Tensor], List[List[Tensor]]]:
+        """:meth:`forward`, plus what :meth:`backward` needs: this layer's intermediates and
+        the transformer's."""
+        n_atoms, width = weights.shape
+        inputs = [self.geometry(geometry), self.neighbor_embedding(neighbor_species)]
+        first = self.compress[0]
+        if messages is None:
+            # zero messages contribute nothing to the first product: skip their third of it
+            hidden = torch.nn.functional.linear(
+                torch.cat(inputs, dim=1), first.weight[:, : 2 * self.d_model], first.bias
+            )
+        else:
+            hidden = first(torch.cat(inputs + [messages], dim=1))
+        edges = self.compress[2](torch.nn.functional.silu(hidden))
         centre_slots = torch.arange(n_atoms, device=slots.device) * width
         tokens = torch.zeros(
             n_atoms * width, self.d_model, dtype=geometry.dtype, device=geometry.device
         )
         tokens = tokens.index_copy(0, slots, edges)
         tokens = tokens.index_copy(0, centre_slots, self.centre_embedding(species))
-        tokens = self.transformer(tokens.reshape(n_atoms, width, self.d_model), weights, real)
-        pooled = (tokens * weights.unsqueeze(-1)).sum(dim=1)
-        return self.head(pooled), tokens.reshape(n_atoms * width, self.d_model)[slots]
-
-    def _compress(self, geometry: Tensor, species: Tensor, messages: Optional[Tensor]) -> Tensor:
-        """``compress([geometry, species, messages])``, each ``[E, d]``."""
-        if messages is not None:
-            return self.compress(torch.cat([geometry, species, messages], dim=1))
-        # zero messages contribute nothing to the first product: skip their third of it
-        first = self.compress[0]
-        hidden = torch.nn.functional.linear(
-            torch.cat([geometry, species], dim=1), first.weight[:, : 2 * self.d_model], first.bias
+        tokens, saved = self.transformer.forward_saving(
+            tokens.reshape(n_atoms, width, self.d_model), weights, real
         )
-        return self.compress[2](self.compress[1](hidden))
+        pooled = (tokens * weights.unsqueeze(-1)).sum(dim=1)
+        norm = self.head[0]
+        normed, mean, rstd = layer_norm_saving(pooled, norm.weight, norm.bias, norm.eps)
+        head_hidden = self.head[1](normed)
+        energies = self.head[3](torch.nn.functional.silu(head_hidden))
+        edge_tokens = tokens.reshape(n_atoms * width, self.d_model).index_select(0, slots)
+        return energies, edge_tokens, [hidden, tokens, pooled, mean, rstd, head_hidden], saved
+
+    def backward(
+        self,
+        grad_energies: Tensor,
+        grad_edge_tokens: Optional[Tensor],
+        saved: List[Tensor],
+        transformer_saved: List[List[Tensor]],
+        slots: Tensor,
+        weights: Tensor,
+        real: Tensor,
+        with_messages: bool,
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Gradients of the edge geometry features ``[E, n_geometry]``, the key weights
+        ``[A, T]`` and (``with_messages``) the incoming messages ``[E, d]``, given those of
+        the energies ``[A, n_targets]`` and of the output edge tokens (None: zero)."""
+        hidden, tokens, pooled, mean, rstd, head_hidden = (
+            saved[0],
+            saved[1],
+            saved[2],
+            saved[3],
+            saved[4],
+            saved[5],
+        )
+        n_atoms, width = weights.shape
+        grad_head = silu_backward(torch.matmul(grad_energies, self.head[3].weight), head_hidden)
+        norm = self.head[0]
+        grad_pooled = layer_norm_backward(
+            torch.matmul(grad_head, self.head[1].weight),
+            pooled,
+            mean,
+            rstd,
+            norm.weight,
+            norm.bias,
+        )
+        grad_tokens = grad_pooled.unsqueeze(1) * weights.unsqueeze(-1)
+        grad_weights = (tokens * grad_pooled.unsqueeze(1)).sum(dim=-1)
+        if grad_edge_tokens is not None:
+            grad_tokens = grad_tokens.reshape(n_atoms * width, self.d_model)
+            grad_tokens = grad_tokens.index_add(0, slots, grad_edge_tokens)
+            grad_tokens = grad_tokens.reshape(n_atoms, width, self.d_model)
+        grad_tokens, grad_key_weights = self.transformer.backward(
+            grad_tokens, transformer_saved, weights, real
+        )
+        grad_edges = grad_tokens.reshape(n_atoms * width, self.d_model).index_select(0, slots)
+        grad_hidden = silu_backward(torch.matmul(grad_edges, self.compress[2].weight), hidden)
+        first = self.compress[0].weight
+        grad_geometry = torch.matmul(
+            torch.matmul(grad_hidden, first[:, : self.d_model]), self.geometry.weight
+        )
+        grad_messages: Optional[Tensor] = None
+        if with_messages:
+            grad_messages = torch.matmul(grad_hidden, first[:, 2 * self.d_model :])
+        return grad_geometry, grad_weights + grad_key_weights, grad_messages

@@ -11,7 +11,7 @@ from mtt.training.batches import LabelBatch
 from ..modules.augmentation import random_rotations, rotate_graph, rotate_labels
 from ..modules.neighbors import neighbor_slots, reverse_edges
 from ..modules.radial import cutoff_function
-from ..modules.transformer import CutoffAttention
+from ..modules.transformer import CutoffAttention, log_key_weights
 
 
 def _shuffled_graph(atoms, cutoff, seed=0):
@@ -93,12 +93,12 @@ def test_attention_ignores_padding_and_zero_weight_tokens():
     x = torch.randn(3, 4, 8, dtype=torch.float64)
     weights = torch.rand(3, 4, dtype=torch.float64)
     real = torch.ones(3, 4, dtype=torch.bool)
-    reference = attention(x, weights, real)
+    reference = attention(x, log_key_weights(weights, real))
     extra = torch.cat([x, 100 * torch.randn(3, 2, 8, dtype=torch.float64)], dim=1)
     for extra_real in (False, True):
         mask = torch.cat([real, torch.full((3, 2), extra_real)], dim=1)
         padded_weights = torch.cat([weights, torch.zeros(3, 2, dtype=torch.float64)], dim=1)
-        out = attention(extra, padded_weights, mask)[:, :4]
+        out = attention(extra, log_key_weights(padded_weights, mask))[:, :4]
         torch.testing.assert_close(out, reference)
 
 
