@@ -8,7 +8,7 @@
 
 import fnmatch
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -34,6 +34,16 @@ class LoRALinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scaling
 
+    # the adapted layer's weight and bias, for code that uses a Linear's matrices directly
+    # (pet's lean gradients differentiate its layers by them): differentiable in the adapters
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight + self.scaling * self.lora_b @ self.lora_a
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.base.bias
+
     def merged(self) -> torch.nn.Linear:
         """A plain Linear layer computing the same function."""
         linear = torch.nn.Linear(
@@ -44,7 +54,7 @@ class LoRALinear(torch.nn.Module):
             device=self.base.weight.device,
         )
         with torch.no_grad():
-            linear.weight.copy_(self.base.weight + self.scaling * self.lora_b @ self.lora_a)
+            linear.weight.copy_(self.weight)
             if self.base.bias is not None:
                 linear.bias.copy_(self.base.bias)
         return linear

@@ -89,4 +89,3 @@ class LayerInputs:
         self.species = species
         self.neighbor_species = neighbor_species
         self.chunks = chunks
-

@@ -144,9 +144,7 @@ class TransformerLayer(torch.nn.Module):
         y = middle + self.feedforward[2](torch.nn.functional.silu(hidden))
         return y, [middle, mean_ff, rstd_ff, hidden] + saved + [mean, rstd]
 
-    def backward(
-        self, grad: Tensor, x: Tensor, saved: List[Tensor]
-    ) -> Tuple[Tensor, Tensor]:
+    def backward(self, grad: Tensor, x: Tensor, saved: List[Tensor]) -> Tuple[Tensor, Tensor]:
         """Gradients of the input ``x`` and of the log weights, given the output's."""
         middle, mean_ff, rstd_ff, hidden = saved[0], saved[1], saved[2], saved[3]
         grad_hidden = silu_backward(torch.matmul(grad, self.feedforward[2].weight), hidden)
