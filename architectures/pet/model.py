@@ -177,7 +177,7 @@ class Pet(EnergyModel):
         )
         tokens = torch.zeros(0)
         for layer in self.layers:
-            layer_energies, tokens = layer(
+            layer_energies, tokens, _, _ = layer(
                 geometry, species, neighbor_species, messages, slots, weights, real
             )
             energies = energies + layer_energies
@@ -284,7 +284,7 @@ class Pet(EnergyModel):
                 tokens = torch.empty(n_edges, self.d_pet, dtype=dtype, device=device)
                 for chunk in fixed.chunks:
                     incoming = self._incoming(messages, k, chunk.edges)
-                    _, layer_tokens = self._layer(k, fixed, chunk, incoming)
+                    layer_tokens = self._layer(k, fixed, chunk, incoming)
                     tokens.index_copy_(0, chunk.edges, layer_tokens)
                 messages.append(tokens.index_select(0, reverse).mul_(keep))
         return messages
@@ -309,27 +309,21 @@ class Pet(EnergyModel):
         """Layer ``k`` on one chunk: its energies, and the gradients of the chunk's weighted
         energy plus ``upstream`` times its output tokens with respect to its inputs: the
         edges' geometry features and cutoff weights, and for ``k > 0`` the messages."""
-        edges = chunk.edges
-        weights, real = self._token_weights(
-            fixed.cutoffs.index_select(0, edges), chunk.slots, chunk.atoms.shape[0], chunk.width
-        )
+        geometry, cutoffs, species, neighbor_species = fixed.rows(chunk)
+        n_atoms = chunk.atoms.shape[0]
+        weights, real = self._token_weights(cutoffs, chunk.slots, n_atoms, chunk.width)
+        incoming = self._incoming(messages, k, chunk.edges)
         energies = torch.zeros(0)
         grads: List[Tensor] = []
         # TorchScript indexes a ModuleList only with constants: pick layer k by iterating
         for index, layer in enumerate(self.layers):
             if index == k:
-                energies, _, saved, transformer_saved = layer.forward_saving(
-                    fixed.geometry.index_select(0, edges),
-                    fixed.species.index_select(0, chunk.atoms),
-                    fixed.neighbor_species.index_select(0, edges),
-                    self._incoming(messages, k, edges),
-                    chunk.slots,
-                    weights,
-                    real,
+                energies, _, saved, transformer_saved = layer(
+                    geometry, species, neighbor_species, incoming, chunk.slots, weights, real
                 )
                 grad_energies = torch.zeros_like(energies)
                 grad_energies[:, target] = atom_weights.index_select(0, chunk.atoms)
-                geometry, key_weights, incoming = layer.backward(
+                grad_geometry, grad_weights, grad_incoming = layer.backward(
                     grad_energies,
                     upstream,
                     saved,
@@ -339,31 +333,23 @@ class Pet(EnergyModel):
                     real,
                     k > 0,
                 )
-                grads = [geometry, key_weights.reshape(-1).index_select(0, chunk.slots)]
-                if incoming is not None:
-                    grads.append(incoming)
+                grads = [grad_geometry, grad_weights.reshape(-1).index_select(0, chunk.slots)]
+                if grad_incoming is not None:
+                    grads.append(grad_incoming)
         return energies, grads
 
     def _layer(
         self, k: int, fixed: LayerInputs, chunk: Chunk, messages: Optional[Tensor]
-    ) -> Tuple[Tensor, Tensor]:
-        """Layer ``k`` on one chunk."""
-        geometry = fixed.geometry.index_select(0, chunk.edges)
-        cutoffs = fixed.cutoffs.index_select(0, chunk.edges)
+    ) -> Tensor:
+        """Layer ``k`` on one chunk: its output edge tokens."""
+        geometry, cutoffs, species, neighbor_species = fixed.rows(chunk)
         n_atoms = chunk.atoms.shape[0]
         weights, real = self._token_weights(cutoffs, chunk.slots, n_atoms, chunk.width)
-        energies = torch.zeros(0)
         tokens = torch.zeros(0)
         # TorchScript indexes a ModuleList only with constants: pick layer k by iterating
         for index, layer in enumerate(self.layers):
             if index == k:
-                energies, tokens = layer(
-                    geometry,
-                    fixed.species.index_select(0, chunk.atoms),
-                    fixed.neighbor_species.index_select(0, chunk.edges),
-                    messages,
-                    chunk.slots,
-                    weights,
-                    real,
-                )
-        return energies, tokens
+                tokens = layer(
+                    geometry, species, neighbor_species, messages, chunk.slots, weights, real
+                )[1]
+        return tokens

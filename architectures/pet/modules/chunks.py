@@ -12,7 +12,7 @@ neighbour counts vary: 18 % of the tokens in a 1000-atom Si cell at 4.5 Å (16 t
 neighbours), far more at surfaces, in molecules and in LAMMPS' ghost shells.
 """
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
@@ -89,3 +89,12 @@ class LayerInputs:
         self.species = species
         self.neighbor_species = neighbor_species
         self.chunks = chunks
+
+    def rows(self, chunk: Chunk) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The chunk's geometry features, cutoff weights, species and neighbour species."""
+        return (
+            self.geometry.index_select(0, chunk.edges),
+            self.cutoffs.index_select(0, chunk.edges),
+            self.species.index_select(0, chunk.atoms),
+            self.neighbor_species.index_select(0, chunk.edges),
+        )

@@ -59,29 +59,13 @@ class PetLayer(torch.nn.Module):
         slots: Tensor,
         weights: Tensor,
         real: Tensor,
-    ) -> Tuple[Tensor, Tensor]:
+    ) -> Tuple[Tensor, Tensor, List[Tensor], List[List[Tensor]]]:
         """:param geometry: ``[E, n_geometry]`` edge features; :param species: ``[A]``;
         :param neighbor_species: ``[E]``; :param messages: ``[E, d]``, or None for zeros (the
         first layer); :param slots: ``[E]`` dense index of each edge (see
         ``neighbor_slots``); :param weights, real: ``[A, T]``.
-        :return: per-atom energies ``[A, n_targets]`` and output edge tokens ``[E, d]``."""
-        energies, tokens, _, _ = self.forward_saving(
-            geometry, species, neighbor_species, messages, slots, weights, real
-        )
-        return energies, tokens
-
-    def forward_saving(
-        self,
-        geometry: Tensor,
-        species: Tensor,
-        neighbor_species: Tensor,
-        messages: Optional[Tensor],
-        slots: Tensor,
-        weights: Tensor,
-        real: Tensor,
-    ) -> Tuple[Tensor, Tensor, List[Tensor], List[List[Tensor]]]:
-        """:meth:`forward`, plus what :meth:`backward` needs: this layer's intermediates and
-        the transformer's."""
+        :return: per-atom energies ``[A, n_targets]``, output edge tokens ``[E, d]``, and
+        what :meth:`backward` needs: this layer's intermediates and the transformer's."""
         n_atoms, width = weights.shape
         inputs = [self.geometry(geometry), self.neighbor_embedding(neighbor_species)]
         first = self.compress[0]
