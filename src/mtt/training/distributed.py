@@ -20,6 +20,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TypeVar
 
 import torch
@@ -28,6 +29,9 @@ import torch.distributed as dist
 from ..errors import MttError
 
 T = TypeVar("T")
+
+# how long the other processes wait at the end for the main one to finish its work
+FINAL_WAIT = timedelta(days=2)
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,10 @@ def current() -> World:
 def session(mode: str = "auto", cuda: bool = False) -> Iterator[World]:
     """Join the other processes of a ``torchrun``/``srun`` launch for the block (with ``mode``
     ``auto``; nothing happens in a plain run or with ``off``), over NCCL with ``cuda``, else
-    gloo. Processes other than the main one log errors only. The process group is destroyed at
-    the end, also on errors; a group that already exists (made by the caller) is used as is."""
+    gloo. Processes other than the main one log errors only. At a normal end every process
+    waits until all are done (the main one exports after training); the process group is
+    destroyed at the end, also on errors. A group that already exists (made by the caller) is
+    used as is."""
     launch = launch_environment(os.environ) if mode == "auto" else None
     if launch is None or not dist.is_available() or dist.is_initialized():
         yield current()
@@ -110,10 +116,17 @@ def session(mode: str = "auto", cuda: bool = False) -> Iterator[World]:
     dist.init_process_group(
         "nccl" if cuda else "gloo", init_method="env://", rank=world.rank, world_size=world.size
     )
+    # for the final wait below: the main process's evaluation and export after training can
+    # outlast the default group's time limit (10 minutes with NCCL)
+    finish = dist.new_group(backend="gloo", timeout=FINAL_WAIT)
     try:
         if not world.main:
             logger.setLevel(logging.ERROR)
         yield world
+        # all processes leave together: one that tears down its connections and exits while
+        # the main process still works can abort at exit (seen with gloo: "terminate called
+        # without an active exception"), and the launcher then kills the main process
+        dist.barrier(group=finish)
     finally:
         logger.setLevel(level)
         dist.destroy_process_group()
