@@ -264,6 +264,7 @@ def write_options(
     dataset: Dict[str, Any],
     epochs: int,
     mtt_fields: Optional[List[str]] = None,
+    mtt_training: Optional[Dict[str, Any]] = None,
 ) -> None:
     training: Dict[str, Any] = {
         "batch_size": TRAINING["batch_size"],
@@ -271,6 +272,8 @@ def write_options(
         "learning_rate": TRAINING["learning_rate"],
         "log_interval": 1,
     }
+    if tool == "mtt":
+        training.update(mtt_training or {})  # mtt's own options (e.g. pet's compile)
     options = {
         "seed": TRAINING["seed"],
         "base_precision": TRAINING["base_precision"],
@@ -492,6 +495,7 @@ def run_training(
     arch: str = "soap_bpnn",
     pet_fields: Optional[List[str]] = None,
     same_budget: bool = False,
+    mtt_training: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Both tools train ``arch`` on each data set for the given number of epochs; with
     ``same_budget``, mtt trains once more for as many epochs as fit in metatrain's time."""
@@ -509,7 +513,7 @@ def run_training(
             shutil.rmtree(cwd, ignore_errors=True)
             os.makedirs(cwd)
             options = os.path.join(cwd, "options.yaml")
-            write_options(options, tool, arch, dataset, epochs, pet_fields)
+            write_options(options, tool, arch, dataset, epochs, pet_fields, mtt_training)
             log(f"training {arch} on {name} with {tool} ({epochs} epochs)")
             run = train(tool, tools.mtt[tool], os.path.join(cwd, "options.yaml"), cwd, 1800)
             if "error" not in run:
@@ -840,6 +844,11 @@ def main() -> None:
         action="store_true",
         help="skip the soap_bpnn inference timings (e.g. to time pet alone)",
     )
+    parser.add_argument(
+        "--pet-compile",
+        action="store_true",
+        help="mtt's pet trains with compile: true (torch.compile of its training step)",
+    )
     args = parser.parse_args()
 
     config = QUICK if args.quick else FULL
@@ -877,8 +886,17 @@ def main() -> None:
             )
         if run_pet:
             fields = mtt_pet_fields(tools.python["mtt"])
+            mtt_training = {"compile": True} if args.pet_compile else {}
+            results["mtt_pet_training_options"] = mtt_training
             results["training_pet"] = run_training(
-                tools, sets, config["pet_datasets"], args.workdir, "pet", fields
+                tools,
+                sets,
+                config["pet_datasets"],
+                args.workdir,
+                "pet",
+                fields,
+                False,
+                mtt_training,
             )
         results["training_wall_s"] = time.time() - t0
 

@@ -68,3 +68,10 @@ class TrainerHypers(TrainingHypers):
     """Rotate each training structure (positions, cell, force and stress labels) by a fresh
     random rotation at every step. PET is not rotation invariant by construction; this is how
     it learns to be (nearly) invariant. Validation data is never rotated."""
+    compile: bool = False
+    """Compile the model's part of each training step (energies and their gradient) with
+    ``torch.compile``. On these CPUs a step then takes ~10-25 % less time, after about a
+    minute of compiling before the first step (and briefly again for an unusual batch, e.g.
+    one without neighbours); worth it for runs of more than a few minutes. Needs a C++
+    compiler on the CPU (Triton on GPUs). The trained model is the same function either
+    way: only rounding differs. Validation and exported models are not compiled."""

@@ -34,7 +34,7 @@ autograd graph, with the same first derivatives. ``mtt export --second-derivativ
 whole graph, for Hessians by autograd.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from metatomic.torch import ModelMetadata
@@ -44,6 +44,7 @@ from mtt.data.graph import Graph, edge_vectors
 from mtt.data.targets import DatasetInfo
 from mtt.energy_model import EnergyModel
 from mtt.errors import MttError
+from mtt.gradients import energies_and_gradients_from_edges
 
 from .hypers import ModelHypers
 from .modules.chunks import (
@@ -56,6 +57,9 @@ from .modules.direct import DirectHeads
 from .modules.layer import PetLayer
 from .modules.neighbors import neighbor_slots, reverse_edges
 from .modules.radial import GaussianBasis, cutoff_function
+
+# the quantities of an energy target that are its gradients
+GRADIENTS = ("forces", "stress")
 
 
 class Pet(EnergyModel):
@@ -136,14 +140,18 @@ class Pet(EnergyModel):
         super().restart(dataset_info, inherit_heads)
         return self
 
+    def _key_weights(self, cutoffs: Tensor, slots: Tensor, n_atoms: int, width: int) -> Tensor:
+        """Dense ``[A, T]`` key weights: centre 1, edge ``f(r)``, padding 0."""
+        weights = torch.zeros(n_atoms, width, dtype=cutoffs.dtype, device=cutoffs.device)
+        weights[:, 0] = 1.0
+        return weights.reshape(-1).index_copy(0, slots, cutoffs).reshape(n_atoms, width)
+
     def _token_weights(
         self, cutoffs: Tensor, slots: Tensor, n_atoms: int, width: int
     ) -> Tuple[Tensor, Tensor]:
-        """Dense ``[A, T]`` key weights (centre 1, edge ``f(r)``, padding 0) and the mask of
-        real tokens."""
-        weights = torch.zeros(n_atoms, width, dtype=cutoffs.dtype, device=cutoffs.device)
-        weights[:, 0] = 1.0
-        weights = weights.reshape(-1).index_copy(0, slots, cutoffs).reshape(n_atoms, width)
+        """Dense ``[A, T]`` key weights (see :meth:`_key_weights`) and the mask of real
+        tokens."""
+        weights = self._key_weights(cutoffs, slots, n_atoms, width)
         real = torch.zeros(n_atoms * width, dtype=torch.bool, device=cutoffs.device)
         real = real.index_fill(0, slots, True).reshape(n_atoms, width)
         real[:, 0] = True
@@ -192,6 +200,147 @@ class Pet(EnergyModel):
                 heads["forces"] = forces
                 heads["stress"] = virials
         return energies, heads
+
+    # --- training: forces and stress from the model's own differentiable gradient ----------
+    def predict(
+        self,
+        batch: Graph,
+        quantities: List[str],
+        training: bool,
+        core: Optional[Callable[..., Tuple[Tensor, List[Tuple[Tensor, Tensor]]]]] = None,
+    ) -> Dict[str, Tensor]:
+        """As every model's; in training, energies with their forces and stress come from
+        :meth:`energies_and_input_gradients` (``core``: that function, or a compiled version
+        of it, see ``compile`` in the training hypers)."""
+        if not (training and self._through_edges(quantities)):
+            return super().predict(batch, quantities, training)
+
+        def energies(
+            graph: Graph, vectors: Tensor, names: List[str]
+        ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+            return self._energies_and_edge_gradients(graph, vectors, names, core)
+
+        return energies_and_gradients_from_edges(energies, batch, quantities)
+
+    def _through_edges(self, quantities: List[str]) -> bool:
+        """Whether ``quantities`` are energies, forces and stress only, with some gradient."""
+        gradients = [
+            q
+            for q in quantities
+            if q.rsplit("/", 1)[0] in self.target_names and q.rsplit("/", 1)[-1] in GRADIENTS
+        ]
+        plain = all(q in self.target_names or q in gradients for q in quantities)
+        return plain and len(gradients) > 0
+
+    def _energies_and_edge_gradients(
+        self,
+        graph: Graph,
+        vectors: Tensor,
+        names: List[str],
+        core: Optional[Callable[..., Tuple[Tensor, List[Tuple[Tensor, Tensor]]]]],
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """Energies per structure in the targets' units, and for each of ``names`` the
+        gradient of their sum with respect to the edge vectors, both differentiable."""
+        n_atoms = graph.positions.shape[0]
+        species = self.type_to_index[graph.types]
+        geometry, _, cutoffs = self._edge_features(vectors)
+        reverse, has_reverse = reverse_edges(graph.edge_i, graph.edge_j, graph.edge_shifts)
+        slots, width = neighbor_slots(graph.edge_i, n_atoms)
+        real = self._token_weights(cutoffs.detach(), slots, n_atoms, width)[1]
+        targets = [self.target_names.index(name) for name in names]
+        run = Pet.energies_and_input_gradients if core is None else core
+        raw, grads = run(
+            self,
+            geometry,
+            cutoffs,
+            species,
+            species[graph.edge_j],
+            slots,
+            reverse,
+            has_reverse.unsqueeze(-1).to(vectors.dtype),
+            real,
+            targets,
+        )
+        scale = self.scale.to(raw.dtype)
+        energies = self.system_totals(
+            graph, raw * scale + self.baseline.to(raw.dtype)[:, species].T
+        )
+        vector_grads: Dict[str, Tensor] = {}
+        for name, target, (grad_geometry, grad_cutoffs) in zip(names, targets, grads):
+            found = torch.autograd.grad(
+                [geometry, cutoffs],
+                [vectors],
+                [grad_geometry, grad_cutoffs],
+                create_graph=True,
+                allow_unused=True,
+            )[0]
+            found = torch.zeros_like(vectors) if found is None else found
+            vector_grads[name] = found * scale[target]
+        return energies, vector_grads
+
+    def energies_and_input_gradients(
+        self,
+        geometry: Tensor,
+        cutoffs: Tensor,
+        species: Tensor,
+        neighbor_species: Tensor,
+        slots: Tensor,
+        reverse: Tensor,
+        keep: Tensor,
+        real: Tensor,
+        targets: List[int],
+    ) -> Tuple[Tensor, List[Tuple[Tensor, Tensor]]]:
+        """Dimensionless per-atom energies ``[A, n_targets]`` and, for each index in
+        ``targets``, the gradient of that target's summed energy with respect to the edges'
+        geometry features ``[E, n_geometry]`` and cutoff weights ``[E]``.
+
+        Every layer runs forward, then each layer's own ``backward`` (see
+        :mod:`.modules.transformer`) from the last to the first: tensor operations only, no
+        ``autograd.grad`` inside. Training then differentiates this result once, where
+        forces by ``autograd.grad(create_graph=True)`` and the loss's backward would
+        differentiate the model twice; the numbers are the same (parameter gradients equal
+        to 1e-14 in float64), and torch.compile, whose autograd cannot differentiate twice,
+        can compile this function. ``real`` (``[A, T]``, see :meth:`_token_weights`) carries
+        the dense layout's shape as tensor sizes, so that a compiled version does not
+        specialise on it.
+        """
+        n_atoms, width = real.shape
+        weights = self._key_weights(cutoffs, slots, n_atoms, width)
+        energies = torch.zeros(
+            n_atoms, len(self.target_names), dtype=geometry.dtype, device=geometry.device
+        )
+        messages: Optional[Tensor] = None  # the first layer's: zeros
+        saved: List[Tuple[List[Tensor], List[List[Tensor]]]] = []
+        for layer in self.layers:
+            layer_energies, tokens, layer_saved, transformer_saved = layer(
+                geometry, species, neighbor_species, messages, slots, weights, real
+            )
+            saved.append((layer_saved, transformer_saved))
+            energies = energies + layer_energies
+            messages = tokens.index_select(0, reverse) * keep
+        layers = list(self.layers)
+        grads: List[Tuple[Tensor, Tensor]] = []
+        for target in targets:
+            grad_energies = torch.zeros_like(energies)
+            grad_energies[:, target] = 1.0
+            grad_geometry = torch.zeros_like(geometry)
+            grad_weights = torch.zeros_like(weights)
+            upstream: Optional[Tensor] = None  # gradient of the layer's output edge tokens
+            for k in range(len(layers) - 1, -1, -1):
+                layer_grads = layers[k].backward(
+                    grad_energies, upstream, saved[k][0], saved[k][1], slots, weights, real, k > 0
+                )
+                grad_geometry = grad_geometry + layer_grads[0]
+                grad_weights = grad_weights + layer_grads[1]
+                grad_messages = layer_grads[2]
+                if grad_messages is not None:
+                    # messages[e] = tokens[reverse[e]] * keep[e]
+                    upstream = torch.zeros_like(grad_messages).index_add(
+                        0, reverse, grad_messages * keep
+                    )
+            # the centre's weight is the constant 1: only the edges' slots have a gradient
+            grads.append((grad_geometry, grad_weights.reshape(-1).index_select(0, slots)))
+        return energies, grads
 
     # --- inference: gradients layer by layer, a chunk of atoms at a time ---------------------
     def energies_and_vector_gradient(

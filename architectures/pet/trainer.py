@@ -1,19 +1,31 @@
-"""``pet`` trains with the shared loop; it adds random rotations of the training batches."""
+"""``pet`` trains with the shared loop; it adds random rotations of the training batches and,
+optionally, a compiled training step."""
 
-from typing import Any, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from mtt.data.graph import Graph
+from mtt.errors import MttError
 from mtt.training.batches import LabelBatch
 from mtt.training.trainer import Trainer as SharedTrainer
 
 from .hypers import TrainerHypers
+from .model import Pet
 from .modules.augmentation import random_rotations, rotate_graph, rotate_labels
 
 
 class Trainer(SharedTrainer):
     __hypers__ = TrainerHypers
+    # torch.compile's backend for ``compile: true`` (tests trace with "aot_eager", which
+    # differentiates the same traced graph without generating code)
+    compile_backend = "inductor"
+
+    def __init__(self, hypers: TrainerHypers):
+        super().__init__(hypers)
+        self._compiled: Optional[Any] = None
+        self._compiled_once = False
 
     def augment(
         self, batch: Any, labels: LabelBatch, generator: torch.Generator
@@ -24,3 +36,38 @@ class Trainer(SharedTrainer):
             return batch, labels
         rotations = random_rotations(len(labels.n_atoms), generator)
         return rotate_graph(batch, rotations), rotate_labels(labels, rotations)
+
+    def predict(
+        self, model, batch: Any, quantities: List[str], training: bool
+    ) -> Dict[str, torch.Tensor]:
+        """With ``compile``, training steps run a compiled
+        :meth:`Pet.energies_and_input_gradients` (dynamic shapes: batches of any size reuse
+        it)."""
+        if not (training and self.hypers.compile):
+            return model.predict(batch, quantities, training=training)
+        if self._compiled is None:
+            self._compiled = torch.compile(
+                Pet.energies_and_input_gradients, dynamic=True, backend=self.compile_backend
+            )
+        if self._compiled_once:
+            return self._compiled_predict(model, batch, quantities)
+        try:
+            predictions = self._compiled_predict(model, batch, quantities)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise MttError(
+                f"architecture.training.compile: torch.compile failed on the first training "
+                f"step ({type(error).__name__}: {first_line}); set compile: false to train "
+                "without it"
+            ) from error
+        self._compiled_once = True
+        return predictions
+
+    def _compiled_predict(
+        self, model, batch: Any, quantities: List[str]
+    ) -> Dict[str, torch.Tensor]:
+        with warnings.catch_warnings():
+            # torch.compile looks at the .grad of its non-leaf inputs while tracing them,
+            # which warns about the user's code; nothing here reads .grad
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that")
+            return model.predict(batch, quantities, training=True, core=self._compiled)

@@ -375,11 +375,7 @@ class EnergyModel(ModelInterface):
         def energies(graph: Graph) -> Dict[str, torch.Tensor]:
             # the direct heads come from the same pass, on the same (strained) structures
             per_atom, direct_values = self.energies_and_direct(graph, len(direct) > 0)
-            n_systems = graph.n_atoms.shape[0]
-            totals = torch.zeros(
-                n_systems, per_atom.shape[1], dtype=per_atom.dtype, device=per_atom.device
-            ).index_add(0, graph.system_index, per_atom)
-            results = {name: totals[:, i] for i, name in enumerate(self.target_names)}
+            results = self.system_totals(graph, per_atom)
             for quantity in direct:
                 value = direct_values[quantity]
                 stress = quantity.endswith("/direct_stress")
@@ -408,6 +404,14 @@ class EnergyModel(ModelInterface):
                         self.generic_reduction[index],
                     )
         return results
+
+    def system_totals(self, graph: Graph, per_atom: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per-structure sums ``[S]`` of per-atom energies ``[N, n_targets]``, by target."""
+        n_systems = graph.n_atoms.shape[0]
+        totals = torch.zeros(
+            n_systems, per_atom.shape[1], dtype=per_atom.dtype, device=per_atom.device
+        ).index_add(0, graph.system_index, per_atom)
+        return {name: totals[:, i] for i, name in enumerate(self.target_names)}
 
     def set_generic_normalization(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
         """Per-atom shift and scale of each generic target's head output."""

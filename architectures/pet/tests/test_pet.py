@@ -14,7 +14,7 @@ import torch
 from mtt.checkpoints import read_checkpoint
 from mtt.data.dataset import dataset_from_atoms
 from mtt.data.graph import atoms_to_graph, collate_graphs
-from mtt.data.targets import DatasetInfo
+from mtt.data.targets import DatasetInfo, TargetInfo
 from mtt.hypers import parse
 from mtt.options import EnergyTargetOptions
 from mtt.testing import (
@@ -36,6 +36,8 @@ HYPERS = {
     "num_gnn_layers": 2,
     "d_feedforward": 32,
 }
+# the least model with every part (for the slow compile test)
+SMALLEST = dict(HYPERS, d_pet=8, num_attention_layers=1, num_gnn_layers=1, d_feedforward=8)
 ETHANOL = os.path.join(
     os.path.dirname(__file__), "..", "..", "..", "examples", "data", "ethanol_reduced_100.xyz"
 )
@@ -268,3 +270,138 @@ def test_lora_adapters_give_exact_forces_before_and_after_merging():
         for got, expected in zip(engine_gradients(other, frames, [1.0, 1.0]), lean):
             for a, b in zip(got, expected):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _two_target_model(lora: bool):
+    """A float64 pet with two energy targets (forces and stress each), optionally with
+    trained-looking LoRA adapters, in training mode."""
+    from mtt.lora import add_adapters
+    from mtt.testing._tools import dataset_info
+
+    info = dataset_info(generic=False)
+    info.targets["mtt::other"] = TargetInfo("mtt::other", "eV", forces=True, stress=True)
+    torch.manual_seed(3)
+    model = Pet(parse(ModelHypers, HYPERS, "architecture.model"), info).to(torch.float64)
+    model.set_baseline(
+        torch.tensor([[-1.0, -2.0, -3.0], [0.5, 0.2, 0.1]], dtype=torch.float64),
+        torch.tensor([0.7, 1.3], dtype=torch.float64),
+    )
+    if lora:
+        add_adapters(model, 2, 4.0, ["*"])
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_b" in name:
+                    parameter.normal_(std=0.3)
+    return model.train()
+
+
+def _loss_and_gradients(model, batch, quantities, through_edges: bool):
+    from mtt.energy_model import EnergyModel
+
+    model.zero_grad()
+    if through_edges:
+        predictions = model.predict(batch, quantities, training=True)
+    else:
+        predictions = EnergyModel.predict(model, batch, quantities, training=True)
+    loss = sum((value * (k + 1)).square().sum() for k, value in enumerate(predictions.values()))
+    loss.backward()
+    return predictions, {
+        name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+    }
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_training_through_edge_gradients_equals_differentiating_twice(lora):
+    """Training takes forces and stress from pet's own gradient of the energy
+    (``energies_and_input_gradients``, differentiated once by the loss's backward): the
+    predictions and every parameter's gradient of a loss on them equal those of forces by
+    ``autograd.grad(create_graph=True)`` differentiated again, for two targets, a molecule,
+    a crystal, atoms without neighbours and a batch without any edge. A failure means pet
+    trains on wrong force gradients."""
+    from mtt.testing import molecule, periodic_crystal
+
+    model = _two_target_model(lora)
+    apart = ase.Atoms("HOH", positions=[[0, 0, 0], [0, 0, 10], [0, 10, 0]])
+    quantities = ["energy", "energy/forces", "energy/stress", "mtt::other/forces"]
+    for frames in ([molecule(), periodic_crystal(), apart], [apart]):
+        batch = collate_graphs([atoms_to_graph(a, model.cutoff, torch.float64) for a in frames])
+        got, got_grads = _loss_and_gradients(model, batch, quantities, True)
+        expected, expected_grads = _loss_and_gradients(model, batch, quantities, False)
+        assert sorted(got) == sorted(expected)
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-13)
+        assert sorted(got_grads) == sorted(expected_grads)
+        for name in expected_grads:
+            torch.testing.assert_close(
+                got_grads[name], expected_grads[name], rtol=1e-9, atol=1e-12, msg=name
+            )
+
+
+def _compiling_trainer(backend: str = "aot_eager"):
+    trainer = Trainer(parse(TrainerHypers, {"compile": True}, "architecture.training"))
+    trainer.compile_backend = backend
+    return trainer
+
+
+# importing torch's inductor defines a TorchScript module inside torch, with torch 2.13's
+# deprecation warning for TorchScript (see the filters in pyproject.toml)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",
+        pytest.param(
+            "inductor",
+            marks=pytest.mark.skipif(
+                not os.environ.get("MTT_SLOW_TESTS"), reason="~3 min; MTT_SLOW_TESTS=1 runs it"
+            ),
+        ),
+    ],
+)
+def test_compiled_training_step_equals_the_eager_one(backend):
+    """``compile: true`` runs the training step's model part through torch.compile: the
+    predictions and parameter gradients equal the eager ones, for two batches of different
+    sizes (dynamic shapes, one compilation), and validation stays eager. ``aot_eager``
+    traces and differentiates the graph as ``inductor`` (what users get) does, without
+    generating C++ code: tracing alone takes ~40 s here even for this one-layer model, the
+    C++ code two more minutes. A failure means compiled training optimises something else
+    than the model that gets exported."""
+    from mtt.testing import molecule, periodic_crystal
+
+    model = random_model("pet", SMALLEST, torch.float64, generic=False).train()
+    quantities = ["energy", "energy/forces", "energy/stress"]
+    trainer = _compiling_trainer(backend)
+    for frames in ([molecule(), periodic_crystal()], [periodic_crystal()]):
+        batch = collate_graphs([atoms_to_graph(a, model.cutoff, torch.float64) for a in frames])
+        expected, expected_grads = _loss_and_gradients(model, batch, quantities, True)
+        model.zero_grad()
+        got = trainer.predict(model, batch, quantities, training=True)
+        sum((value * (k + 1)).square().sum() for k, value in enumerate(got.values())).backward()
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12)
+        for name, parameter in model.named_parameters():
+            if name in expected_grads:
+                torch.testing.assert_close(
+                    parameter.grad, expected_grads[name], rtol=1e-8, atol=1e-11, msg=name
+                )
+    validation = trainer.predict(model, batch, ["energy", "energy/forces"], training=False)
+    assert validation["energy/forces"].grad_fn is None
+
+
+def test_compile_failure_names_the_option(monkeypatch):
+    """Where torch.compile cannot work (no C++ compiler, an unsupported platform), the first
+    step says which option to turn off, instead of a compiler traceback."""
+    from mtt.errors import MttError
+    from mtt.testing import molecule
+
+    def failing(*args, **kwargs):
+        def run(*args, **kwargs):
+            raise torch._dynamo.exc.TorchDynamoException("no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing)
+    model = _two_target_model(lora=False)
+    batch = collate_graphs([atoms_to_graph(molecule(), model.cutoff, torch.float64)])
+    with pytest.raises(MttError, match="compile: false.*|.*compile: false"):
+        _compiling_trainer().predict(model, batch, ["energy/forces"], training=True)

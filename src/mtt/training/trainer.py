@@ -114,6 +114,13 @@ class Trainer(TrainerInterface):
         Unchanged by default."""
         return batch, labels
 
+    def predict(
+        self, model, batch: Any, quantities: List[str], training: bool
+    ) -> Dict[str, torch.Tensor]:
+        """The model's predictions of ``quantities`` for the loss and the metrics (with a
+        differentiable graph in training). The model's own by default."""
+        return model.predict(batch, quantities, training=training)
+
     # --- the loop ---------------------------------------------------------------------------
     def train(
         self,
@@ -236,7 +243,7 @@ class Trainer(TrainerInterface):
                 labels = to_device(labels, device)
                 if training:
                     batch, labels = self.augment(batch, labels, generator)
-                predictions = model.predict(batch, loss.quantities, training=training)
+                predictions = self.predict(model, batch, loss.quantities, training)
                 value = loss(predictions, labels, counts)
                 if training:
                     share = len(labels.n_atoms) / structures
