@@ -168,6 +168,35 @@ class Pet(EnergyModel):
         geometry = torch.cat([vectors, radial], dim=1)
         return geometry, radial, cutoff_function(r, self.cutoff, self.cutoff_width)
 
+    def _message_passing(
+        self,
+        geometry: Tensor,
+        species: Tensor,
+        neighbor_species: Tensor,
+        slots: Tensor,
+        weights: Tensor,
+        real: Tensor,
+        reverse: Tensor,
+        keep: Tensor,
+    ) -> Tuple[Tensor, Tensor, List[Tuple[List[Tensor], List[List[Tensor]]]]]:
+        """Every layer in turn: the summed per-atom energies ``[A, n_targets]``, the last
+        layer's output edge tokens ``[E, d]``, and what each layer's ``backward`` needs."""
+        energies = torch.zeros(
+            weights.shape[0], len(self.target_names), dtype=geometry.dtype, device=geometry.device
+        )
+        messages: Optional[Tensor] = None  # the first layer's: zeros
+        tokens = torch.zeros(0)
+        saved: List[Tuple[List[Tensor], List[List[Tensor]]]] = []
+        for layer in self.layers:
+            layer_energies, tokens, layer_saved, transformer_saved = layer(
+                geometry, species, neighbor_species, messages, slots, weights, real
+            )
+            saved.append((layer_saved, transformer_saved))
+            energies = energies + layer_energies
+            # PET's message passing: edge i -> j next reads the output token of j -> i
+            messages = tokens.index_select(0, reverse) * keep
+        return energies, tokens, saved
+
     def per_atom_energies_and_direct(
         self, graph: Graph, species: Tensor, direct: bool
     ) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -177,20 +206,10 @@ class Pet(EnergyModel):
         reverse, has_reverse = reverse_edges(graph.edge_i, graph.edge_j, graph.edge_shifts)
         slots, width = neighbor_slots(graph.edge_i, n_atoms)
         weights, real = self._token_weights(cutoffs, slots, n_atoms, width)
-        neighbor_species = species[graph.edge_j]
-
-        messages: Optional[Tensor] = None  # the first layer's: zeros
-        energies = torch.zeros(
-            n_atoms, len(self.target_names), dtype=vectors.dtype, device=vectors.device
+        keep = has_reverse.unsqueeze(-1).to(vectors.dtype)
+        energies, tokens, _ = self._message_passing(
+            geometry, species, species[graph.edge_j], slots, weights, real, reverse, keep
         )
-        tokens = torch.zeros(0)
-        for layer in self.layers:
-            layer_energies, tokens, _, _ = layer(
-                geometry, species, neighbor_species, messages, slots, weights, real
-            )
-            energies = energies + layer_energies
-            # PET's message passing: edge i -> j next reads the output token of j -> i
-            messages = tokens[reverse] * has_reverse.unsqueeze(-1).to(tokens.dtype)
         heads: Dict[str, Tensor] = {}
         if direct:
             for direct_heads in self.direct:
@@ -262,9 +281,7 @@ class Pet(EnergyModel):
             targets,
         )
         scale = self.scale.to(raw.dtype)
-        energies = self.system_totals(
-            graph, raw * scale + self.baseline.to(raw.dtype)[:, species].T
-        )
+        energies = self.system_totals(graph, self.in_target_units(raw, species))
         vector_grads: Dict[str, Tensor] = {}
         for name, target, (grad_geometry, grad_cutoffs) in zip(names, targets, grads):
             found = torch.autograd.grad(
@@ -306,18 +323,9 @@ class Pet(EnergyModel):
         """
         n_atoms, width = real.shape
         weights = self._key_weights(cutoffs, slots, n_atoms, width)
-        energies = torch.zeros(
-            n_atoms, len(self.target_names), dtype=geometry.dtype, device=geometry.device
+        energies, _, saved = self._message_passing(
+            geometry, species, neighbor_species, slots, weights, real, reverse, keep
         )
-        messages: Optional[Tensor] = None  # the first layer's: zeros
-        saved: List[Tuple[List[Tensor], List[List[Tensor]]]] = []
-        for layer in self.layers:
-            layer_energies, tokens, layer_saved, transformer_saved = layer(
-                geometry, species, neighbor_species, messages, slots, weights, real
-            )
-            saved.append((layer_saved, transformer_saved))
-            energies = energies + layer_energies
-            messages = tokens.index_select(0, reverse) * keep
         layers = list(self.layers)
         grads: List[Tuple[Tensor, Tensor]] = []
         for target in targets:

@@ -201,12 +201,17 @@ class EnergyModel(ModelInterface):
         species = self.type_to_index[graph.types]
         raw, heads = self.per_atom_energies_and_direct(graph, species, direct)
         scale = self.scale.to(raw.dtype)
-        baseline = self.baseline.to(raw.dtype)[:, species].T
         results: Dict[str, torch.Tensor] = {}
         for kind, values in heads.items():
             for index, name in enumerate(self.target_names):
                 results[name + "/direct_" + kind] = values[:, index] * scale[index]
-        return raw * scale + baseline, results
+        return self.in_target_units(raw, species), results
+
+    def in_target_units(self, raw: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies in the targets' units: the dimensionless ``raw`` ``[N,
+        n_targets]`` times the energy scale, plus the composition baseline."""
+        scale = self.scale.to(raw.dtype)
+        return raw * scale + self.baseline.to(raw.dtype)[:, species].T
 
     def direct_quantities(self) -> List[str]:
         """The quantities of the direct heads: ``<target>/direct_forces`` for energy targets
@@ -314,8 +319,7 @@ class EnergyModel(ModelInterface):
             links[self.target_names[index]] = linked_energies(
                 gradient * scale[index], vectors, edge_system, graph.n_atoms.shape[0]
             )
-        baseline = self.baseline.to(raw.dtype)[:, species].T
-        return raw * scale + baseline, links
+        return self.in_target_units(raw, species), links
 
     def generic_values(self, graph: Graph) -> List[torch.Tensor]:
         """Per-atom values ``[N, C, k]`` of every generic target, in the targets' units."""
