@@ -1,6 +1,7 @@
 """``pet`` trains with the shared loop; it adds random rotations of the training batches and,
 optionally, a compiled training step."""
 
+import contextlib
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -50,7 +51,8 @@ class Trainer(SharedTrainer):
                 Pet.energies_and_input_gradients, dynamic=True, backend=self.compile_backend
             )
         if self._compiled_once:
-            return self._compiled_predict(model, batch, quantities)
+            with _without_recompiling():
+                return self._compiled_predict(model, batch, quantities)
         try:
             predictions = self._compiled_predict(model, batch, quantities)
         except torch._dynamo.exc.TorchDynamoException as error:
@@ -66,8 +68,34 @@ class Trainer(SharedTrainer):
     def _compiled_predict(
         self, model, batch: Any, quantities: List[str]
     ) -> Dict[str, torch.Tensor]:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as settings:
             # torch.compile looks at the .grad of its non-leaf inputs while tracing them,
             # which warns about the user's code; nothing here reads .grad
             warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that")
+            for patch in _compile_settings():
+                settings.enter_context(patch)
             return model.predict(batch, quantities, training=True, core=self._compiled)
+
+
+def _without_recompiling() -> Any:
+    """After the first compilation, a batch whose sizes the compiled step does not cover runs
+    uncompiled instead of compiling again. Inductor specialises on some sizes (a product is
+    decomposed for batches of at most 16 atoms; float32 sums over more than 4096 atoms,
+    edges or tokens are chunked), so a last batch of two small structures, or an unusually
+    large one, would each cost a compilation of minutes on a CPU for one step per epoch."""
+    if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6: recompiles as needed
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("eager_on_recompile")
+
+
+def _compile_settings() -> List[Any]:
+    """torch's settings for compiling pet's training step: python floats of the modules
+    (layer norms' ``eps``, embeddings' ``norm_type``) are constants. Traced as symbols, they
+    are specialised only after AOTAutograd has run, and dynamo then traced and lowered the
+    whole step a second time (~1 of the ~4 minutes of a compilation on 2 cores).
+    ``specialize_float`` is a private setting; torch versions without it are left as they are.
+    """
+    wanted = [(torch._dynamo.config, "specialize_float", True)]
+    return [
+        config.patch(**{name: value}) for config, name, value in wanted if hasattr(config, name)
+    ]

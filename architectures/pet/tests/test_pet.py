@@ -361,8 +361,8 @@ def _compiling_trainer(backend: str = "aot_eager"):
 def test_compiled_training_step_equals_the_eager_one(backend):
     """``compile: true`` runs the training step's model part through torch.compile: the
     predictions and parameter gradients equal those of forces by autograd differentiated
-    twice, for two batches of different
-    sizes (dynamic shapes, one compilation), and validation stays eager. ``aot_eager``
+    twice, for two batches of different sizes (dynamic shapes, one compilation) and one that
+    would need a second compilation (it runs uncompiled), and validation stays eager. ``aot_eager``
     traces and differentiates the graph as ``inductor`` (what users get) does, without
     generating C++ code: tracing alone takes ~40 s here even for this one-layer model, the
     C++ code two more minutes. A failure means compiled training optimises something else
@@ -372,7 +372,11 @@ def test_compiled_training_step_equals_the_eager_one(backend):
     model = random_model("pet", SMALLEST, torch.float64, generic=False).train()
     quantities = ["energy", "energy/forces", "energy/stress"]
     trainer = _compiling_trainer(backend)
-    for frames in ([molecule(), periodic_crystal()], [periodic_crystal()]):
+    # a single atom without neighbours: sizes 1 and 0, which torch specialises on, need
+    # another compilation; that batch runs uncompiled instead
+    lone = ase.Atoms("O", positions=[[0, 0, 0]])
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for frames in ([molecule(), periodic_crystal()], [periodic_crystal()], [lone]):
         batch = collate_graphs([atoms_to_graph(a, model.cutoff, torch.float64) for a in frames])
         # the reference: forces by autograd, differentiated twice
         expected, expected_grads = _loss_and_gradients(model, batch, quantities, False)
@@ -386,6 +390,7 @@ def test_compiled_training_step_equals_the_eager_one(backend):
                 torch.testing.assert_close(
                     parameter.grad, expected_grads[name], rtol=1e-8, atol=1e-11, msg=name
                 )
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
     validation = trainer.predict(model, batch, ["energy", "energy/forces"], training=False)
     assert validation["energy/forces"].grad_fn is None
 
