@@ -42,8 +42,8 @@ class Trainer(SharedTrainer):
         self, model, batch: Any, quantities: List[str], training: bool
     ) -> Dict[str, torch.Tensor]:
         """With ``compile``, training steps run a compiled
-        :meth:`Pet.energies_and_input_gradients` (dynamic shapes: batches of any size reuse
-        it)."""
+        :meth:`Pet.energies_and_input_gradients` (dynamic shapes: batches of other sizes
+        reuse it; those it does not cover run uncompiled, see :func:`_without_recompiling`)."""
         if not (training and self.hypers.compile):
             return model.predict(batch, quantities, training=training)
         if self._compiled is None:
@@ -68,12 +68,10 @@ class Trainer(SharedTrainer):
     def _compiled_predict(
         self, model, batch: Any, quantities: List[str]
     ) -> Dict[str, torch.Tensor]:
-        with warnings.catch_warnings(), contextlib.ExitStack() as settings:
+        with warnings.catch_warnings():
             # torch.compile looks at the .grad of its non-leaf inputs while tracing them,
             # which warns about the user's code; nothing here reads .grad
             warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that")
-            for patch in _compile_settings():
-                settings.enter_context(patch)
             return model.predict(batch, quantities, training=True, core=self._compiled)
 
 
@@ -86,16 +84,3 @@ def _without_recompiling() -> Any:
     if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6: recompiles as needed
         return contextlib.nullcontext()
     return torch.compiler.set_stance("eager_on_recompile")
-
-
-def _compile_settings() -> List[Any]:
-    """torch's settings for compiling pet's training step: python floats of the modules
-    (layer norms' ``eps``, embeddings' ``norm_type``) are constants. Traced as symbols, they
-    are specialised only after AOTAutograd has run, and dynamo then traced and lowered the
-    whole step a second time (~1 of the ~4 minutes of a compilation on 2 cores).
-    ``specialize_float`` is a private setting; torch versions without it are left as they are.
-    """
-    wanted = [(torch._dynamo.config, "specialize_float", True)]
-    return [
-        config.patch(**{name: value}) for config, name, value in wanted if hasattr(config, name)
-    ]
