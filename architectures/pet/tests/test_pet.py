@@ -362,10 +362,10 @@ def test_compiled_training_step_equals_the_eager_one(backend):
     """``compile: true`` runs the training step's model part through torch.compile: the
     predictions and parameter gradients equal those of forces by autograd differentiated
     twice, for two batches of different sizes (dynamic shapes, one compilation) and one that
-    would need a second compilation (it runs uncompiled), and validation stays eager. ``aot_eager``
-    traces and differentiates the graph as ``inductor`` (what users get) does, without
-    generating C++ code: tracing alone takes ~40 s here even for this one-layer model, the
-    C++ code two more minutes. A failure means compiled training optimises something else
+    would need a second compilation (it runs uncompiled), and validation stays eager.
+    ``aot_eager`` traces and differentiates the graph as ``inductor`` (what users get) does,
+    without generating C++ code: tracing alone takes ~40 s here even for this one-layer
+    model, the C++ code two more minutes. A failure means compiled training optimises something else
     than the model that gets exported."""
     from mtt.testing import molecule, periodic_crystal
 
@@ -390,7 +390,8 @@ def test_compiled_training_step_equals_the_eager_one(backend):
                 torch.testing.assert_close(
                     parameter.grad, expected_grads[name], rtol=1e-8, atol=1e-11, msg=name
                 )
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
+    if hasattr(torch.compiler, "set_stance"):  # torch < 2.6 compiles again
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
     validation = trainer.predict(model, batch, ["energy", "energy/forces"], training=False)
     assert validation["energy/forces"].grad_fn is None
 
