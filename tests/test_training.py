@@ -160,6 +160,36 @@ def test_restart_resumes_exactly(tmp_path, data_dir, monkeypatch):
         assert torch.equal(state_a[key], state_b[key]), key
 
 
+def test_fused_optimizer_resumes_a_checkpoint_of_the_unfused_one(tmp_path, data_dir, monkeypatch):
+    """Adam updates in fused kernels where torch has them (CPU here); a checkpoint whose
+    optimizer state torch's per-parameter loop wrote (mtt before fusing, or a device without
+    fused kernels) restarts and ends where the uninterrupted unfused run ends, to rounding."""
+    from mtt.training import trainer as trainer_module
+
+    made = []
+    make = trainer_module.Trainer.make_optimizer
+    monkeypatch.setattr(
+        trainer_module.Trainer,
+        "make_optimizer",
+        lambda self, model: made.append(make(self, model)) or made[-1],
+    )
+    monkeypatch.chdir(tmp_path)
+    options = tiny_run_options(tmp_path, data_dir, epochs=4, interval=2)
+    with monkeypatch.context() as unfused:
+        unfused.setattr(trainer_module, "_fused_optimizer_supported", lambda groups: False)
+        assert main(["train", options, "--output-dir", "a", "-o", "a.pt"]) == 0
+    assert made[-1].defaults["fused"] is False
+    run_a = os.path.join("a", os.listdir("a")[0])
+    checkpoint = os.path.join(run_a, "checkpoints", "epoch_2.ckpt")
+    assert main(["train", options, "--output-dir", "b", "-o", "b.pt", "--restart", checkpoint]) == 0
+    assert made[-1].defaults["fused"] is True
+    state_a, _ = final_state(run_a)
+    state_b, history_b = final_state(os.path.join("b", os.listdir("b")[0]))
+    assert [row["epoch"] for row in history_b] == [1, 2, 3, 4]
+    for key in state_a:
+        torch.testing.assert_close(state_b[key], state_a[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_python_api_takes_any_atoms_dataset(tmp_path, data_dir, monkeypatch):
     """``mtt.train`` accepts a list of ase.Atoms (a Dataset[ase.Atoms]) with labels on the
     frames, as MatterTune's data contract asks."""
