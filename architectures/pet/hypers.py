@@ -70,10 +70,10 @@ class TrainerHypers(TrainingHypers):
     it learns to be (nearly) invariant. Validation data is never rotated."""
     compile: bool = False
     """Compile the model's part of each training step (energies and their gradient) with
-    ``torch.compile``. On a 2-core CPU with pet's benchmark sizes an epoch then took a quarter
-    to a half less time (ethanol 2.8 instead of 5.1 s, carbon 8.3 instead of 12.6 s in one
-    run), after compiling for 3 to 5 minutes before the first step (torch caches the result,
-    so a later run of the same model starts sooner): worth it for long runs only. The step is
+    ``torch.compile``. On a 2-core CPU with pet's benchmark sizes that part of a step then
+    took 16-23 % less time (on the same batches: benchmarks/compile_ab.py), after compiling
+    for 3 to 5 minutes before the first step (torch caches the result, so a later run of the
+    same model starts sooner): worth it for long runs only. The step is
     compiled once, for the first batch's kind of sizes; a batch it does not cover (torch
     specialises, e.g., on batches of at most 16 atoms) runs uncompiled rather than compiling
     again. Needs a C++ compiler on the CPU (Triton on GPUs). The trained model is the same
