@@ -29,12 +29,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import run as bench  # noqa: E402
+from profile_mtt import train_instrumented  # noqa: E402
 
 
 def measure(options: str, cwd: str) -> Dict[str, Any]:
     import torch
 
-    from mtt.api import train
     from mtt.architectures.pet import trainer as pet_trainer
 
     eager_times: List[float] = []
@@ -73,14 +73,7 @@ def measure(options: str, cwd: str) -> Dict[str, Any]:
         model.zero_grad(set_to_none=True)
         return original(self, model, batch, quantities, training)
 
-    pet_trainer.Trainer.predict = predict
-    here = os.getcwd()
-    os.chdir(cwd)
-    try:
-        train(options, output="model.pt", output_dir="outputs", force=True)
-    finally:
-        os.chdir(here)
-        pet_trainer.Trainer.predict = original
+    train_instrumented(options, cwd, pet_trainer.Trainer, "predict", predict)
     ratios = [c / e for c, e in zip(compiled_times, eager_times)]
     quartiles = statistics.quantiles(ratios, n=4)
     return {

@@ -19,6 +19,7 @@ import os
 import pstats
 import sys
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -43,10 +44,25 @@ def _tables(torch_profile, cprofile, title: str, rows: int, shapes: bool = False
     return "\n".join(out)
 
 
+def train_instrumented(options: str, cwd: str, owner: Any, name: str, replacement: Any) -> None:
+    """``mtt train options`` in ``cwd``, with ``owner.name`` replaced by ``replacement`` (a
+    measuring wrapper) for the run only."""
+    from mtt.api import train
+
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        train(options, output="model.pt", output_dir="outputs", force=True)
+    finally:
+        os.chdir(here)
+        setattr(owner, name, original)
+
+
 def profile_training(workdir: str, rows: int) -> str:
     import torch
 
-    from mtt.api import train
     from mtt.training import trainer as trainer_module
 
     sets = bench.prepare_data(workdir, bench.FULL)
@@ -71,14 +87,7 @@ def profile_training(workdir: str, rows: int) -> str:
         captured["torch"], captured["cprofile"] = prof, profiler
         return row
 
-    trainer_module.Trainer._epoch = profiled_epoch
-    here = os.getcwd()
-    os.chdir(cwd)
-    try:
-        train(options, output="model.pt", output_dir="outputs", force=True)
-    finally:
-        os.chdir(here)
-        trainer_module.Trainer._epoch = original
+    train_instrumented(options, cwd, trainer_module.Trainer, "_epoch", profiled_epoch)
     title = f"training epoch 2 of soap_bpnn on {sets['si']['n_train']} Si frames"
     header = f"{title}: {captured['seconds']:.2f} s under the profilers"
     return header + "\n" + _tables(captured["torch"], captured["cprofile"], title, rows)
