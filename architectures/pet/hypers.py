@@ -73,9 +73,8 @@ class TrainerHypers(TrainingHypers):
     ``torch.compile``. On a 2-core CPU with pet's benchmark sizes that part of a step then
     took 16-23 % less time (on the same batches: benchmarks/compile_ab.py), after compiling
     for 3 to 5 minutes before the first step (torch caches the result, so a later run of the
-    same model starts sooner): worth it for long runs only. The step is
-    compiled once, for the first batch's kind of sizes; a batch it does not cover (torch
-    specialises, e.g., on batches of at most 16 atoms) runs uncompiled rather than compiling
-    again. Needs a C++ compiler on the CPU (Triton on GPUs). The trained model is the same
-    function either way, only rounding differs; validation and exported models are not
-    compiled."""
+    same model starts sooner): worth it for long runs only. The step is compiled once, for
+    the first batch's kind of sizes; a batch it does not cover (torch specialises, e.g., on
+    batches of at most 16 atoms) runs uncompiled rather than compiling again. Needs a C++
+    compiler on the CPU (Triton on GPUs). The trained model is the same function either way,
+    only rounding differs; validation and exported models are not compiled."""
