@@ -297,3 +297,30 @@ def test_checkpoint_contexts_pick_latest_or_best_weights(tmp_path, data_dir, mon
         state = SoapBpnn.load_checkpoint(checkpoint, context).state_dict()
         for name, value in checkpoint[key].items():
             assert torch.equal(state[name], value), (context, name)
+
+
+def test_a_model_in_bohr_evaluates_structures_given_in_angstrom():
+    """A model trained in bohr, evaluated on the same structures in Å and in bohr: equal
+    energies, forces and stress converted by the Å/bohr factor. The neighbour list is
+    computed with the model's cutoff in the data's unit (a list cut at the bohr number of Å
+    would hold the wrong pairs) and attached under the model's own request."""
+    from mtt.architectures.soap_bpnn.model import SoapBpnn
+    from mtt.hypers import parse
+    from mtt.testing import periodic_crystal
+    from mtt.testing._tools import dataset_info
+
+    bohr = 0.529177210903  # Å
+    hypers = parse(SoapBpnn.__hypers__, dict(TINY_MODEL, cutoff=6.0), "architecture.model")
+    torch.manual_seed(0)
+    model = SoapBpnn(hypers, dataset_info((1, 6, 8), "bohr", generic=False)).double().eval()
+    exported = model.export()
+    in_angstrom = periodic_crystal()
+    in_bohr = in_angstrom.copy()
+    in_bohr.set_cell(in_angstrom.cell / bohr, scale_atoms=True)
+    [from_angstrom] = predict(exported, [in_angstrom], "energy", "angstrom", "eV")
+    [from_bohr] = predict(exported, [in_bohr], "energy", "bohr", "eV")
+    np.testing.assert_allclose(from_angstrom["energy"], from_bohr["energy"], rtol=1e-9)
+    np.testing.assert_allclose(from_angstrom["forces"] * bohr, from_bohr["forces"], atol=1e-10)
+    np.testing.assert_allclose(
+        from_angstrom["stress"] * bohr**3, from_bohr["stress"], atol=1e-10
+    )

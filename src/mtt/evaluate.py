@@ -61,7 +61,7 @@ class Evaluator:
         self.dtype = DTYPES[self.capabilities.dtype]
         self.length_unit = length_unit
         self.source = source
-        self.requests = _in_unit(model.requested_neighbor_lists(), length_unit)
+        self.requests = model.requested_neighbor_lists()
 
     def check_elements(self, frames: Sequence[ase.Atoms], first: int = 0) -> None:
         """Refuse elements the model does not know; ``first`` is the index of ``frames[0]``."""
@@ -78,7 +78,7 @@ class Evaluator:
         built = [_system(atoms, self.dtype, s) for atoms, s in zip(frames, strains)]
         systems = [system for system, _ in built]
         for system in systems:
-            attach_neighbor_lists(system, self.requests)
+            attach_neighbor_lists(system, self.requests, self.length_unit)
         energies = self.model(systems, options, check_consistency=False)[energy].block().values
         grads = torch.autograd.grad(energies.sum(), [p for _, p in built] + strains)
         results = []
@@ -101,7 +101,7 @@ class Evaluator:
         zero = torch.zeros(3, 3, dtype=self.dtype)
         systems = [_system(atoms, self.dtype, zero)[0] for atoms in frames]
         for system in systems:
-            attach_neighbor_lists(system, self.requests)
+            attach_neighbor_lists(system, self.requests, self.length_unit)
         blocks = {name: tm.block() for name, tm in self.model(systems, options, False).items()}
         results = []
         for k in range(len(frames)):
@@ -143,17 +143,6 @@ def generic_outputs(
     for start in range(0, len(frames), batch_size):
         results += evaluator.generic(frames[start : start + batch_size], names)
     return results
-
-
-def _in_unit(requests, length_unit: str):
-    """Neighbour-list requests with cutoffs in the data's length unit."""
-    from metatomic.torch import NeighborListOptions
-
-    converted = []
-    for request in requests:
-        cutoff = request.engine_cutoff(length_unit) if request.length_unit else request.cutoff
-        converted.append(NeighborListOptions(cutoff, request.full_list, request.strict))
-    return converted
 
 
 def _check_elements(

@@ -31,11 +31,11 @@ def neighbor_pairs(
     return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64), vectors
 
 
-def _neighbor_block(system: System, options: NeighborListOptions) -> TensorBlock:
+def _neighbor_block(system: System, cutoff: float, full_list: bool) -> TensorBlock:
     positions = system.positions.detach().cpu().to(torch.float64).numpy()
     cell = system.cell.detach().cpu().to(torch.float64).numpy()
     pbc = system.pbc.cpu().numpy()
-    i, j, shifts, vectors = neighbor_pairs(positions, cell, pbc, options.cutoff, options.full_list)
+    i, j, shifts, vectors = neighbor_pairs(positions, cell, pbc, cutoff, full_list)
     samples = np.concatenate([i[:, None], j[:, None], shifts], axis=1)
     dtype, device = system.positions.dtype, system.positions.device
     return TensorBlock(
@@ -49,9 +49,20 @@ def _neighbor_block(system: System, options: NeighborListOptions) -> TensorBlock
     )
 
 
-def attach_neighbor_lists(system: System, requests: List[NeighborListOptions]) -> None:
-    """Compute each requested list and attach it, differentiable w.r.t. positions and cell."""
+def attach_neighbor_lists(
+    system: System, requests: List[NeighborListOptions], length_unit: str = ""
+) -> None:
+    """Compute each requested list and attach it, differentiable w.r.t. positions and cell.
+
+    ``length_unit`` is the unit of the system's positions where it may differ from the
+    model's (``mtt eval`` of a model trained in bohr on structures in Å): each list is then
+    computed with the request's cutoff converted to that unit, and attached under the
+    request itself, which the model looks up after converting the system to its own unit.
+    """
     for options in requests:
-        block = _neighbor_block(system, options)
+        cutoff = options.cutoff
+        if length_unit and options.length_unit:
+            cutoff = options.engine_cutoff(length_unit)
+        block = _neighbor_block(system, cutoff, options.full_list)
         register_autograd_neighbors(system, block, check_consistency=False)
         system.add_neighbor_list(options, block)
