@@ -321,6 +321,4 @@ def test_a_model_in_bohr_evaluates_structures_given_in_angstrom():
     [from_bohr] = predict(exported, [in_bohr], "energy", "bohr", "eV")
     np.testing.assert_allclose(from_angstrom["energy"], from_bohr["energy"], rtol=1e-9)
     np.testing.assert_allclose(from_angstrom["forces"] * bohr, from_bohr["forces"], atol=1e-10)
-    np.testing.assert_allclose(
-        from_angstrom["stress"] * bohr**3, from_bohr["stress"], atol=1e-10
-    )
+    np.testing.assert_allclose(from_angstrom["stress"] * bohr**3, from_bohr["stress"], atol=1e-10)
