@@ -280,3 +280,37 @@ def test_refit_keeps_the_reference_energy_of_an_element_absent_from_the_new_data
     assert float(model.baseline[0, oxygen]) == float(old[0, oxygen]) != 0.0
     assert float(model.baseline[0, hydrogen]) == pytest.approx(-0.5)
     assert float(model.baseline[0, carbon]) == pytest.approx(-10.0)
+
+
+def test_refit_on_a_single_composition_changes_the_references_as_little_as_it_can():
+    """New data of one composition (a single molecule's trajectory) determine only one sum
+    of reference energies: the refit moves the pretrained references along the composition
+    by just enough to fit the data's mean, and keeps their split between the elements (a fit
+    from scratch would split the whole energy in proportion to the composition, moving each
+    element's reference by electronvolts and every other molecule's energy with it)."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.hypers import parse
+    from mtt.options import EnergyTargetOptions
+    from mtt.testing import random_model
+    from mtt.training.hypers import TrainingHypers
+    from mtt.training.trainer import Trainer
+
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64, generic=False)
+    old = model.baseline[0].clone().numpy()
+    hydrogen, carbon, oxygen = (model.atomic_types.index(z) for z in (1, 6, 8))
+    composition = np.zeros(len(model.atomic_types))
+    composition[[hydrogen, carbon]] = 6.0, 2.0
+    frames = []
+    for offset in (6.9, 7.0, 7.1):  # the new method sits 7 eV above the pretrained one
+        atoms = ase.Atoms("C2H6", positions=np.arange(24).reshape(-1, 3))
+        atoms.info["energy"] = float(composition @ old) + offset
+        frames.append(atoms)
+    dataset = dataset_from_atoms(
+        frames, {"energy": EnergyTargetOptions(unit="eV", forces=False, stress=False)}
+    )
+    trainer = Trainer(parse(TrainingHypers, {"finetune": {"read_from": "pretrained.ckpt"}}))
+    trainer.pretrained_targets = ["energy"]
+    trainer._fit_baseline(model, dataset, ["energy"])
+    change = model.baseline[0].numpy() - old
+    np.testing.assert_allclose(change, 7.0 * composition / (composition @ composition))
+    assert change[oxygen] == 0.0

@@ -115,7 +115,9 @@ class FinetuneHypers:
     ``{energy/pbe0: energy}``."""
     reference_energies: Literal["refit", "keep"] = "refit"
     """Per-element reference energies: refit on the new data (a new code or functional shifts
-    them) or keep the pretrained ones. Either way the difference is reported."""
+    them; the smallest change of the pretrained ones that fits, so that what the new
+    compositions leave undetermined keeps its pretrained value) or keep the pretrained ones.
+    Either way the difference is reported."""
     l2sp_weight: float = 0.0
     """Weight of the L2-SP penalty ``sum (w - w_pretrained)^2`` on trained weights, which
     keeps the model close to what it knew (0: off)."""

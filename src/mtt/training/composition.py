@@ -5,7 +5,7 @@ molecule). They are fitted by least squares on the training set, or fixed by han
 the model, which then only learns the small remainder: ``E = sum_i (scale * NN_i + e_Z(i))``.
 """
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import ase.data
 import numpy as np
@@ -40,13 +40,21 @@ def fit_baseline(
     atomic_types: List[int],
     fixed: Dict[str, float],
     where: str,
+    prior: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, float]:
-    """Reference energies per element and the spread (std) of the per-atom remainder."""
+    """Reference energies per element and the spread (std) of the per-atom remainder.
+
+    With ``prior`` (a pretrained model's references, when fine-tuning) the fit is the
+    smallest change of the prior that fits the data: where the data cannot tell elements
+    apart (one composition, as in a single molecule's trajectory, or elements always in the
+    same ratio) the prior's split between them is kept, instead of the minimum-norm split of
+    the whole energy, which can move each element by electronvolts and wreck the energies
+    of the pretraining task."""
     counts = composition_matrix(dataset, atomic_types)
     rows = [i for i, labels in enumerate(dataset.labels) if target in labels]
     energies = np.array([dataset.labels[i][target][0] for i in rows])
     counts = counts[rows]
-    weights = np.zeros(len(atomic_types))
+    weights = np.zeros(len(atomic_types)) if prior is None else np.array(prior, dtype=float)
     free = np.ones(len(atomic_types), dtype=bool)
     for key, value in fixed.items():
         z = _element(str(key), where)
@@ -56,10 +64,10 @@ def fit_baseline(
         free[atomic_types.index(z)] = False
     remainder = energies - counts @ weights
     if free.any():
-        # minimum-norm least squares: well defined even when all structures share one
-        # composition (then only the sum of the weights is determined)
+        # minimum-norm least squares (of the change to the prior, if any): well defined even
+        # when all structures share one composition (then only the sum is determined)
         solution, *_ = np.linalg.lstsq(counts[:, free], remainder, rcond=None)
-        weights[free] = solution
+        weights[free] += solution
     per_atom = (energies - counts @ weights) / counts.sum(axis=1)
     spread = float(np.std(per_atom)) if len(per_atom) > 1 else 0.0
     return weights, spread

@@ -370,8 +370,11 @@ class Trainer(TrainerInterface):
                 baselines.append(old_baseline[index].double())
                 continue
             where = f"architecture.training.fixed_composition_weights.{name}"
+            prior = None
+            if name in self.pretrained_targets:
+                prior = old_baseline[index].double().numpy()
             weights, spread = fit_baseline(
-                dataset, name, model.atomic_types, fixed_all.get(name, {}), where
+                dataset, name, model.atomic_types, fixed_all.get(name, {}), where, prior
             )
             baselines.append(torch.tensor(weights))
             spreads[name] = spread
@@ -386,13 +389,8 @@ class Trainer(TrainerInterface):
             if name not in self.pretrained_targets:
                 output_scales[model.target_names.index(name)] = fresh[k]
         if self.pretrained_targets:
-            # an element absent from the new data cannot be refitted: it keeps its pretrained
-            # reference (a least-squares fit would silently set it to zero)
-            present = set(dataset.atomic_types)
-            absent = [k for k, z in enumerate(model.atomic_types) if z not in present]
-            for i, name in enumerate(model.target_names):
-                if name in self.pretrained_targets and absent:
-                    new_baseline[i, absent] = old_baseline[i, absent].double()
+            # (elements absent from the new data keep their pretrained references: the fit
+            # changes the prior as little as the data allows)
             self._report_reference_energies(model, old_baseline, new_baseline, output_scales)
             if self.hypers.finetune.reference_energies == "keep":
                 keep = [i for i, t in enumerate(model.target_names) if t in self.pretrained_targets]
