@@ -55,7 +55,7 @@ from .modules.chunks import (
 )
 from .modules.direct import DirectHeads
 from .modules.layer import PetLayer
-from .modules.neighbors import neighbor_slots, reverse_edges
+from .modules.neighbors import TokenLayout, neighbor_slots, reverse_edges, token_layout
 from .modules.radial import GaussianBasis, cutoff_function
 
 # the quantities of an energy target that are its gradients
@@ -173,7 +173,7 @@ class Pet(EnergyModel):
         geometry: Tensor,
         species: Tensor,
         neighbor_species: Tensor,
-        slots: Tensor,
+        layout: TokenLayout,
         weights: Tensor,
         real: Tensor,
         reverse: Tensor,
@@ -189,7 +189,7 @@ class Pet(EnergyModel):
         saved: List[Tuple[List[Tensor], List[List[Tensor]]]] = []
         for layer in self.layers:
             layer_energies, tokens, layer_saved, transformer_saved = layer(
-                geometry, species, neighbor_species, messages, slots, weights, real
+                geometry, species, neighbor_species, messages, layout, weights, real
             )
             saved.append((layer_saved, transformer_saved))
             energies = energies + layer_energies
@@ -206,9 +206,10 @@ class Pet(EnergyModel):
         reverse, has_reverse = reverse_edges(graph.edge_i, graph.edge_j, graph.edge_shifts)
         slots, width = neighbor_slots(graph.edge_i, n_atoms)
         weights, real = self._token_weights(cutoffs, slots, n_atoms, width)
+        layout = token_layout(slots, n_atoms, width)
         keep = has_reverse.unsqueeze(-1).to(vectors.dtype)
         energies, tokens, _ = self._message_passing(
-            geometry, species, species[graph.edge_j], slots, weights, real, reverse, keep
+            geometry, species, species[graph.edge_j], layout, weights, real, reverse, keep
         )
         heads: Dict[str, Tensor] = {}
         if direct:
@@ -275,6 +276,7 @@ class Pet(EnergyModel):
             species,
             species[graph.edge_j],
             slots,
+            token_layout(slots, n_atoms, width),
             reverse,
             has_reverse.unsqueeze(-1).to(vectors.dtype),
             real,
@@ -302,6 +304,7 @@ class Pet(EnergyModel):
         species: Tensor,
         neighbor_species: Tensor,
         slots: Tensor,
+        layout: TokenLayout,
         reverse: Tensor,
         keep: Tensor,
         real: Tensor,
@@ -324,7 +327,7 @@ class Pet(EnergyModel):
         n_atoms, width = real.shape
         weights = self._key_weights(cutoffs, slots, n_atoms, width)
         energies, _, saved = self._message_passing(
-            geometry, species, neighbor_species, slots, weights, real, reverse, keep
+            geometry, species, neighbor_species, layout, weights, real, reverse, keep
         )
         layers = list(self.layers)
         grads: List[Tuple[Tensor, Tensor]] = []
@@ -336,7 +339,7 @@ class Pet(EnergyModel):
             upstream: Optional[Tensor] = None  # gradient of the layer's output edge tokens
             for k in range(len(layers) - 1, -1, -1):
                 layer_grads = layers[k].backward(
-                    grad_energies, upstream, saved[k][0], saved[k][1], slots, weights, real, k > 0
+                    grad_energies, upstream, saved[k][0], saved[k][1], layout, weights, real, k > 0
                 )
                 grad_geometry = grad_geometry + layer_grads[0]
                 grad_weights = grad_weights + layer_grads[1]
@@ -476,7 +479,7 @@ class Pet(EnergyModel):
         for index, layer in enumerate(self.layers):
             if index == k:
                 energies, _, saved, transformer_saved = layer(
-                    geometry, species, neighbor_species, incoming, chunk.slots, weights, real
+                    geometry, species, neighbor_species, incoming, chunk.layout, weights, real
                 )
                 grad_energies = torch.zeros_like(energies)
                 grad_energies[:, target] = atom_weights.index_select(0, chunk.atoms)
@@ -485,7 +488,7 @@ class Pet(EnergyModel):
                     upstream,
                     saved,
                     transformer_saved,
-                    chunk.slots,
+                    chunk.layout,
                     weights,
                     real,
                     k > 0,
@@ -507,6 +510,6 @@ class Pet(EnergyModel):
         for index, layer in enumerate(self.layers):
             if index == k:
                 tokens = layer(
-                    geometry, species, neighbor_species, messages, chunk.slots, weights, real
+                    geometry, species, neighbor_species, messages, chunk.layout, weights, real
                 )[1]
         return tokens

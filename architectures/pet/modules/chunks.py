@@ -17,7 +17,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from .neighbors import neighbor_slots
+from .neighbors import TokenLayout, neighbor_slots, token_layout
 
 # tokens (atoms x (1 + max neighbours)) per chunk of the lean gradients. With pet's default
 # sizes in float32 a TorchScript chunk keeps ~75 KB per token (~75 MB). Measured on 1000 Si
@@ -28,14 +28,16 @@ TOKENS_PER_CHUNK = 1024
 
 @torch.jit.script
 class Chunk:
-    """Some atoms, their edges (grouped by centre, in the atoms' order) and each edge's row-
-    major slot in the chunk's dense ``[atoms, width]`` token layout (column 0: the centre)."""
+    """Some atoms, their edges (grouped by centre, in the atoms' order), each edge's row-
+    major slot in the chunk's dense ``[atoms, width]`` token layout (column 0: the centre),
+    and where the chunk's tokens are (see ``token_layout``)."""
 
     def __init__(self, atoms: Tensor, edges: Tensor, slots: Tensor, width: int):
         self.atoms = atoms
         self.edges = edges
         self.slots = slots
         self.width = width
+        self.layout: TokenLayout = token_layout(slots, atoms.shape[0], width)
 
 
 def chunks_by_neighbour_count(edge_i: Tensor, n_atoms: int, tokens_per_chunk: int) -> List[Chunk]:

@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .neighbors import TokenLayout
 from .transformer import Transformer, layer_norm_backward, layer_norm_saving, silu_backward
 
 
@@ -56,17 +57,17 @@ class PetLayer(torch.nn.Module):
         species: Tensor,
         neighbor_species: Tensor,
         messages: Optional[Tensor],
-        slots: Tensor,
+        layout: TokenLayout,
         weights: Tensor,
         real: Tensor,
     ) -> Tuple[Tensor, Tensor, List[Tensor], List[List[Tensor]]]:
         """:param geometry: ``[E, n_geometry]`` edge features; :param species: ``[A]``;
         :param neighbor_species: ``[E]``; :param messages: ``[E, d]``, or None for zeros (the
-        first layer); :param slots: ``[E]`` dense index of each edge (see
-        ``neighbor_slots``); :param weights, real: ``[A, T]``.
+        first layer); :param layout: where the tokens are (see ``token_layout``);
+        :param weights, real: ``[A, T]`` key weights and mask of the dense layout.
         :return: per-atom energies ``[A, n_targets]``, output edge tokens ``[E, d]``, and
         what :meth:`backward` needs: this layer's intermediates and the transformer's."""
-        n_atoms, width = weights.shape
+        n_atoms = weights.shape[0]
         inputs = [self.geometry(geometry), self.neighbor_embedding(neighbor_species)]
         first = self.compress[0]
         if messages is None:
@@ -77,22 +78,21 @@ class PetLayer(torch.nn.Module):
         else:
             hidden = first(torch.cat(inputs + [messages], dim=1))
         edges = self.compress[2](torch.nn.functional.silu(hidden))
-        centre_slots = torch.arange(n_atoms, device=slots.device) * width
-        tokens = torch.zeros(
-            n_atoms * width, self.d_model, dtype=geometry.dtype, device=geometry.device
-        )
-        tokens = tokens.index_copy(0, slots, edges)
-        tokens = tokens.index_copy(0, centre_slots, self.centre_embedding(species))
-        tokens, saved = self.transformer.forward_saving(
-            tokens.reshape(n_atoms, width, self.d_model), weights, real
-        )
-        pooled = (tokens * weights.unsqueeze(-1)).sum(dim=1)
+        n_tokens = layout.index.shape[0]
+        tokens = torch.zeros(n_tokens, self.d_model, dtype=geometry.dtype, device=geometry.device)
+        tokens.index_copy_(0, layout.rows, edges)
+        tokens.index_copy_(0, layout.centres, self.centre_embedding(species))
+        tokens, saved = self.transformer.forward_saving(tokens, layout.index, weights, real)
+        token_weights = weights.reshape(-1).index_select(0, layout.index).unsqueeze(-1)
+        pooled = torch.zeros(n_atoms, self.d_model, dtype=tokens.dtype, device=tokens.device)
+        pooled.index_add_(0, layout.atoms, tokens * token_weights)
         norm = self.head[0]
         normed, mean, rstd = layer_norm_saving(pooled, norm.weight, norm.bias, norm.eps)
         head_hidden = self.head[1](normed)
         energies = self.head[3](torch.nn.functional.silu(head_hidden))
-        edge_tokens = tokens.reshape(n_atoms * width, self.d_model).index_select(0, slots)
-        return energies, edge_tokens, [hidden, tokens, pooled, mean, rstd, head_hidden], saved
+        edge_tokens = tokens.index_select(0, layout.rows)
+        saved_here = [hidden, tokens, token_weights, pooled, mean, rstd, head_hidden]
+        return energies, edge_tokens, saved_here, saved
 
     def backward(
         self,
@@ -100,7 +100,7 @@ class PetLayer(torch.nn.Module):
         grad_edge_tokens: Optional[Tensor],
         saved: List[Tensor],
         transformer_saved: List[List[Tensor]],
-        slots: Tensor,
+        layout: TokenLayout,
         weights: Tensor,
         real: Tensor,
         with_messages: bool,
@@ -108,13 +108,14 @@ class PetLayer(torch.nn.Module):
         """Gradients of the edge geometry features ``[E, n_geometry]``, the key weights
         ``[A, T]`` and (``with_messages``) the incoming messages ``[E, d]``, given those of
         the energies ``[A, n_targets]`` and of the output edge tokens (None: zero)."""
-        hidden, tokens, pooled, mean, rstd, head_hidden = (
+        hidden, tokens, token_weights, pooled, mean, rstd, head_hidden = (
             saved[0],
             saved[1],
             saved[2],
             saved[3],
             saved[4],
             saved[5],
+            saved[6],
         )
         n_atoms, width = weights.shape
         grad_head = silu_backward(torch.matmul(grad_energies, self.head[3].weight), head_hidden)
@@ -127,16 +128,16 @@ class PetLayer(torch.nn.Module):
             norm.weight,
             norm.bias,
         )
-        grad_tokens = grad_pooled.unsqueeze(1) * weights.unsqueeze(-1)
-        grad_weights = (tokens * grad_pooled.unsqueeze(1)).sum(dim=-1)
+        grad_pooled = grad_pooled.index_select(0, layout.atoms)  # each token's atom's
+        grad_tokens = grad_pooled * token_weights
+        grad_weights = torch.zeros(n_atoms * width, dtype=tokens.dtype, device=tokens.device)
+        grad_weights.index_copy_(0, layout.index, (tokens * grad_pooled).sum(dim=-1))
         if grad_edge_tokens is not None:
-            grad_tokens = grad_tokens.reshape(n_atoms * width, self.d_model)
-            grad_tokens = grad_tokens.index_add(0, slots, grad_edge_tokens)
-            grad_tokens = grad_tokens.reshape(n_atoms, width, self.d_model)
+            grad_tokens = grad_tokens.index_add(0, layout.rows, grad_edge_tokens)
         grad_tokens, grad_key_weights = self.transformer.backward(
-            grad_tokens, transformer_saved, weights, real
+            grad_tokens, transformer_saved, layout.index, weights, real
         )
-        grad_edges = grad_tokens.reshape(n_atoms * width, self.d_model).index_select(0, slots)
+        grad_edges = grad_tokens.index_select(0, layout.rows)
         grad_hidden = silu_backward(torch.matmul(grad_edges, self.compress[2].weight), hidden)
         first = self.compress[0].weight
         grad_geometry = torch.matmul(
@@ -145,4 +146,4 @@ class PetLayer(torch.nn.Module):
         grad_messages: Optional[Tensor] = None
         if with_messages:
             grad_messages = torch.matmul(grad_hidden, first[:, 2 * self.d_model :])
-        return grad_geometry, grad_weights + grad_key_weights, grad_messages
+        return grad_geometry, grad_weights.reshape(n_atoms, width) + grad_key_weights, grad_messages

@@ -4,9 +4,11 @@
   ``-S``), through which PET passes messages between layers.
 * :func:`neighbor_slots` places each edge in a dense ``[n_atoms, 1 + max_neighbors]`` layout
   (slot 0 of each row is the centre's own token) so attention runs batched over atoms.
+* :func:`token_layout` lists the slots that hold a token: everything but the attention runs
+  on these rows only, not on the padding.
 """
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
 from torch import Tensor
@@ -68,3 +70,34 @@ def neighbor_slots(edge_i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
     rank_sorted = torch.arange(edge_i.shape[0], device=edge_i.device) - first_edge[sorted_centres]
     rank = torch.empty_like(rank_sorted).index_copy(0, order, rank_sorted)
     return edge_i * width + 1 + rank, width
+
+
+class TokenLayout(NamedTuple):
+    """Where the tokens of a batch are: ``N`` rows (every atom's centre and edges, in the
+    dense layout's row-major order, without its padding) and their dense slots."""
+
+    index: Tensor  # [N] slot of each token in the dense [n_atoms * width] layout (ascending)
+    atoms: Tensor  # [N] the atom each token belongs to
+    centres: Tensor  # [A] row of each atom's centre token
+    rows: Tensor  # [E] row of each edge's token
+
+
+def token_layout(slots: Tensor, n_atoms: int, width: int) -> TokenLayout:
+    """The tokens' rows, given the dense slots of the edges (:func:`neighbor_slots`).
+
+    Linear layers, layer norms and activations act on each token alone, so they run on the
+    ``N`` tokens; only the attention needs the dense ``[n_atoms, width]`` layout. Padding is
+    ``1 - N / (n_atoms * width)`` of the dense layout: ~10 % for bulk carbon, 20-35 % for
+    batches of molecules or slabs, whose atoms have few to many neighbours.
+    """
+    centre_slots = torch.arange(n_atoms, device=slots.device) * width
+    occupied = torch.zeros(n_atoms * width, dtype=torch.bool, device=slots.device)
+    occupied = occupied.index_fill(0, slots, True).index_fill(0, centre_slots, True)
+    index = torch.nonzero(occupied).reshape(-1)
+    row_of_slot = torch.cumsum(occupied.to(torch.int64), 0) - 1
+    return TokenLayout(
+        index,
+        torch.div(index, width, rounding_mode="floor"),
+        row_of_slot.index_select(0, centre_slots),
+        row_of_slot.index_select(0, slots),
+    )

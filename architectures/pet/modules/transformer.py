@@ -10,6 +10,11 @@ so a neighbour's influence on every other token goes to zero continuously (and w
 derivative) as it reaches the cutoff, and padding contributes exactly nothing. The centre
 token keeps the denominator positive, even for atoms without neighbours.
 
+Tokens come packed, ``[N, d]`` (see ``token_layout``): layer norms, linear layers and
+activations run on the ``N`` real tokens only, and the attention scatters its queries, keys
+and values into the dense ``[A, T]`` layout for its batched products (padding: zeros, which
+its ``-inf`` key weights mask).
+
 Every module here also has ``forward_saving`` (the output and the intermediates its backward
 needs) and ``backward`` (the gradient with respect to its *inputs*, for fixed weights), written
 with the same native kernels autograd would call. Exported models use them for forces
@@ -65,6 +70,33 @@ def layer_norm_backward(
     return found
 
 
+def _fills(index: Tensor, n_slots: int) -> bool:
+    """Whether the tokens fill every slot of the dense layout (no padding: packed rows are
+    the dense rows). Under torch.compile always false: a branch on the batch's sizes would
+    become a guard of the compiled step, and the scatter and gather fuse with the copies
+    next to them anyway."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_compiling():
+            return False
+    return index.shape[0] == n_slots
+
+
+def to_dense(x: Tensor, index: Tensor, n_slots: int) -> Tensor:
+    """Packed rows ``[N, c]`` in the dense layout ``[n_slots, c]``, zeros for padding."""
+    if _fills(index, n_slots):
+        return x
+    # in place into new zeros: the out-of-place index_copy would copy the zeros once more
+    dense = torch.zeros(n_slots, x.shape[1], dtype=x.dtype, device=x.device)
+    return dense.index_copy_(0, index, x)
+
+
+def to_packed(x: Tensor, index: Tensor, n_slots: int) -> Tensor:
+    """Dense rows ``[n_slots, c]`` back to the packed ``[N, c]``."""
+    if _fills(index, n_slots):
+        return x
+    return x.index_select(0, index)
+
+
 def silu_backward(grad: Tensor, x: Tensor) -> Tensor:
     if torch.is_grad_enabled():
         # training differentiates this gradient, and autograd has no derivative of
@@ -84,26 +116,34 @@ class CutoffAttention(torch.nn.Module):
         self.qkv = torch.nn.Linear(d_model, 3 * d_model)
         self.out = torch.nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor, log_weights: Tensor) -> Tensor:
-        """:param x: ``[A, T, d]`` tokens; :param log_weights: ``[A, T]`` from
-        :func:`log_key_weights`. :return: ``[A, T, d]``."""
-        return self.forward_saving(x, log_weights)[0]
+    def forward(self, x: Tensor, log_weights: Tensor, index: Tensor) -> Tensor:
+        """:param x: ``[N, d]`` tokens; :param log_weights: ``[A, T]`` from
+        :func:`log_key_weights`; :param index: ``[N]`` the tokens' dense slots.
+        :return: ``[N, d]``."""
+        return self.forward_saving(x, log_weights, index)[0]
 
-    def forward_saving(self, x: Tensor, log_weights: Tensor) -> Tuple[Tensor, List[Tensor]]:
+    def forward_saving(
+        self, x: Tensor, log_weights: Tensor, index: Tensor
+    ) -> Tuple[Tensor, List[Tensor]]:
         """The output, and ``q, k, v`` (``[A, H, T, d_head]``) and the attention."""
-        n_atoms, n_tokens, d_model = x.shape
-        qkv = self.qkv(x).reshape(n_atoms, n_tokens, 3, self.num_heads, self.d_head)
+        n_atoms, n_tokens = log_weights.shape
+        n_slots = n_atoms * n_tokens
+        d_model = x.shape[1]
+        qkv = to_dense(self.qkv(x), index, n_slots)
+        qkv = qkv.reshape(n_atoms, n_tokens, 3, self.num_heads, self.d_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [A, H, T, d_head]
         logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.d_head)
         attention = torch.softmax(logits + log_weights[:, None, None, :], dim=-1)
-        mixed = torch.matmul(attention, v).transpose(1, 2).reshape(n_atoms, n_tokens, d_model)
-        return self.out(mixed), [q, k, v, attention]
+        mixed = torch.matmul(attention, v).transpose(1, 2).reshape(n_slots, d_model)
+        return self.out(to_packed(mixed, index, n_slots)), [q, k, v, attention]
 
-    def backward(self, grad: Tensor, saved: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    def backward(self, grad: Tensor, saved: List[Tensor], index: Tensor) -> Tuple[Tensor, Tensor]:
         """Gradients of the input tokens and of the log weights."""
         q, k, v, attention = saved[0], saved[1], saved[2], saved[3]
-        n_atoms, n_tokens, d_model = grad.shape
-        grad_mixed = torch.matmul(grad, self.out.weight)
+        n_atoms, n_tokens = attention.shape[0], attention.shape[-1]
+        n_slots = n_atoms * n_tokens
+        d_model = grad.shape[1]
+        grad_mixed = to_dense(torch.matmul(grad, self.out.weight), index, n_slots)
         grad_mixed = grad_mixed.reshape(n_atoms, n_tokens, self.num_heads, self.d_head)
         grad_mixed = grad_mixed.transpose(1, 2)
         grad_attention = torch.matmul(grad_mixed, v.transpose(-1, -2))
@@ -114,7 +154,7 @@ class CutoffAttention(torch.nn.Module):
         grad_q = torch.matmul(grad_logits, k)
         grad_k = torch.matmul(grad_logits.transpose(-1, -2), q)
         grad_qkv = torch.stack([grad_q, grad_k, grad_v]).permute(1, 3, 0, 2, 4)
-        grad_qkv = grad_qkv.reshape(n_atoms, n_tokens, 3 * d_model)
+        grad_qkv = to_packed(grad_qkv.reshape(n_slots, 3 * d_model), index, n_slots)
         return torch.matmul(grad_qkv, self.qkv.weight), grad_log_weights
 
 
@@ -136,13 +176,15 @@ class TransformerLayer(torch.nn.Module):
             torch.nn.Linear(d_feedforward, d_model),
         )
 
-    def forward(self, x: Tensor, log_weights: Tensor) -> Tensor:
-        return self.forward_saving(x, log_weights)[0]
+    def forward(self, x: Tensor, log_weights: Tensor, index: Tensor) -> Tensor:
+        return self.forward_saving(x, log_weights, index)[0]
 
-    def forward_saving(self, x: Tensor, log_weights: Tensor) -> Tuple[Tensor, List[Tensor]]:
+    def forward_saving(
+        self, x: Tensor, log_weights: Tensor, index: Tensor
+    ) -> Tuple[Tensor, List[Tensor]]:
         norm = self.norm_attention
         normed, mean, rstd = layer_norm_saving(x, norm.weight, norm.bias, norm.eps)
-        attended, saved = self.attention.forward_saving(normed, log_weights)
+        attended, saved = self.attention.forward_saving(normed, log_weights, index)
         middle = x + attended
         norm = self.norm_feedforward
         normed, mean_ff, rstd_ff = layer_norm_saving(middle, norm.weight, norm.bias, norm.eps)
@@ -150,7 +192,9 @@ class TransformerLayer(torch.nn.Module):
         y = middle + self.feedforward[2](torch.nn.functional.silu(hidden))
         return y, [middle, mean_ff, rstd_ff, hidden] + saved + [mean, rstd]
 
-    def backward(self, grad: Tensor, x: Tensor, saved: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    def backward(
+        self, grad: Tensor, x: Tensor, saved: List[Tensor], index: Tensor
+    ) -> Tuple[Tensor, Tensor]:
         """Gradients of the input ``x`` and of the log weights, given the output's."""
         middle, mean_ff, rstd_ff, hidden = saved[0], saved[1], saved[2], saved[3]
         grad_hidden = silu_backward(torch.matmul(grad, self.feedforward[2].weight), hidden)
@@ -163,7 +207,7 @@ class TransformerLayer(torch.nn.Module):
             norm.weight,
             norm.bias,
         )
-        grad_normed, grad_log_weights = self.attention.backward(grad, saved[4:8])
+        grad_normed, grad_log_weights = self.attention.backward(grad, saved[4:8], index)
         norm = self.norm_attention
         grad = grad + layer_norm_backward(
             grad_normed, x, saved[8], saved[9], norm.weight, norm.bias
@@ -181,20 +225,21 @@ class Transformer(torch.nn.Module):
         )
         self.norm = torch.nn.LayerNorm(d_model)
 
-    def forward(self, x: Tensor, weights: Tensor, real: Tensor) -> Tensor:
-        """:param x: ``[A, T, d]`` tokens; :param weights: ``[A, T]`` key weights;
-        :param real: ``[A, T]`` bool, false for padding. :return: ``[A, T, d]``."""
-        return self.forward_saving(x, weights, real)[0]
+    def forward(self, x: Tensor, index: Tensor, weights: Tensor, real: Tensor) -> Tensor:
+        """:param x: ``[N, d]`` tokens; :param index: ``[N]`` their slots in the dense
+        ``[A, T]`` layout; :param weights: ``[A, T]`` key weights; :param real: ``[A, T]``
+        bool, false for padding. :return: ``[N, d]``."""
+        return self.forward_saving(x, index, weights, real)[0]
 
     def forward_saving(
-        self, x: Tensor, weights: Tensor, real: Tensor
+        self, x: Tensor, index: Tensor, weights: Tensor, real: Tensor
     ) -> Tuple[Tensor, List[List[Tensor]]]:
         """The output, and per block its input and what its backward needs (the final
         norm's last)."""
         log_weights = log_key_weights(weights, real)
         saved: List[List[Tensor]] = []
         for layer in self.layers:
-            y, block = layer.forward_saving(x, log_weights)
+            y, block = layer.forward_saving(x, log_weights, index)
             saved.append([x] + block)
             x = y
         y, mean, rstd = layer_norm_saving(x, self.norm.weight, self.norm.bias, self.norm.eps)
@@ -202,7 +247,12 @@ class Transformer(torch.nn.Module):
         return y, saved
 
     def backward(
-        self, grad: Tensor, saved: List[List[Tensor]], weights: Tensor, real: Tensor
+        self,
+        grad: Tensor,
+        saved: List[List[Tensor]],
+        index: Tensor,
+        weights: Tensor,
+        real: Tensor,
     ) -> Tuple[Tensor, Tensor]:
         """Gradients of the input tokens and of the key weights, given the output's."""
         last = saved[-1]
@@ -214,9 +264,9 @@ class Transformer(torch.nn.Module):
         for step in range(n_layers):
             k = n_layers - 1 - step
             # TorchScript indexes a ModuleList only with constants: pick block k by iterating
-            for index, layer in enumerate(self.layers):
-                if index == k:
+            for position, layer in enumerate(self.layers):
+                if position == k:
                     block = saved[k]
-                    grad, grad_block = layer.backward(grad, block[0], block[1:])
+                    grad, grad_block = layer.backward(grad, block[0], block[1:], index)
                     grad_log_weights = grad_log_weights + grad_block
         return grad, log_key_weights_backward(grad_log_weights, weights, real)

@@ -9,7 +9,7 @@ from mtt.testing import periodic_crystal
 from mtt.training.batches import LabelBatch
 
 from ..modules.augmentation import random_rotations, rotate_graph, rotate_labels
-from ..modules.neighbors import neighbor_slots, reverse_edges
+from ..modules.neighbors import neighbor_slots, reverse_edges, token_layout
 from ..modules.radial import cutoff_function
 from ..modules.transformer import CutoffAttention, log_key_weights
 
@@ -86,20 +86,38 @@ def test_cutoff_function_is_smooth_and_vanishes_at_the_cutoff():
 
 
 def test_attention_ignores_padding_and_zero_weight_tokens():
-    """Adding padded tokens, or real tokens of zero weight (neighbours at the cutoff),
+    """Adding padded slots, or real tokens of zero weight (neighbours at the cutoff),
     changes nothing for the other tokens: what makes energies continuous at the cutoff."""
     torch.manual_seed(0)
     attention = CutoffAttention(8, 2).double()
     x = torch.randn(3, 4, 8, dtype=torch.float64)
     weights = torch.rand(3, 4, dtype=torch.float64)
     real = torch.ones(3, 4, dtype=torch.bool)
-    reference = attention(x, log_key_weights(weights, real))
+    reference = attention(x.reshape(12, 8), log_key_weights(weights, real), torch.arange(12))
+    padded_weights = torch.cat([weights, torch.zeros(3, 2, dtype=torch.float64)], dim=1)
+    # two padding slots per atom: the same 12 tokens in a [3, 6] layout
+    mask = torch.cat([real, torch.zeros(3, 2, dtype=torch.bool)], dim=1)
+    index = mask.reshape(-1).nonzero().reshape(-1)
+    out = attention(x.reshape(12, 8), log_key_weights(padded_weights, mask), index)
+    torch.testing.assert_close(out, reference)
+    # two real tokens of weight zero per atom
     extra = torch.cat([x, 100 * torch.randn(3, 2, 8, dtype=torch.float64)], dim=1)
-    for extra_real in (False, True):
-        mask = torch.cat([real, torch.full((3, 2), extra_real)], dim=1)
-        padded_weights = torch.cat([weights, torch.zeros(3, 2, dtype=torch.float64)], dim=1)
-        out = attention(extra, log_key_weights(padded_weights, mask))[:, :4]
-        torch.testing.assert_close(out, reference)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    out = attention(extra.reshape(18, 8), log_key_weights(padded_weights, mask), torch.arange(18))
+    torch.testing.assert_close(out.reshape(3, 6, 8)[:, :4].reshape(12, 8), reference)
+
+
+def test_token_layout_lists_the_occupied_slots_in_order():
+    """Tokens are the centres and edges, in the dense layout's order without its padding:
+    each edge's and centre's row holds its slot, and each token knows its atom."""
+    edge_i = torch.tensor([2, 0, 2, 1, 0, 2, 4])
+    slots, width = neighbor_slots(edge_i, n_atoms=5)
+    layout = token_layout(slots, 5, width)
+    occupied = sorted(slots.tolist() + [atom * width for atom in range(5)])
+    assert layout.index.tolist() == occupied
+    assert layout.index[layout.rows].tolist() == slots.tolist()
+    assert layout.index[layout.centres].tolist() == [atom * width for atom in range(5)]
+    assert layout.atoms.tolist() == [slot // width for slot in occupied]
 
 
 def test_random_rotations_are_proper_rotations():
