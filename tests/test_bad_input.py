@@ -538,6 +538,21 @@ def test_restart_from_a_checkpoint_of_another_architecture(work, capsys, trained
     )
 
 
+def test_restart_with_a_changed_model_option(work, capsys, trained):
+    """A restart continues the checkpoint's model: a changed model option is refused (it
+    would be ignored, and recorded in the new run's options.yaml as if it had been used)."""
+    write_options(options(architecture__model__cutoff=5.0))
+    message = fail(capsys, "train", "options.yaml", "--restart", trained["checkpoint"])
+    assert message.startswith(
+        f"option 'architecture.model.cutoff': the model of '{trained['checkpoint']}' has 3.0, "
+        "the options ask for 5.0; a restart continues the same model"
+    )
+    assert not Path("model.pt").exists()
+    # the same model with a longer training restarts
+    write_options(options(architecture__training__num_epochs=2))
+    assert main(["train", "options.yaml", "--restart", str(trained["checkpoint"])]) == 0
+
+
 def test_eval_on_an_element_the_model_was_not_trained_on(work, capsys, trained):
     frames = ethanol(2) + carbon(1) + ethanol(1)
     frames[3].numbers[0] = 7  # carbon is known (ethanol has it); nitrogen is not

@@ -399,6 +399,8 @@ def _model_and_trainer(
             f"the options ask for {name!r}; set architecture.name to match"
         )
     _, model = model_from_checkpoint(checkpoint, checkpoint_path, "restart")
+    if finetune is None:
+        _check_same_model(settings.model_hypers, model.hypers, checkpoint_path)
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
     if finetune is not None:  # the same parameters train as before the interruption
         _remember_pretrained(trainer, _read_pretrained(settings, base_dir), finetune)
@@ -406,6 +408,20 @@ def _model_and_trainer(
     model = model.restart(info, finetune.inherit_heads if finetune else None)
     LOGGER.info("restarting from %s after epoch %d", checkpoint_path, trainer.epoch)
     return model, trainer
+
+
+def _check_same_model(wanted: Any, restarted: Any, checkpoint_path: str) -> None:
+    """Refuse a restart whose options change the model: the checkpoint's model continues
+    as it is, and the run's options.yaml would record hypers it does not have."""
+    wanted, restarted = hypers_module.to_dict(wanted), hypers_module.to_dict(restarted)
+    for key, value in wanted.items():
+        if key in restarted and restarted[key] != value:
+            raise MttError(
+                f"option 'architecture.model.{key}': the model of {checkpoint_path!r} has "
+                f"{restarted[key]!r}, the options ask for {value!r}; a restart continues the "
+                "same model: set it back, or start a new run (finetune.read_from starts one "
+                "from these weights)"
+            )
 
 
 def _read_pretrained(settings: Settings, base_dir: str):
