@@ -7,6 +7,7 @@ import shutil
 
 import ase.io
 import numpy as np
+import pytest
 import torch
 import yaml
 from helpers import TINY_MODEL
@@ -158,6 +159,36 @@ def test_restart_resumes_exactly(tmp_path, data_dir, monkeypatch):
     assert history_a == history_b
     for key in state_a:
         assert torch.equal(state_a[key], state_b[key]), key
+
+
+def test_restart_auto_trains_a_finished_run_further_in_a_new_directory(
+    tmp_path, data_dir, monkeypatch
+):
+    """``--restart auto`` with a larger num_epochs continues a finished run in a new run
+    directory (the finished run's model and checkpoints stay as they were), from its last
+    epoch, at the learning rate of the longer schedule (not the finished schedule's last)."""
+    monkeypatch.chdir(tmp_path)
+    options = tiny_run_options(tmp_path, data_dir, epochs=2, interval=1)
+    assert main(["train", options, "-o", "first.pt"]) == 0
+    (first,) = os.listdir("outputs")
+    before = {
+        name: (tmp_path / "outputs" / first / name).read_bytes()
+        for name in ("model.ckpt", "model.pt", "options.yaml", "train.csv")
+    }
+    args = ["train", options, "--restart", "auto", "-o", "second.pt"]
+    assert main(args + ["-r", "architecture.training.num_epochs=4"]) == 0
+    (second,) = set(os.listdir("outputs")) - {first}
+    for name, content in before.items():
+        assert (tmp_path / "outputs" / first / name).read_bytes() == content, name
+    longer = ["-r", "architecture.training.num_epochs=4", "--output-dir", "long", "-o", "l.pt"]
+    assert main(["train", options, *longer]) == 0  # the same 4 epochs, uninterrupted
+    (long,) = os.listdir("long")
+    rates = [
+        [row["learning_rate"] for row in final_state(os.path.join(root, run))[1]]
+        for root, run in (("outputs", second), ("long", long))
+    ]
+    # epochs 1-2 ran on the 2-epoch schedule; 3-4 on the 4-epoch one
+    assert rates[0][2:] == pytest.approx(rates[1][2:], rel=1e-12)
 
 
 def test_fused_optimizer_resumes_a_checkpoint_of_the_unfused_one(tmp_path, data_dir, monkeypatch):

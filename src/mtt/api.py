@@ -205,7 +205,11 @@ def _run_dir(checkpoint_path: Optional[str], output_dir: str, restart: Optional[
     if restart == "auto" and checkpoint_path is None:
         LOGGER.info("no checkpoint found under %s: starting a new run", output_dir)
     if checkpoint_path is not None and restart == "auto":
-        return os.path.dirname(os.path.dirname(checkpoint_path))  # continue that run
+        run = os.path.dirname(os.path.dirname(checkpoint_path))
+        if not os.path.exists(os.path.join(run, "model.ckpt")):
+            return run  # an interrupted run continues in its directory
+        # a finished run trained further: its exported model and final checkpoint stay
+        LOGGER.info("%s finished: continuing it in a new run directory", run)
     return new_run_dir(output_dir)
 
 

@@ -165,6 +165,13 @@ class Trainer(TrainerInterface):
             optimizer.load_state_dict(self.state["optimizer"])
             scheduler.load_state_dict(self.state["scheduler"])
             self.plateau.load_state_dict(self.state["plateau"])
+            # the rate of this run's schedule at the restored step: the saved one unless
+            # num_epochs changed (a finished run trained further), whose first step would
+            # otherwise take the old schedule's last rate
+            for group, base, factor in zip(
+                optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+            ):
+                group["lr"] = base * factor(scheduler.last_epoch)
             if self.ema is not None:
                 self.ema.load_state_dict(self.state["ema"])
         for epoch in range(self.epoch, self.hypers.num_epochs):
