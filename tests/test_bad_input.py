@@ -135,10 +135,12 @@ def fail(capsys, *argv, count: int = 1):
     model, checkpoint or temporary file created or touched. Returns the problems' text."""
     root = Path.cwd()
     before = artifacts(root)
+    runs = set(root.glob("outputs/*"))
     status, problems = run(capsys, *argv)
     assert status == 1, problems
     assert len(problems) == count, problems
     assert artifacts(root) == before, "a failed command left a model or checkpoint behind"
+    assert set(root.glob("outputs/*")) == runs, "a refused run left its run directory behind"
     return problems[0] if count == 1 else problems
 
 
@@ -551,6 +553,27 @@ def test_restart_with_a_changed_model_option(work, capsys, trained):
     # the same model with a longer training restarts
     write_options(options(architecture__training__num_epochs=2))
     assert main(["train", "options.yaml", "--restart", str(trained["checkpoint"])]) == 0
+
+
+def test_restart_from_a_checkpoint_that_does_not_exist(work, capsys):
+    write_options(options())
+    message = fail(capsys, "train", "options.yaml", "--restart", "nope.ckpt")
+    assert message.startswith("--restart 'nope.ckpt': no such checkpoint file;")
+
+
+def test_output_dir_that_is_a_file(work, capsys):
+    write_options(options())
+    Path("runs").write_text("my notes")
+    message = fail(capsys, "train", "options.yaml", "--output-dir", "runs")
+    assert message.startswith("--output-dir 'runs' is a file;")
+    assert Path("runs").read_text() == "my notes"
+
+
+def test_output_that_is_a_directory_is_refused_before_training_even_with_force(work, capsys):
+    write_options(options())
+    Path("results").mkdir()
+    message = fail(capsys, "train", "options.yaml", "-o", "results", "--force")
+    assert message == "'results' is a directory; give the path of a file to write"
 
 
 def test_eval_on_an_element_the_model_was_not_trained_on(work, capsys, trained):

@@ -177,16 +177,34 @@ def train(
         if not world.main:
             return _train_in(*arguments, main=False)
         handler = _log_to(run_dir)
+        continued = checkpoint_path is not None and run_dir == _run_of(checkpoint_path)
         try:
             return _train_in(*arguments)
         except Exception as error:
             # the traceback goes to the run's log only; the command line prints one line
             LOGGER.debug("training failed", exc_info=True)
-            error.log_file = handler.baseFilename  # type: ignore[attr-defined]
+            LOGGER.removeHandler(handler)
+            handler.close()
+            if not (isinstance(error, MttError) and not continued and _remove_if_unused(run_dir)):
+                error.log_file = handler.baseFilename  # type: ignore[attr-defined]
             raise
         finally:
             LOGGER.removeHandler(handler)
             handler.close()
+
+
+def _run_of(checkpoint_path: str) -> str:
+    return os.path.dirname(os.path.dirname(checkpoint_path))
+
+
+def _remove_if_unused(run_dir: str) -> bool:
+    """Remove the new run directory of a run refused before it trained (a mistake in the
+    data or the options, reported on the command line): it holds only its options and log,
+    and such directories would pile up while the user fixes the mistake. Whether removed."""
+    if not set(os.listdir(run_dir)) <= {"options.yaml", "train.log"}:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def _uses_cuda(settings: Settings) -> bool:
@@ -197,6 +215,15 @@ def _uses_cuda(settings: Settings) -> bool:
 def _start_run(output: str, force: bool, output_dir: str, restart: Optional[str]):
     """The checkpoint to restart from (or None) and the run directory, made now."""
     refuse_overwrite(output, force)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise MttError(
+            f"--output-dir {output_dir!r} is a file; give a directory for the run directories"
+        )
+    if restart not in (None, "auto") and not os.path.isfile(restart):
+        raise MttError(
+            f"--restart {restart!r}: no such checkpoint file; give a .ckpt written by mtt "
+            "train (outputs/<run>/checkpoints/epoch_<n>.ckpt) or 'auto'"
+        )
     checkpoint_path = find_auto_restart(output_dir) if restart == "auto" else restart
     return checkpoint_path, _run_dir(checkpoint_path, output_dir, restart)
 
@@ -205,7 +232,7 @@ def _run_dir(checkpoint_path: Optional[str], output_dir: str, restart: Optional[
     if restart == "auto" and checkpoint_path is None:
         LOGGER.info("no checkpoint found under %s: starting a new run", output_dir)
     if checkpoint_path is not None and restart == "auto":
-        run = os.path.dirname(os.path.dirname(checkpoint_path))
+        run = _run_of(checkpoint_path)
         if not os.path.exists(os.path.join(run, "model.ckpt")):
             return run  # an interrupted run continues in its directory
         # a finished run trained further: its exported model and final checkpoint stay

@@ -41,7 +41,10 @@ def _umask() -> int:
 
 
 def refuse_overwrite(path: str, force: bool, flag: str = "--force") -> None:
-    """Never overwrite what a user made without being asked."""
+    """Never overwrite what a user made without being asked; a directory is never replaced
+    (refused before any work, not after training, when the file would be moved there)."""
+    if os.path.isdir(path):
+        raise MttError(f"{path!r} is a directory; give the path of a file to write")
     if os.path.exists(path) and not force:
         raise MttError(
             f"{path!r} already exists; choose another output path or pass {flag} to overwrite it"
