@@ -376,6 +376,34 @@ def test_nan_in_a_position(work, capsys):
     assert "fix or remove that frame" in message
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_atoms_on_top_of_each_other(work, capsys, dry_run):
+    """Two atoms at the same place (a duplicated atom) would make the loss NaN: refused
+    with the structure and the atoms, before training and by the dry run."""
+    frames = ethanol()
+    frames[4].positions[3] = frames[4].positions[1] + 0.01
+    ase.io.write("train.xyz", frames)
+    write_options(options(validation_set=0.0))
+    message = fail(capsys, "train", "options.yaml", *(["--dry-run"] if dry_run else []))
+    assert message.startswith("structure 4 of the training_set: atoms 1 and 3 are 0.0173 apart")
+    assert "duplicated atoms?); fix or remove that structure" in message
+
+
+def test_a_label_key_holding_text(work, capsys):
+    """A key that holds text (a class name) is not reported as missing."""
+    frames = ethanol()
+    for atoms in frames:
+        atoms.info["phase"] = "gas"
+    ase.io.write("train.xyz", frames)
+    targets = {"energy": {"key": "phase", "unit": "kcal/mol"}}
+    write_options(options(training_set__targets=targets))
+    message = train(capsys)
+    assert message.startswith(
+        f"'phase' of structure 0 holds 'gas', not numbers in {str(work / 'train.xyz')!r}; "
+        "labels must be numbers"
+    )
+
+
 def test_nan_in_an_energy(work, capsys):
     frames = ethanol()
     frames[7] = with_labels(frames[7], energy=math.nan, forces=frames[7].get_forces())

@@ -306,7 +306,7 @@ def test_loss_becoming_nan_stops_with_a_clear_message(tmp_path, data_dir, monkey
     )
     assert status == 1
     error = capsys.readouterr().err
-    assert "loss became nan" in error and "in epoch 1" in error
+    assert "the loss is not finite in epoch 1 (training nan, validation " in error
     assert "learning rate (1e+30) is probably too high" in error
     assert not os.path.exists("model.pt")
 

@@ -27,6 +27,7 @@ from .io import atomic_path, refuse_overwrite
 from .options import Options
 from .runs import find_auto_restart, new_run_dir
 from .training import distributed
+from .training.batches import model_data
 from .training.composition import baseline_rmse
 from .units import conversion
 
@@ -359,6 +360,10 @@ def _dry_run(settings: Settings, base_dir: str, frames) -> None:
     model, trainer = run.model, run.trainer
     model.to(device=run.device, dtype=run.dtype)
     train_set = run.sets[0]
+    for dataset in run.sets:  # what training would refuse in the model's data
+        if dataset is not None and not getattr(dataset, "lazy", False):
+            for index in range(len(dataset.frames)):
+                model_data(model, dataset, index)
     trainer._fit_baseline(model, train_set, _labelled(model, train_set))
     if trainer.pretrained_targets:
         LOGGER.info("zero-shot errors of the pretrained model on the new training set:")

@@ -16,7 +16,7 @@ from ..errors import MttError
 from ..options import DatasetOptions, SystemsOptions, TargetOptions
 from ..units import check_length_unit
 from .packed import is_packed
-from .reading import available_keys, check_structure, lookup, read_structures
+from .reading import available_keys, check_structure, lookup, read_structures, text_label
 from .targets import GradientSource, TargetInfo, TargetSpec
 
 Labels = Dict[str, np.ndarray]
@@ -171,6 +171,7 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
         return _read_generic(spec, label_frames, labels, path, key_where)
     found = _read_energies(spec.name, spec.key, label_frames, labels, path, key_where)
     if found == 0:
+        _refuse_text(label_frames, spec.key, False, path, key_where)
         keys = available_keys(label_frames, per_atom=False)
         raise MttError(
             f"no structure of {path!r} has the energy key {spec.key!r}; keys found: "
@@ -213,6 +214,7 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
         labels[index][spec.name] = np.ascontiguousarray(shaped.transpose(0, 2, 1))
         found += 1
     if found == 0:
+        _refuse_text(frames, spec.key, options.per_atom, path, where)
         keys = available_keys(frames, per_atom=options.per_atom)
         place = "atoms.arrays" if options.per_atom else "atoms.info"
         raise MttError(
@@ -257,12 +259,23 @@ def _read_gradient(
             labels[index][f"{name}/{'forces' if kind == 'forces' else 'stress'}"] = value
             found += 1
     if found == 0 and gradient.required:
+        _refuse_text(label_frames, gradient.key, kind == "forces", path, where)
         keys = available_keys(label_frames, per_atom=(kind == "forces"))
         raise MttError(
             f"no structure of {path!r} has {kind} under the key {gradient.key!r}; keys found: "
             f"{keys}; set '{where}' to the right key, or to false to train without {kind}"
         )
     return found
+
+
+def _refuse_text(frames, key: str, per_atom: bool, path: str, where: str) -> None:
+    """A key that holds text in every frame is not missing: say what it holds."""
+    found = text_label(frames, key, per_atom)
+    if found is not None:
+        raise MttError(
+            f"{found} in {path!r}; labels must be numbers: set '{where}.key' to a numeric key "
+            "(classes, e.g., as one-hot numbers)"
+        )
 
 
 def _to_label(kind: str, value: np.ndarray, atoms: ase.Atoms, what: str) -> Optional[np.ndarray]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from metatomic.torch import NeighborListOptions, System
 
+from ..errors import MttError
 from .neighbors import neighbor_pairs
 
 
@@ -40,7 +41,8 @@ def atoms_to_graph(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype) -> Graph
     pbc = np.asarray(atoms.pbc, dtype=bool)
     # metatomic's convention: cell vectors of non-periodic directions are zero
     cell = np.asarray(atoms.cell[:], dtype=np.float64) * pbc[:, None]
-    i, j, shifts, _ = neighbor_pairs(atoms.positions, cell, pbc, cutoff, full_list=True)
+    i, j, shifts, vectors = neighbor_pairs(atoms.positions, cell, pbc, cutoff, full_list=True)
+    _check_distances(i, j, vectors)
     return Graph(
         types=torch.tensor(atoms.numbers, dtype=torch.int64),
         positions=torch.tensor(atoms.positions, dtype=dtype),
@@ -52,6 +54,23 @@ def atoms_to_graph(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype) -> Graph
         edge_shifts=torch.from_numpy(shifts).to(dtype),
         n_atoms=torch.tensor([len(atoms)], dtype=torch.int64),
     )
+
+
+# closer than this (in the data's length unit; 0.1 Å is far inside any bond) two atoms are a
+# mistake, duplicated or wrapped twice: atoms on top of each other make edge directions, and
+# the loss, NaN
+MIN_DISTANCE = 0.1
+
+
+def _check_distances(first: np.ndarray, second: np.ndarray, vectors: np.ndarray) -> None:
+    lengths = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
+    if len(lengths) and lengths.min() < MIN_DISTANCE:
+        k = int(np.argmin(lengths))
+        raise MttError(
+            f"atoms {first[k]} and {second[k]} are {lengths[k]:.3g} apart (less than "
+            f"{MIN_DISTANCE} in the data's length unit: duplicated atoms?); fix or remove "
+            "that structure"
+        )
 
 
 def collate_graphs(graphs: List[Graph]) -> Graph:

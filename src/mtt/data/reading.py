@@ -101,6 +101,18 @@ def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
     return sorted(keys)
 
 
+def text_label(frames: Sequence[ase.Atoms], key: str, per_atom: bool) -> Optional[str]:
+    """Where ``key`` holds text instead of numbers (e.g. ``class_label=diamond``), for an
+    error that says so instead of calling the key missing."""
+    for index, atoms in enumerate(frames):
+        values = atoms.arrays if per_atom else atoms.info
+        value = values.get(key, _calculator_results(atoms).get(key))
+        if value is not None and not _is_numeric(value):
+            shown = repr(value) if isinstance(value, str) else type(value).__name__
+            return f"{key!r} of structure {index} holds {shown[:40]}, not numbers"
+    return None
+
+
 def _as_numbers(value) -> Optional[np.ndarray]:
     try:
         return np.asarray(value, dtype=np.float64)

@@ -13,6 +13,7 @@ import torch
 
 from ..data.dataset import LabelledDataset
 from ..data.lazy import LazySequence
+from ..errors import MttError
 
 
 @dataclass
@@ -57,6 +58,14 @@ def label_shape(quantity: str, targets: Dict[str, Any], n_atoms: int) -> Tuple[i
     return {"energy": (1,), "forces": (n_atoms, 3), "stress": (1, 3, 3)}[kind]
 
 
+def model_data(model: Any, dataset: LabelledDataset, index: int) -> Any:
+    """The model's data of one structure; a structure it refuses is named in the error."""
+    try:
+        return model.atoms_to_data(dataset.frames[index])
+    except MttError as error:
+        raise MttError(f"structure {index} of the {dataset.name}: {error}") from None
+
+
 class PreparedSet:
     """A labelled data set turned into model data (once) and label tensors (once)."""
 
@@ -67,13 +76,13 @@ class PreparedSet:
         targets = getattr(getattr(model, "dataset_info", None), "targets", dataset.targets)
         if getattr(dataset, "lazy", False):  # on disk (mtt.data.lazy): built per batch, not kept
             self.n_atoms = dataset.n_atoms.tolist()
-            self.data = LazySequence(len(dataset), lambda i: model.atoms_to_data(dataset.frames[i]))
+            self.data = LazySequence(len(dataset), lambda i: model_data(model, dataset, i))
             self.labels = LazySequence(
                 len(dataset),
                 lambda i: _frame_labels(dataset.labels[i], self.n_atoms[i], quantities, targets),
             )
             return
-        self.data = [model.atoms_to_data(atoms) for atoms in dataset.frames]
+        self.data = [model_data(model, dataset, i) for i in range(len(dataset.frames))]
         self.n_atoms = [len(atoms) for atoms in dataset.frames]
         self.labels = [
             _frame_labels(labels, n, quantities, targets)

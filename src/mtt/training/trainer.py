@@ -199,12 +199,15 @@ class Trainer(TrainerInterface):
                         model, loss, val, list(range(len(val))), device, None, None, "validation"
                     )
                 )
-        losses = [row["train_loss"], row.get("validation_loss", 0.0)]
-        if not all(math.isfinite(value) for value in losses):
+        losses = {"training": row["train_loss"]}
+        if val is not None:
+            losses["validation"] = row["validation_loss"]
+        if not all(math.isfinite(value) for value in losses.values()):
+            found = ", ".join(f"{name} {value:.6g}" for name, value in losses.items())
             raise MttError(
-                f"the loss became {losses[0]} (validation: {losses[1]}) in epoch {epoch + 1}; "
-                f"the learning rate ({self.hypers.learning_rate}) is probably too high or some "
-                f"labels are wrong; {self._last_checkpoint_note()}"
+                f"the loss is not finite in epoch {epoch + 1} ({found}); the learning rate "
+                f"({self.hypers.learning_rate}) is probably too high or some labels are wrong; "
+                f"{self._last_checkpoint_note()}"
             )
         return row
 
