@@ -512,8 +512,8 @@ def test_export_truncated_checkpoint(work, capsys, trained):
     content = trained["checkpoint"].read_bytes()
     Path("half.ckpt").write_bytes(content[: len(content) // 2])
     message = fail(capsys, "export", "half.ckpt")
-    assert message.startswith("'half.ckpt' is not a readable mtt checkpoint")
-    assert "written by 'mtt train'" in message
+    assert message.startswith("'half.ckpt' is truncated or damaged")
+    assert "earlier outputs/<run>/checkpoints/epoch_<n>.ckpt" in message
 
 
 def test_export_of_the_intact_checkpoint_works(work, capsys, trained):

@@ -52,6 +52,12 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             "values, so nothing in it was run; only load checkpoints written by 'mtt train'"
         ) from None
     except Exception as error:
+        if _is_truncated_archive(path):
+            raise MttError(
+                f"{path!r} is truncated or damaged (a checkpoint archive without its end, e.g. "
+                "an unfinished copy); copy it again, or use another checkpoint such as an "
+                "earlier outputs/<run>/checkpoints/epoch_<n>.ckpt"
+            ) from None
         first = str(error).splitlines()[0][:200] if str(error).strip() else "empty or truncated"
         raise MttError(
             f"{path!r} is not a readable mtt checkpoint ({type(error).__name__}: {first}); give "
@@ -75,6 +81,13 @@ def _is_exported_model(path: str) -> bool:
             return any(name.split("/")[-1] == "constants.pkl" for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def _is_truncated_archive(path: str) -> bool:
+    """Whether ``path`` starts like torch's zip archives but lacks the directory at its end."""
+    with open(path, "rb") as file:
+        start = file.read(4)
+    return start == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def _unpickling_reason(error: Exception) -> str:
