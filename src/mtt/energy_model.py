@@ -472,8 +472,9 @@ class EnergyModel(ModelInterface):
         if new_types:
             raise MttError(
                 f"the new data has elements {new_types} that this {self.__architecture__} "
-                f"model was not trained on (it knows {self.atomic_types}); fine-tuning cannot "
-                "add elements to it: train a new model, or remove those structures"
+                f"model was not trained on (it knows {self.atomic_types}); neither a restart "
+                "nor fine-tuning can add elements to it: train a new model, or remove those "
+                "structures"
             )
         for name, target in dataset_info.targets.items():
             known = self.dataset_info.targets.get(name)
