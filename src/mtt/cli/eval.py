@@ -43,7 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="energy output to evaluate, e.g. energy/pbe0 (default: energy)",
     )
     parser.add_argument(
-        "-f", "--force", action="store_true", help="overwrite the predictions file if it exists"
+        "-f",
+        "--force",
+        action="store_true",
+        help="overwrite the predictions file and its parity plot if they exist",
     )
 
 
@@ -52,12 +55,16 @@ def run(args: argparse.Namespace) -> None:
     from ..io import refuse_overwrite
     from ..plots import MAX_PARITY_STRUCTURES
 
+    if args.batch_size < 1:
+        raise MttError(f"-b/--batch-size must be at least 1, got {args.batch_size}")
     refuse_overwrite(args.output, args.force)
     model = load_model(args.model)
     outputs = model.capabilities().outputs
     generic = [name for name in outputs if name.startswith("mtt::")]
     energy = _energy_output(model, args.output_name, generic)
     data = _open(args.data, energy, generic, model)
+    if data.plotted:  # known only now, still before anything is evaluated
+        _refuse_plot_overwrite(args.output, args.force)
     evaluator = Evaluator(model, data.length_unit, repr(args.data))
     result = evaluate_stream(
         evaluator,
@@ -93,6 +100,46 @@ def run(args: argparse.Namespace) -> None:
         _parity(args, result.parity, energy, (data.energy_unit, data.length_unit))
 
 
+def _plot_path(output: str) -> str:
+    """Where the parity plot of the predictions file ``output`` goes."""
+    return os.path.splitext(output)[0] + ".png"
+
+
+def _refuse_plot_overwrite(output: str, force: bool) -> None:
+    """The parity plot is a second output: an existing file there is the user's, as much
+    as an existing predictions file is."""
+    path = _plot_path(output)
+    if os.path.abspath(path) == os.path.abspath(output):
+        raise MttError(
+            f"-o {output!r}: the parity plot would overwrite the predictions; give an .xyz "
+            "path (the plot goes next to it as .png)"
+        )
+    if os.path.isdir(path):
+        raise MttError(
+            f"{path!r} (the parity plot of {output!r}) is a directory; choose another output path"
+        )
+    if os.path.exists(path) and not force:
+        raise MttError(
+            f"{path!r} already exists (the parity plot of {output!r} goes there); choose "
+            "another output path or pass --force to overwrite it"
+        )
+
+
+def _format_hint(data: str) -> str:
+    """How ``mtt eval`` sets the format of a file ASE cannot read: in the data set YAML
+    (``systems.reader``), which a bare structure file needs first."""
+    if _is_yaml(data):
+        return f"set 'systems.reader' in {data!r} to an ASE format name if it is guessed wrong"
+    return (
+        f"name its format in a data set YAML (systems: {{read_from: {data}, reader: "
+        "<ASE format>}) and evaluate that if it is guessed wrong"
+    )
+
+
+def _is_yaml(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in (".yaml", ".yml")
+
+
 def _energy_output(model, requested, generic):
     from ..evaluate import pick_energy_output
 
@@ -110,7 +157,7 @@ def _parity(args, sample, energy: str, units) -> None:
 
     predicted, reference = sample.arrays()
     name = os.path.basename(os.path.normpath(args.data))
-    path = os.path.splitext(args.output)[0] + ".png"
+    path = _plot_path(args.output)
     parity_plot(
         {name: predicted},
         {name: reference},
@@ -131,6 +178,7 @@ class _Data:
     energy_unit: str
     compare: List[str] = field(default_factory=list)  # generic outputs with labels to compare
     labelled: bool = False
+    plotted: bool = False  # energy labels are compared: a parity plot will be drawn
 
 
 def _open(path: str, energy: Optional[str], generic: List[str], model) -> _Data:
@@ -139,22 +187,30 @@ def _open(path: str, energy: Optional[str], generic: List[str], model) -> _Data:
     from .. import hypers
     from ..api import read_options
     from ..options import DatasetOptions
+    from ..units import check_length_unit
 
     model_unit = model.capabilities().outputs[energy].unit if energy else ""
-    if os.path.splitext(path)[1].lower() not in (".yaml", ".yml"):
-        return _Data(_unlabelled(path, None), "angstrom", model_unit)
+    if not _is_yaml(path):
+        if not os.path.exists(path):  # named on the command line: relative to here
+            raise MttError(
+                f"file not found: {path!r}; give a structure file, a directory written by "
+                "'mtt data pack' or a data set YAML (relative paths start at the current "
+                "directory)"
+            )
+        return _Data(_unlabelled(path, None, _format_hint(path)), "angstrom", model_unit)
     raw = read_options(path)
     options = hypers.parse(DatasetOptions, raw)
     systems = options.systems
     read_from = systems if isinstance(systems, str) else systems.read_from
     reader = None if isinstance(systems, str) else systems.reader
     unit = "angstrom" if isinstance(systems, str) else systems.length_unit
+    check_length_unit(unit, "eval.systems.length_unit")  # as load_dataset names it
     full = os.path.join(os.path.dirname(os.path.abspath(path)), read_from)
     if "targets" not in raw:  # predictions only
-        return _Data(_unlabelled(full, reader), unit, model_unit)
+        return _Data(_unlabelled(full, reader, _format_hint(path)), unit, model_unit)
     targets = _compared_targets(options.targets, energy, generic, model)
     if not targets:
-        return _Data(_unlabelled(full, reader), unit, model_unit)
+        return _Data(_unlabelled(full, reader, _format_hint(path)), unit, model_unit)
     energies = [name for name in targets if not name.startswith("mtt::")]
     name = (energy if energy in energies else energies[0]) if energies else None
     energy_unit = targets[name].unit or "eV" if name else model_unit
@@ -163,18 +219,19 @@ def _open(path: str, energy: Optional[str], generic: List[str], model) -> _Data:
     if name is not None and name != energy:
         pairs = _renamed(pairs, name, energy)
     compare = [n for n in targets if n.startswith("mtt::")]
-    return _Data(pairs, unit, energy_unit, compare, labelled=True)
+    return _Data(pairs, unit, energy_unit, compare, labelled=True, plotted=name is not None)
 
 
 def _compared_targets(targets, energy, generic, model):
     """The declared targets to compare: energies (if the model has an energy output) and
-    generic outputs of the model whose labels are in the model's unit."""
+    generic outputs of the model whose labels are in the model's unit. A target the model
+    cannot predict is refused: silently ignoring it would report no error for it at all."""
     chosen = {}
     for name, target in targets.items():
+        _require_output(name, energy, generic, model)
         if not name.startswith("mtt::"):
-            if energy is not None:
-                chosen[name] = target
-        elif name in generic:
+            chosen[name] = target
+        else:
             unit = model.capabilities().outputs[name].unit
             if (target.unit or "") != unit:
                 LOGGER.warning(
@@ -188,13 +245,25 @@ def _compared_targets(targets, energy, generic, model):
     return chosen
 
 
-def _unlabelled(path: str, reader: Optional[str]):
+def _require_output(name: str, energy: Optional[str], generic: List[str], model) -> None:
+    """Refuse the declared target ``name`` if the model has no output for it (any energy
+    target is compared with the model's energy output, so that needs only one)."""
+    has = energy is not None if not name.startswith("mtt::") else name in generic
+    if not has:
+        outputs = list(model.capabilities().outputs)
+        raise MttError(
+            f"eval.targets.{name}: the model has no output {name!r} (its outputs are "
+            f"{outputs}); remove this target or evaluate a model trained on it"
+        )
+
+
+def _unlabelled(path: str, reader: Optional[str], hint: str):
     from ..data.packed import is_packed, open_arrays, stream_structures
 
     if is_packed(path):
         arrays = open_arrays(path)
         return ((arrays.atoms(i), {}) for i in range(arrays.manifest["structures"]))
-    return ((atoms, {}) for _, atoms in stream_structures(path, reader))
+    return ((atoms, {}) for _, atoms in stream_structures(path, reader, hint))
 
 
 def _labelled(options, yaml_path: str, full: str, reader: Optional[str]):
@@ -214,11 +283,12 @@ def _labelled(options, yaml_path: str, full: str, reader: Optional[str]):
         dataset = load_dataset(options, base, "eval")
         return iter(zip(dataset.frames, dataset.labels))
     specs = _specs(options.targets, "eval")
-    _require_labels(full, reader, specs)
-    return stream_labelled(stream_structures(full, reader), specs, full, "eval")
+    hint = _format_hint(yaml_path)
+    _require_labels(full, reader, specs, hint)
+    return stream_labelled(stream_structures(full, reader, hint), specs, full, "eval")
 
 
-def _require_labels(path: str, reader: Optional[str], specs) -> None:
+def _require_labels(path: str, reader: Optional[str], specs, hint: str) -> None:
     """Stop before predicting anything when no structure holds a declared label (usually a
     typo in a key): read structures until each one has been seen, which is the first
     structure in the usual case, so streaming stays cheap."""
@@ -233,7 +303,7 @@ def _require_labels(path: str, reader: Optional[str], specs) -> None:
             if quantity.name == spec.name or quantity.name in required:
                 missing[quantity.name] = (spec, quantity)
     seen = []
-    for _, atoms in stream_structures(path, reader):
+    for _, atoms in stream_structures(path, reader, hint):
         if len(seen) < 20:
             seen.append(atoms)
         for name, (_, quantity) in list(missing.items()):

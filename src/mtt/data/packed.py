@@ -333,9 +333,16 @@ def _replace(tmp: str, output: str) -> None:
     shutil.rmtree(old)
 
 
-def stream_structures(path: str, reader: Optional[str] = None) -> Iterator[Tuple[int, ase.Atoms]]:
+# how a message about a file ASE cannot read ends: ``mtt data pack``'s way to name the format
+FORMAT_HINT = "set the format (--reader) if it is guessed wrong"
+
+
+def stream_structures(
+    path: str, reader: Optional[str] = None, format_hint: str = FORMAT_HINT
+) -> Iterator[Tuple[int, ase.Atoms]]:
     """``(index, atoms)`` of each structure of a file, read one at a time and checked as
-    :func:`mtt.data.reading.read_structures` checks them."""
+    :func:`mtt.data.reading.read_structures` checks them; ``format_hint`` ends the message
+    about a file ASE cannot read (how the calling command sets the format)."""
     if not os.path.exists(path):
         raise MttError(
             f"file not found: {path!r}; check the path (relative paths start at the "
@@ -347,7 +354,7 @@ def stream_structures(path: str, reader: Optional[str] = None) -> Iterator[Tuple
             "structure file (e.g. an .xyz file) or a packed directory"
         )
     count = 0
-    for index, atoms in _stream(path, reader):
+    for index, atoms in _stream(path, reader, format_hint):
         check_structure(atoms, f"structure {index} of {path!r}")
         count += 1
         yield index, atoms
@@ -355,7 +362,9 @@ def stream_structures(path: str, reader: Optional[str] = None) -> Iterator[Tuple
         raise MttError(f"{path!r} holds no structures")
 
 
-def _stream(path: str, reader: Optional[str]) -> Iterator[Tuple[int, ase.Atoms]]:
+def _stream(
+    path: str, reader: Optional[str], format_hint: str = FORMAT_HINT
+) -> Iterator[Tuple[int, ase.Atoms]]:
     """``(index, atoms)`` of each frame of ``path``, one at a time, with one-line errors."""
     if reader == "ase":
         reader = None
@@ -369,8 +378,8 @@ def _stream(path: str, reader: Optional[str]) -> Iterator[Tuple[int, ase.Atoms]]
         except Exception as error:  # ASE raises many types for malformed files
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise MttError(
-                f"could not read structure {index} of {path!r}: {first}; fix the file or set "
-                "the format (--reader) if it is guessed wrong"
+                f"could not read structure {index} of {path!r}: {first}; fix the file or "
+                f"{format_hint}"
             ) from None
         yield index, atoms
         index += 1

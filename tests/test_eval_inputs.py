@@ -1,0 +1,112 @@
+"""Bad input to ``mtt eval`` is one line naming the key, file or option and saying how to fix
+it; nothing the user made (the predictions file or its parity plot) is overwritten without
+--force.
+
+The helpers and fixtures are those of ``test_bad_input.py``: each test drives the real command
+line in a fresh directory holding ``train.xyz`` (a dozen labelled ethanol structures), and one
+tiny model is trained for this module.
+"""
+
+from pathlib import Path
+
+import pytest
+import test_bad_input
+from test_bad_input import fail, run, write_options
+
+work = test_bad_input.work
+trained = test_bad_input.trained  # module scope: trained once for this file
+
+LABELLED = {"systems": "train.xyz", "targets": {"energy": {"unit": "kcal/mol"}}}
+
+
+def test_existing_parity_plot_is_refused_before_evaluating_and_force_overwrites_both(
+    work, capsys, trained
+):
+    write_options(LABELLED, "eval.yaml")
+    Path("fig.png").write_text("my figure")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml", "-o", "fig.xyz")
+    assert message == (
+        "'fig.png' already exists (the parity plot of 'fig.xyz' goes there); choose another "
+        "output path or pass --force to overwrite it"
+    )
+    assert Path("fig.png").read_text() == "my figure"
+    assert not Path("fig.xyz").exists()  # refused before anything was evaluated
+
+    Path("fig.xyz").write_text("my predictions")
+    status, problems = run(capsys, "eval", trained["model"], "eval.yaml", "-o", "fig.xyz", "-f")
+    assert (status, problems) == (0, [])
+    assert Path("fig.png").read_bytes()[:4] == b"\x89PNG"
+    assert Path("fig.xyz").read_text() != "my predictions"
+
+
+def test_existing_png_is_kept_when_no_parity_plot_is_drawn(work, capsys, trained):
+    """Structures without compared labels give no plot: a file of that name is no obstacle."""
+    Path("fig.png").write_text("my figure")
+    status, problems = run(capsys, "eval", trained["model"], "train.xyz", "-o", "fig.xyz")
+    assert (status, problems) == (0, [])
+    assert Path("fig.png").read_text() == "my figure"
+
+
+def test_predictions_path_that_the_parity_plot_would_overwrite(work, capsys, trained):
+    write_options(LABELLED, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml", "-o", "out.png")
+    assert message.startswith("-o 'out.png': the parity plot would overwrite the predictions;")
+    assert not Path("out.png").exists()
+
+
+def test_unknown_length_unit_in_the_eval_yaml(work, capsys, trained):
+    systems = {"read_from": "train.xyz", "length_unit": "furlong"}
+    write_options({"systems": systems}, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml")
+    assert message.startswith("eval.systems.length_unit: 'furlong' is not a valid length unit")
+    assert "e.g. 'angstrom'" in message  # the fix, as training words it
+    assert not Path("predictions.xyz").exists()
+
+
+def test_empty_structure_file_given_directly(work, capsys, trained):
+    """``mtt eval`` has no --reader: the hint says where the format can be set."""
+    Path("empty.xyz").write_text("")
+    message = fail(capsys, "eval", trained["model"], "empty.xyz")
+    assert message.startswith("could not read structure 0 of 'empty.xyz'")
+    assert "--reader" not in message
+    assert "systems: {read_from: empty.xyz, reader: <ASE format>}" in message
+    assert not Path("predictions.xyz").exists()
+
+
+def test_unreadable_structure_file_of_an_eval_yaml(work, capsys, trained):
+    Path("junk.xyz").write_text("junk\nmore junk\n")
+    write_options({"systems": "junk.xyz"}, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml")
+    assert "--reader" not in message
+    assert "set 'systems.reader' in 'eval.yaml' to an ASE format name" in message
+
+
+def test_missing_structure_file_given_directly(work, capsys, trained):
+    message = fail(capsys, "eval", trained["model"], "nothere.xyz")
+    assert message.startswith("file not found: 'nothere.xyz';")
+    assert "options file" not in message  # there is none
+    assert "current directory" in message
+
+
+def test_missing_structure_file_of_an_eval_yaml_keeps_its_message(work, capsys, trained):
+    """Paths in a YAML are relative to its directory, as the message says."""
+    write_options({"systems": "nothere.xyz"}, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml")
+    assert f"file not found: {str(work / 'nothere.xyz')!r}" in message
+    assert "relative paths start at the directory of the options file" in message
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_batch_size_below_one(work, capsys, trained, size):
+    message = fail(capsys, "eval", trained["model"], "train.xyz", "-b", size)
+    assert message == f"-b/--batch-size must be at least 1, got {size}"
+    assert not Path("predictions.xyz").exists()
+
+
+def test_target_the_model_does_not_have(work, capsys, trained):
+    targets = {"mtt::dipole": {"type": {"cartesian": {"rank": 1}}, "unit": "D"}}
+    write_options({"systems": "train.xyz", "targets": targets}, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml")
+    assert message.startswith("eval.targets.mtt::dipole: the model has no output 'mtt::dipole'")
+    assert "(its outputs are ['energy'])" in message
+    assert not Path("predictions.xyz").exists()
