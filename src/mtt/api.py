@@ -343,12 +343,15 @@ def _calibrate_uncertainty(model, sets) -> None:
     LOGGER.info("energy uncertainties (LLPR) from %d last-layer features", fit["n_features"])
     for dataset in [s for s in sets if s is not None and len(s) > 0]:
         for name, row in calibration_report(model, dataset).items():
+            unit = model.energy_units[model.target_names.index(name)]
             LOGGER.info(
-                "%s: %s RMS uncertainty %.4g, RMS error %.4g, %.0f%% within 2 sigma",
+                "%s: %s RMS uncertainty %.4g %s, RMS error %.4g %s, %.0f%% within 2 sigma",
                 dataset.name,
                 name,
                 row["rms_uncertainty"],
+                unit,
                 row["rms_error"],
+                unit,
                 100 * row["within_2_sigma"],
             )
 
