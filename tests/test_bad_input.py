@@ -386,6 +386,7 @@ def test_atoms_on_top_of_each_other(work, capsys, dry_run):
     write_options(options(validation_set=0.0))
     message = fail(capsys, "train", "options.yaml", *(["--dry-run"] if dry_run else []))
     assert message.startswith("structure 4 of the training_set: atoms 1 and 3 are 0.0173 apart")
+    assert "(less than 0.1 in the data's length unit, 0.1 Å: duplicated atoms?)" in message
     assert "duplicated atoms?); fix or remove that structure" in message
 
 

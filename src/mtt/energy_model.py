@@ -30,7 +30,14 @@ from metatomic.torch import (
 
 from .abc import CheckpointContext, ModelInterface
 from .checkpoints import upgrade_model_checkpoint
-from .data.graph import Graph, atoms_to_graph, collate_graphs, edge_vectors, systems_to_graph
+from .data.graph import (
+    MIN_DISTANCE,
+    Graph,
+    atoms_to_graph,
+    collate_graphs,
+    edge_vectors,
+    systems_to_graph,
+)
 from .data.targets import DatasetInfo
 from .direct import declared_outputs, direct_tensormaps, structure_stress
 from .errors import MttError
@@ -366,7 +373,14 @@ class EnergyModel(ModelInterface):
 
     # --- training data (MatterTune's backbone interface) ----------------------------------
     def atoms_to_data(self, atoms: ase.Atoms) -> Graph:
-        return atoms_to_graph(atoms, self.cutoff, self.baseline.dtype)
+        return atoms_to_graph(atoms, self.cutoff, self.baseline.dtype, self._min_distance())
+
+    def _min_distance(self) -> float:
+        """The closest two atoms of training data may be, in the model's length unit."""
+        try:
+            return MIN_DISTANCE * conversion("angstrom", self.dataset_info.length_unit)
+        except (ValueError, RuntimeError):  # a unit metatomic does not know: no check
+            return 0.0
 
     def collate_fn(self, data: Sequence[Graph]) -> Graph:
         return collate_graphs(list(data))

@@ -36,13 +36,16 @@ class Graph(NamedTuple):
     n_atoms: torch.Tensor  # [S] atoms per structure (int64)
 
 
-def atoms_to_graph(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype) -> Graph:
-    """One structure with its full neighbour list (pairs i->j and j->i) within ``cutoff``."""
+def atoms_to_graph(
+    atoms: ase.Atoms, cutoff: float, dtype: torch.dtype, min_distance: float = 0.0
+) -> Graph:
+    """One structure with its full neighbour list (pairs i->j and j->i) within ``cutoff``;
+    atoms closer than ``min_distance`` are refused (see :data:`MIN_DISTANCE`)."""
     pbc = np.asarray(atoms.pbc, dtype=bool)
     # metatomic's convention: cell vectors of non-periodic directions are zero
     cell = np.asarray(atoms.cell[:], dtype=np.float64) * pbc[:, None]
     i, j, shifts, vectors = neighbor_pairs(atoms.positions, cell, pbc, cutoff, full_list=True)
-    _check_distances(i, j, vectors)
+    _check_distances(i, j, vectors, min_distance)
     return Graph(
         types=torch.tensor(atoms.numbers, dtype=torch.int64),
         positions=torch.tensor(atoms.positions, dtype=dtype),
@@ -56,20 +59,22 @@ def atoms_to_graph(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype) -> Graph
     )
 
 
-# closer than this (in the data's length unit; 0.1 Å is far inside any bond) two atoms are a
-# mistake, duplicated or wrapped twice: atoms on top of each other make edge directions, and
-# the loss, NaN
+# closer than this (in Å; far inside any bond) two atoms of training data are a mistake,
+# duplicated or wrapped twice: atoms on top of each other make edge directions, and the
+# loss, NaN
 MIN_DISTANCE = 0.1
 
 
-def _check_distances(first: np.ndarray, second: np.ndarray, vectors: np.ndarray) -> None:
+def _check_distances(
+    first: np.ndarray, second: np.ndarray, vectors: np.ndarray, min_distance: float
+) -> None:
     lengths = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
-    if len(lengths) and lengths.min() < MIN_DISTANCE:
+    if len(lengths) and lengths.min() < min_distance:
         k = int(np.argmin(lengths))
         raise MttError(
             f"atoms {first[k]} and {second[k]} are {lengths[k]:.3g} apart (less than "
-            f"{MIN_DISTANCE} in the data's length unit: duplicated atoms?); fix or remove "
-            "that structure"
+            f"{min_distance:.3g} in the data's length unit, 0.1 Å: duplicated atoms?); fix "
+            "or remove that structure"
         )
 
 
