@@ -35,7 +35,7 @@ class ModelHypers:
         return self.cutoff if self.cutoff_width is None else self.cutoff_width
 
     def validate(self) -> List[Tuple[str, str]]:
-        problems = cutoff_problems(self.cutoff, self.switch_width)
+        problems = cutoff_problems(self, self.switch_width)
         if self.cutoff_width is None:  # the whole cutoff: only the cutoff itself can be wrong
             problems = [problem for problem in problems if problem[0] != "cutoff_width"]
         problems += minimum_problems(self, ("num_features", "num_layers", "num_radial"), 1)

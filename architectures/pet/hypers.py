@@ -51,7 +51,7 @@ class ModelHypers:
             "d_feedforward",
             "num_radial",
         )
-        problems = cutoff_problems(self.cutoff, self.cutoff_width)
+        problems = cutoff_problems(self)
         problems += minimum_problems(self, positive, 1)
         if self.num_heads >= 1 and self.d_pet % self.num_heads != 0:
             problems.append(

@@ -28,7 +28,7 @@ class ModelHypers:
     """Width of the hidden layers."""
 
     def validate(self) -> List[Tuple[str, str]]:
-        problems = cutoff_problems(self.cutoff, self.cutoff_width)
+        problems = cutoff_problems(self)
         problems += minimum_problems(self, ("max_radial", "num_neurons_per_layer"), 1)
         problems += minimum_problems(self, ("max_angular", "num_hidden_layers"), 0)
         return problems

@@ -24,11 +24,12 @@ from .data.targets import DatasetInfo
 from .errors import MttError, OptionsError
 from .finetune import apply_method, parse_method_config
 from .io import atomic_path, refuse_overwrite
-from .options import Options
+from .options import Options, OptionsLoader, generic_gradient_problems
 from .runs import find_auto_restart, new_run_dir
 from .training import distributed
 from .training.batches import model_data
 from .training.composition import baseline_rmse
+from .training.hypers import TrainingHypers, target_name_problems
 from .units import conversion
 
 LOGGER = logging.getLogger("mtt")
@@ -53,8 +54,13 @@ def read_options(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise MttError(f"options file not found: {path!r}")
     try:
-        with open(path) as file:
-            data = yaml.safe_load(file)
+        with open(path, "rb") as file:  # YAML reads the encoding from the bytes
+            data = yaml.load(file, Loader=OptionsLoader)  # a safe loader
+    except yaml.reader.ReaderError:  # undecodable or control characters: not a text file
+        raise MttError(
+            f"{path!r} is not a text (YAML) options file: it holds binary data (is it a "
+            "checkpoint or a model?); give the options file, e.g. options.yaml"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -75,12 +81,27 @@ def validate_options(raw: Dict[str, Any]) -> Settings:
     except OptionsError as error:
         problems += error.problems
     architecture, parsed = _architecture_sections(raw, problems)
+    if options is not None:
+        problems += _declared_name_problems(raw, options, parsed)
     if problems:
         raise OptionsError(problems)
     expanded = hypers_module.to_dict(options)
     expanded["architecture"]["model"] = hypers_module.to_dict(parsed["model"])
     expanded["architecture"]["training"] = hypers_module.to_dict(parsed["training"])
     return Settings(options, parsed["model"], parsed["training"], architecture, expanded)
+
+
+def _declared_name_problems(raw: Dict[str, Any], options: Options, parsed) -> List[str]:
+    """Names of targets in the training hypers that the training set does not declare, and
+    gradients given to generic targets: caught here, before any data is read."""
+    problems = generic_gradient_problems(raw)
+    training, model = parsed.get("training"), parsed.get("model")
+    if isinstance(training, TrainingHypers) and model is not None:
+        targets = as_dataset_options(options.training_set).targets
+        direct_heads = getattr(model, "direct_forces", False) is True
+        for key, message in target_name_problems(training, targets, direct_heads):
+            problems.append(f"option 'architecture.training.{key}' {message}")
+    return problems
 
 
 def _architecture_sections(raw: Any, problems: List[str]):

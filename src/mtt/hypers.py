@@ -56,6 +56,7 @@ __all__ = [
     "apply_overrides",
     "describe_type",
     "cutoff_problems",
+    "changed_fields",
     "minimum_problems",
 ]
 
@@ -432,14 +433,43 @@ def _set_path(
     node[parts[-1]] = value
 
 
-def cutoff_problems(cutoff: float, width: float) -> List[Tuple[str, str]]:
-    """Checks shared by every architecture with a smooth cutoff, for ``validate`` hooks."""
+def cutoff_problems(section: Any, width: float | None = None) -> List[Tuple[str, str]]:
+    """Checks shared by every architecture with a smooth cutoff, for ``validate`` hooks:
+    ``section.cutoff`` and the switch ``width`` (by default ``section.cutoff_width``).
+
+    When the width exceeds the cutoff, the message names the key that the user changed from
+    its default (the cutoff, mentioning the width, when they changed both or neither)."""
+    cutoff = section.cutoff
+    width = section.cutoff_width if width is None else width
     problems = []
     if cutoff <= 0:
         problems.append(("cutoff", f"must be positive, got {cutoff}"))
-    if not 0 < width <= cutoff:
-        problems.append(("cutoff_width", "must be positive and at most the cutoff"))
+    if width <= 0:
+        problems.append(("cutoff_width", f"must be positive, got {width}"))
+    elif cutoff > 0 and width > cutoff:
+        if changed_fields(section) & {"cutoff", "cutoff_width"} == {"cutoff_width"}:
+            message = f"must be at most the cutoff ({cutoff}), got {width}; lower it"
+            problems.append(("cutoff_width", message + " or raise 'cutoff'"))
+        else:
+            message = f"must be at least cutoff_width ({width}), got {cutoff}; raise it"
+            problems.append(("cutoff", message + " or lower 'cutoff_width'"))
     return problems
+
+
+def changed_fields(instance: Any) -> set:
+    """Names of the fields of dataclass ``instance`` whose value differs from the default."""
+    changed = set()
+    for field in dataclasses.fields(instance):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            changed.add(field.name)  # required: always the user's
+            continue
+        if getattr(instance, field.name) != default:
+            changed.add(field.name)
+    return changed
 
 
 def minimum_problems(section: Any, names: Tuple[str, ...], minimum: int) -> List[Tuple[str, str]]:

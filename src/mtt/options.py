@@ -17,6 +17,8 @@ own hypers dataclasses (see :mod:`mtt.architectures`).
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
+import yaml
+
 #: Default key under which each gradient of an energy is looked for in the data.
 DEFAULT_GRADIENT_KEYS = {"forces": "forces", "stress": "stress", "virial": "virial"}
 
@@ -68,7 +70,7 @@ class TargetOptions:
     """File to read the labels from; by default the systems' file."""
     reader: Optional[str] = None
     """ASE format name for ``read_from``; by default guessed from the file name."""
-    type: Union[Literal["scalar"], Dict[str, Dict[str, int]]] = "scalar"
+    type: Union[Literal["scalar"], Dict[str, Any]] = "scalar"
     """``scalar``, or ``{cartesian: {rank: 1}}`` (a vector, e.g. a dipole: 3 numbers) or
     ``{cartesian: {rank: 2}}`` (a symmetric tensor, e.g. a polarizability: 9 numbers,
     row-major). Energies are scalars."""
@@ -101,13 +103,7 @@ class TargetOptions:
         if self.stress not in (False, True) and self.virial not in (False, True):
             problems.append(("virial", "cannot be read together with 'stress'; give one of them"))
         if isinstance(self.type, dict) and cartesian_rank(self.type) is None:
-            problems.append(
-                (
-                    "type",
-                    "must be scalar, {cartesian: {rank: 1}} or "
-                    f"{{cartesian: {{rank: 2}}}}, got {self.type}",
-                )
-            )
+            problems.append(("type", _unsupported_type(self.type)))
         return problems
 
     @property
@@ -115,12 +111,40 @@ class TargetOptions:
         return 0 if self.type == "scalar" else int(cartesian_rank(self.type) or 0)
 
 
-def cartesian_rank(value: Dict[str, Dict[str, int]]):
+def cartesian_rank(value: Dict[str, Any]) -> Optional[int]:
     """The rank of a ``{cartesian: {rank: N}}`` type, or None if it is not one we support."""
     if set(value) != {"cartesian"} or not isinstance(value["cartesian"], dict):
         return None
     rank = value["cartesian"].get("rank")
-    return rank if set(value["cartesian"]) == {"rank"} and rank in (1, 2) else None
+    exact = set(value["cartesian"]) == {"rank"} and type(rank) is int  # not true, not 1.0
+    return rank if exact and rank in (1, 2) else None
+
+
+def _unsupported_type(value: Dict[str, Any]) -> str:
+    supported = "scalar, {cartesian: {rank: 1}} or {cartesian: {rank: 2}}"
+    if "spherical" in value:  # metatrain's irreducible targets, whatever their irreps
+        return f"is a spherical target, which mtt does not support; use {supported}"
+    return f"must be {supported}, got {value}"
+
+
+def generic_gradient_problems(raw: Any) -> List[str]:
+    """One line for each ``forces``, ``stress`` or ``virial`` key that the raw options give
+    a generic target (``mtt::<name>``) with any value but ``false``. The parsed options cannot
+    tell a ``true`` written by the user from the default, which only energies use."""
+    problems = []
+    for set_name in ("training_set", "validation_set", "test_set"):
+        section = raw.get(set_name) if isinstance(raw, dict) else None
+        targets = section.get("targets") if isinstance(section, dict) else None
+        for name, target in targets.items() if isinstance(targets, dict) else ():
+            if not (isinstance(name, str) and name.startswith("mtt::")):
+                continue
+            for key in ("forces", "stress", "virial"):
+                if isinstance(target, dict) and key in target and target[key] is not False:
+                    problems.append(
+                        f"option '{set_name}.targets.{name}.{key}' is set, but only energies "
+                        f"have {key}; remove it"
+                    )
+    return problems
 
 
 #: The previous name of :class:`TargetOptions`.
@@ -193,3 +217,27 @@ class Options:
         if self.seed < 0:
             problems.append(("seed", f"must be zero or positive, got {self.seed}"))
         return problems
+
+
+class OptionsLoader(yaml.SafeLoader):
+    """Safe YAML (plain data only) that refuses a key given twice in one mapping, e.g. two
+    ``architecture:`` sections, which PyYAML would silently resolve by keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_lines: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue  # merge keys (<<) may override; unhashable keys fail later
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in first_lines:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"the key {key!r} is given twice (first at line {first_lines[key]}); "
+                        "keep one of them (sections given twice are not merged)",
+                        key_node.start_mark,
+                    )
+                first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)

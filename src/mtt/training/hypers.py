@@ -5,10 +5,13 @@ Names follow metatrain where they mean the same (``num_epochs``, ``batch_size``,
 ``hypers.py`` subclasses :class:`TrainingHypers` to add what only it needs.
 """
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple
 
 from ..finetune import FinetuneHypers
+from ..options import TargetOptions
 
 
 @dataclass
@@ -106,8 +109,9 @@ class TrainingHypers:
                 problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
         if self.learning_rate <= 0:
             problems.append(("learning_rate", f"must be positive, got {self.learning_rate}"))
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            problems.append(("weight_decay", "and warmup_epochs must not be negative"))
+        for name in ("weight_decay", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                problems.append((name, f"must not be negative, got {getattr(self, name)}"))
         if not 0 <= self.min_learning_rate_ratio <= 1:
             problems.append(("min_learning_rate_ratio", "must be in [0, 1]"))
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
@@ -121,3 +125,89 @@ class TrainingHypers:
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             problems.append(("grad_clip_norm", "must be positive or null"))
         return problems
+
+
+# An energy of a pretrained model (or its forces), which distillation compares by name.
+_ENERGY_QUANTITY = re.compile(r"energy(/[A-Za-z0-9_.\-]+)?(/forces)?")
+
+
+def target_name_problems(
+    hypers: TrainingHypers, targets: Dict[str, TargetOptions], direct_heads: bool = False
+) -> List[Tuple[str, str]]:
+    """``(key, message)`` for each name in ``loss.weights``, ``per_structure_targets`` and
+    ``fixed_composition_weights`` that is not one of the declared ``targets`` (or, for the
+    weights, one of their quantities: ``energy/forces``, ``energy/stress``, and with
+    ``direct_heads`` ``energy/direct_forces`` and ``energy/direct_stress``). Keys are dotted
+    paths under ``architecture.training``."""
+    energies = [name for name in targets if not name.startswith("mtt::")]
+    switched_off: Dict[str, str] = {}  # quantity -> the option that turns it off
+    quantities: List[str] = []
+    for name, target in targets.items():
+        quantities.append(name)
+        if name in energies:
+            for quantity, reason in _gradient_quantities(name, target, direct_heads).items():
+                if reason is None:
+                    quantities.append(quantity)
+                else:
+                    switched_off[quantity] = reason
+    # distillation weighs the pretrained model's energies and forces with the same weights
+    teacher = hypers.finetune is not None and hypers.finetune.distillation is not None
+    problems = []
+    for name in hypers.loss.weights:
+        if name in quantities or (teacher and _ENERGY_QUANTITY.fullmatch(name)):
+            continue
+        if name in switched_off:
+            message = (
+                f"weighs a quantity that is not trained ({switched_off[name]}); remove the "
+                "weight or change that option"
+            )
+        else:
+            message = _not_declared("target or quantity", name, quantities)
+        problems.append((f"loss.weights.{name}", message))
+    for index, name in enumerate(hypers.per_structure_targets):
+        if name not in energies and not (teacher and _ENERGY_QUANTITY.fullmatch(name)):
+            reason = _energies_only(name, targets, energies, "are compared per atom")
+            problems.append((f"per_structure_targets[{index}]", f"({name!r}) {reason}"))
+    for name in hypers.fixed_composition_weights:
+        if name not in energies:
+            message = _energies_only(name, targets, energies, "have composition baselines")
+            problems.append((f"fixed_composition_weights.{name}", message))
+    return problems
+
+
+def _gradient_quantities(
+    name: str, target: TargetOptions, direct_heads: bool
+) -> Dict[str, Optional[str]]:
+    """The gradient quantities of energy ``name``: None if trained, else why they are not."""
+    where = f"training_set.targets.{name}"
+    forces = None if target.forces is not False else f"'{where}.forces' is false"
+    stress_on = target.stress is not False or target.virial is not False
+    stress = None if stress_on else f"'{where}.stress' and '{where}.virial' are false"
+    no_heads = "direct heads need pet's 'architecture.model.direct_forces: true'"
+    return {
+        f"{name}/forces": forces,
+        f"{name}/stress": stress,
+        f"{name}/direct_forces": forces if direct_heads else no_heads,
+        f"{name}/direct_stress": stress if direct_heads else no_heads,
+    }
+
+
+def _energies_only(name: str, targets: Dict[str, TargetOptions], energies, what: str) -> str:
+    if name in targets:
+        return f"is not an energy: only energies {what}; remove it"
+    return _not_declared("energy target", name, energies)
+
+
+def _not_declared(what: str, name: str, valid: List[str]) -> str:
+    message = f"names no {what} of the training set"
+    stress = name.removesuffix("/virial") + "/stress"  # virial labels train the stress
+    if name.endswith("/virial") and stress in valid:
+        close = [stress]
+    else:  # also match the last part: 'forcs' is close to 'energy/forces'
+        tails = {v.rsplit("/", 1)[-1]: v for v in reversed(valid) if "/" in v}
+        close = difflib.get_close_matches(name, valid, n=1)
+        close = close or [tails[t] for t in difflib.get_close_matches(name, list(tails), n=1)]
+    if close:
+        message += f"; did you mean '{close[0]}'?"
+    listed = ", ".join(f"'{v}'" for v in valid) or "none"
+    return f"{message} (valid names: {listed})"

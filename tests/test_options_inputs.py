@@ -1,0 +1,207 @@
+"""Options that look plausible but mean nothing are refused before any data is read, each with
+one line naming the key and saying how to fix it: target names inside the training hypers,
+gradients of generic targets, the cutoff and its switch, spherical targets, binary options
+files and keys given twice.
+"""
+
+from pathlib import Path
+
+import pytest
+from test_bad_input import fail, options, write_options
+
+from mtt.api import read_options, validate_options
+from mtt.errors import OptionsError
+
+VALID_NAMES = "(valid names: 'energy', 'energy/forces', 'energy/stress')"
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty working directory: options are refused before the data would be read."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def problems(raw) -> list:
+    with pytest.raises(OptionsError) as error:
+        validate_options(raw)
+    return error.value.problems
+
+
+def with_target(name: str, target: dict, **changes):
+    """The tiny options with one more target in the training set."""
+    raw = options(**changes)
+    raw["training_set"]["targets"][name] = target
+    return raw
+
+
+# ------------------------------------------------------------------ target names in the hypers
+
+
+def test_misspelled_loss_weights_are_refused_with_did_you_mean(work, capsys):
+    write_options(options(architecture__training__loss={"weights": {"energi": 2.0, "forcs": 0}}))
+    found = fail(capsys, "train", "options.yaml", count=2)
+    where = "option 'architecture.training.loss.weights"
+    assert found == [
+        f"{where}.energi' names no target or quantity of the training set; "
+        f"did you mean 'energy'? {VALID_NAMES}",
+        f"{where}.forcs' names no target or quantity of the training set; "
+        f"did you mean 'energy/forces'? {VALID_NAMES}",
+    ]
+
+
+def test_misspelled_per_structure_target_is_refused():
+    found = problems(options(architecture__training__per_structure_targets=["energi"]))
+    assert found == [
+        "option 'architecture.training.per_structure_targets[0]' ('energi') names no energy "
+        "target of the training set; did you mean 'energy'? (valid names: 'energy')"
+    ]
+
+
+def test_misspelled_fixed_composition_target_is_refused():
+    found = problems(options(architecture__training__fixed_composition_weights={"energi": {}}))
+    assert found == [
+        "option 'architecture.training.fixed_composition_weights.energi' names no energy "
+        "target of the training set; did you mean 'energy'? (valid names: 'energy')"
+    ]
+
+
+def test_declared_targets_and_quantities_are_accepted():
+    weights = {"energy": 1.0, "energy/forces": 0.0, "energy/stress": 2.0, "mtt::mu": 3.0}
+    raw = with_target(
+        "mtt::mu",
+        {"stress": False},
+        architecture__training__loss={"weights": weights},
+        architecture__training__per_structure_targets=["energy"],
+        architecture__training__fixed_composition_weights={"energy": {"H": -1.0}},
+    )
+    settings = validate_options(raw)
+    assert settings.train_hypers.loss.weights == weights
+
+
+def test_direct_head_weights_need_direct_heads():
+    weights = {"energy/direct_forces": 1.0, "energy/direct_stress": 1.0}
+    raw = options(architecture__name="pet", architecture__training__loss={"weights": weights})
+    raw["architecture"]["model"] = {}
+    assert all("architecture.model.direct_forces: true" in p for p in problems(raw))
+    raw["architecture"]["model"] = {"direct_forces": True}
+    validate_options(raw)
+
+
+def test_weight_of_a_gradient_that_is_turned_off_says_which_option_turns_it_off():
+    raw = options(
+        training_set__targets__energy__forces=False,
+        architecture__training__loss={"weights": {"energy/forces": 0.0}},
+    )
+    [found] = problems(raw)
+    assert found.startswith("option 'architecture.training.loss.weights.energy/forces' ")
+    assert "'training_set.targets.energy.forces' is false" in found
+
+
+def test_generic_targets_have_no_composition_baseline_or_per_structure_comparison():
+    raw = with_target(
+        "mtt::mu",
+        {},
+        architecture__training__per_structure_targets=["mtt::mu"],
+        architecture__training__fixed_composition_weights={"mtt::mu": {"H": 1.0}},
+    )
+    found = problems(raw)
+    assert len(found) == 2 and all("is not an energy" in p for p in found)
+
+
+def test_distillation_may_weigh_the_pretrained_energies():
+    """Distillation compares the pretrained model's energies (not declared here) by name."""
+    finetune = {"read_from": "pretrained.ckpt", "distillation": {}}
+    raw = options(
+        architecture__training__finetune=finetune,
+        architecture__training__loss={"weights": {"energy/old": 1.0, "energy/old/forces": 5.0}},
+    )
+    validate_options(raw)
+    raw["architecture"]["training"]["loss"]["weights"]["energi"] = 1.0
+    [found] = problems(raw)
+    assert "loss.weights.energi' names no target" in found
+
+
+# ------------------------------------------------------------------ gradients of generic targets
+
+
+@pytest.mark.parametrize("key", ["forces", "stress", "virial"])
+@pytest.mark.parametrize("value", [True, "forces", {"key": "f"}])
+def test_gradients_of_a_generic_target_are_refused_in_any_form(key, value):
+    found = problems(with_target("mtt::alpha", {"type": {"cartesian": {"rank": 2}}, key: value}))
+    assert found == [
+        f"option 'training_set.targets.mtt::alpha.{key}' is set, but only energies have "
+        f"{key}; remove it"
+    ]
+
+
+def test_gradients_of_a_generic_target_may_be_false():
+    validate_options(with_target("mtt::alpha", {"forces": False, "stress": False}))
+
+
+# ------------------------------------------------------------------ messages name the wrong key
+
+
+def test_cutoff_below_the_default_width_names_the_cutoff():
+    raw = options(architecture__model={"cutoff": 0.3})
+    assert problems(raw) == [
+        "option 'architecture.model.cutoff' must be at least cutoff_width (0.5), got 0.3; "
+        "raise it or lower 'cutoff_width'"
+    ]
+
+
+def test_width_above_the_default_cutoff_names_the_width():
+    raw = options(architecture__model={"cutoff_width": 6.0})
+    assert problems(raw) == [
+        "option 'architecture.model.cutoff_width' must be at most the cutoff (5.0), got 6.0; "
+        "lower it or raise 'cutoff'"
+    ]
+
+
+def test_negative_warmup_names_warmup_epochs():
+    assert problems(options(architecture__training__warmup_epochs=-1)) == [
+        "option 'architecture.training.warmup_epochs' must not be negative, got -1.0"
+    ]
+
+
+# ------------------------------------------------------------------ spherical targets
+
+
+@pytest.mark.parametrize("irreps", [2, [{"o3_lambda": 2, "o3_sigma": 1}]])
+def test_spherical_targets_are_unsupported_whatever_their_irreps(irreps):
+    raw = with_target("mtt::p", {"type": {"spherical": {"irreps": irreps}}})
+    [found] = problems(raw)
+    assert found.startswith("option 'training_set.targets.mtt::p.type' is a spherical target")
+    assert "not support" in found
+
+
+# ------------------------------------------------------------------ the options file itself
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04\x00\x00\x08\x00binary", b"\x80\x81abc: 1\n"])
+def test_binary_options_file_is_refused(work, capsys, content):
+    Path("model.ckpt").write_bytes(content)
+    message = fail(capsys, "train", "model.ckpt")
+    assert message.startswith("'model.ckpt' is not a text (YAML) options file")
+
+
+def test_top_level_key_given_twice_is_refused(work, capsys):
+    text = "architecture:\n  name: soap_bpnn\ntraining_set: a.xyz\narchitecture:\n  name: pet\n"
+    Path("options.yaml").write_text(text)
+    message = fail(capsys, "train", "options.yaml")
+    assert message.startswith("'options.yaml' is not valid YAML at line 4: the key ")
+    assert "'architecture' is given twice (first at line 1)" in message
+
+
+def test_nested_key_given_twice_is_refused(work, capsys):
+    Path("options.yaml").write_text(
+        "architecture:\n  name: soap_bpnn\n  model:\n    cutoff: 3.0\n    cutoff: 4.0\n"
+        "training_set: a.xyz\n"
+    )
+    message = fail(capsys, "train", "options.yaml")
+    assert "at line 5: the key 'cutoff' is given twice (first at line 4)" in message
+
+
+def test_yaml_merge_keys_may_still_override(work):
+    Path("options.yaml").write_text("base: &b {a: 1, b: 2}\nsection:\n  <<: *b\n  a: 3\n")
+    assert read_options("options.yaml")["section"] == {"a": 3, "b": 2}
