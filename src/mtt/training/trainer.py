@@ -401,7 +401,15 @@ class Trainer(TrainerInterface):
         if self.pretrained_targets:
             # (elements absent from the new data keep their pretrained references: the fit
             # changes the prior as little as the data allows)
-            self._report_reference_energies(model, old_baseline, new_baseline, output_scales)
+            # the spread of per-atom energies (an output scale is the force scale where
+            # forces are learnt, ~50x larger, which hid shifts of electronvolts)
+            energy_scales = [
+                scales.get(name, float(output_scales[i]))
+                for i, name in enumerate(model.target_names)
+            ]
+            self._report_reference_energies(
+                model, old_baseline, new_baseline, torch.tensor(energy_scales)
+            )
             if self.hypers.finetune.reference_energies == "keep":
                 keep = [i for i, t in enumerate(model.target_names) if t in self.pretrained_targets]
                 new_baseline[keep] = old_baseline[keep].double()
