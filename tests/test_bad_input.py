@@ -390,6 +390,16 @@ def test_atoms_on_top_of_each_other(work, capsys, dry_run):
     assert "duplicated atoms?); fix or remove that structure" in message
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_cutoff_within_which_no_atom_has_a_neighbour(work, capsys, dry_run):
+    write_options(options(architecture__model__cutoff=0.6, architecture__model__cutoff_width=0.1))
+    message = fail(capsys, "train", "options.yaml", *(["--dry-run"] if dry_run else []))
+    assert message == (
+        "no atom of the training set has a neighbour within the cutoff (0.6 angstrom); raise "
+        "'architecture.model.cutoff', or check the length unit of the structures"
+    )
+
+
 def test_a_label_key_holding_text(work, capsys):
     """A key that holds text (a class name) is not reported as missing."""
     frames = ethanol()

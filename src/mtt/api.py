@@ -27,7 +27,7 @@ from .io import atomic_path, refuse_overwrite
 from .options import Options, OptionsLoader, generic_gradient_problems
 from .runs import find_auto_restart, new_run_dir
 from .training import distributed
-from .training.batches import model_data
+from .training.batches import model_data, refuse_isolated_atoms
 from .training.composition import baseline_rmse
 from .training.hypers import TrainingHypers, target_name_problems
 from .units import conversion
@@ -386,8 +386,9 @@ def _dry_run(settings: Settings, base_dir: str, frames) -> None:
     train_set = run.sets[0]
     for dataset in run.sets:  # what training would refuse in the model's data
         if dataset is not None and not getattr(dataset, "lazy", False):
-            for index in range(len(dataset.frames)):
-                model_data(model, dataset, index)
+            data = [model_data(model, dataset, index) for index in range(len(dataset.frames))]
+            if dataset is train_set:
+                refuse_isolated_atoms(data, model)
     trainer._fit_baseline(model, train_set, _labelled(model, train_set))
     if trainer.pretrained_targets:
         LOGGER.info("zero-shot errors of the pretrained model on the new training set:")

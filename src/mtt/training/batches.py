@@ -66,6 +66,21 @@ def model_data(model: Any, dataset: LabelledDataset, index: int) -> Any:
         raise MttError(f"structure {index} of the {dataset.name}: {error}") from None
 
 
+def refuse_isolated_atoms(data: Any, model: Any) -> None:
+    """Training structures in which no atom has a neighbour within the cutoff teach a model
+    nothing but one energy per element: a cutoff far too small for the data, or positions in
+    another length unit than declared."""
+    graphs = list(data) if isinstance(data, list) else []
+    if not graphs or not all(hasattr(graph, "edge_i") for graph in graphs):
+        return  # on disk (read lazily), or not graphs: not checked
+    if all(len(graph.edge_i) == 0 for graph in graphs):
+        raise MttError(
+            f"no atom of the training set has a neighbour within the cutoff "
+            f"({getattr(model, 'cutoff', '?')} {model.dataset_info.length_unit}); raise "
+            "'architecture.model.cutoff', or check the length unit of the structures"
+        )
+
+
 class PreparedSet:
     """A labelled data set turned into model data (once) and label tensors (once)."""
 

@@ -28,7 +28,14 @@ from ..errors import MttError
 from ..hypers import to_dict
 from ..version import __version__
 from . import distributed
-from .batches import LabelBatch, PreparedSet, label_key, quantity_kind, to_device
+from .batches import (
+    LabelBatch,
+    PreparedSet,
+    label_key,
+    quantity_kind,
+    refuse_isolated_atoms,
+    to_device,
+)
 from .composition import (
     fit_baseline,
     generic_normalization,
@@ -147,6 +154,7 @@ class Trainer(TrainerInterface):
             set(self.hypers.per_structure_targets),
         )
         train = PreparedSet(train_datasets[0], model, quantities)
+        refuse_isolated_atoms(train.data, model)
         val = PreparedSet(val_datasets[0], model, quantities) if val_datasets else None
         if self.epoch == 0 and not self.pretrained_targets:
             model.fit_statistics(
