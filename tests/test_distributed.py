@@ -112,12 +112,14 @@ def test_two_processes_follow_one_process(tmp_path, data_dir):
     assert (tmp_path / "two.pt").exists()
     assert stdout.count("run directory:") == 1 and stdout.count("epoch    3 |") == 1
 
-    # a distributed restart continues the same run, for one more epoch
+    # a distributed restart trains the finished run one more epoch, in a new run directory
     more = ["--restart", "auto", "-f", "-r", "architecture.training.num_epochs=4"]
     stdout = train(tmp_path, options, "two", 2, *more)
-    assert "restarting from" in stdout and run_dir(tmp_path, "two") == two
-    rows = read_csv(two)
+    assert "restarting from" in stdout and stdout.count("run directory:") == 1
+    (further,) = set(glob.glob(str(tmp_path / "two" / "*"))) - {two}
+    rows = read_csv(further)
     assert rows[:3] == rows_two and len(rows) == 4
+    assert read_csv(two) == rows_two  # the finished run stays as it was
 
 
 def test_batches_are_shared_without_gaps_or_overlaps(data_dir):
