@@ -130,3 +130,23 @@ def test_bad_generic_targets(tmp_path, data_dir, monkeypatch, capsys, target, me
     (tmp_path / "options.yaml").write_text(yaml.safe_dump(options))
     assert main(["train", "options.yaml"]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_rank_2_labels_that_are_not_symmetric_are_reported(data_dir, caplog):
+    """QM7-X polarizabilities are symmetric; the same numbers with one off-diagonal entry
+    changed (or read in a wrong order) are not: a warning names the structure, since the
+    model predicts symmetric tensors and would learn only their symmetric part."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.options import TargetOptions
+
+    frames = ase.io.read(os.path.join(data_dir, "qm7x_reduced_100.xyz"), ":5")
+    target = {"mtt::polar": TargetOptions(key="polarizability", type={"cartesian": {"rank": 2}})}
+    with caplog.at_level("WARNING", logger="mtt"):
+        dataset_from_atoms(frames, target)
+    assert not [line for line in caplog.messages if "not symmetric" in line]
+    frames[3].info["polarizability"] = np.array(frames[3].info["polarizability"], float)
+    frames[3].info["polarizability"][1] += 30.0  # T_01
+    with caplog.at_level("WARNING", logger="mtt"):
+        dataset_from_atoms(frames, target)
+    (warning,) = [line for line in caplog.messages if "not symmetric" in line]
+    assert "|T_ij - T_ji| up to 30" in warning and "structure 3" in warning

@@ -6,6 +6,7 @@ checked once, here, so that training never meets a bad frame: NaN/inf, missing k
 and elements are reported with the file and the frame index.
 """
 
+import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -18,6 +19,8 @@ from ..units import check_length_unit
 from .packed import is_packed
 from .reading import available_keys, check_structure, lookup, read_structures, text_label
 from .targets import GradientSource, TargetInfo, TargetSpec
+
+LOGGER = logging.getLogger("mtt")
 
 Labels = Dict[str, np.ndarray]
 
@@ -213,6 +216,8 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
         shaped = value.reshape(rows, info.num_subtargets, info.components)
         labels[index][spec.name] = np.ascontiguousarray(shaped.transpose(0, 2, 1))
         found += 1
+    if info.components == 9:
+        _warn_if_not_symmetric(spec.name, labels, path)
     if found == 0:
         _refuse_text(frames, spec.key, options.per_atom, path, where)
         keys = available_keys(frames, per_atom=options.per_atom)
@@ -222,6 +227,29 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
             f"'{where}.key' (and 'per_atom' if the labels are per atom)"
         )
     return info
+
+
+def _warn_if_not_symmetric(name: str, labels, path: str) -> None:
+    """Rank-2 targets are symmetric tensors (the model predicts only those): an antisymmetric
+    part of the labels cannot be learnt, and usually means a wrong order of the 9 numbers."""
+    worst, where = 0.0, -1
+    for index, entry in enumerate(labels):
+        if name in entry:
+            tensors = entry[name].reshape(entry[name].shape[0], 3, 3, -1)
+            gap = float(np.abs(tensors - tensors.transpose(0, 2, 1, 3)).max())
+            scale = float(np.abs(tensors).max())
+            if gap > 1e-6 * max(scale, 1e-300) and gap > worst:
+                worst, where = gap, index
+    if where >= 0:
+        LOGGER.warning(
+            "%s in %r is not symmetric (|T_ij - T_ji| up to %.3g, structure %d): the model "
+            "predicts symmetric tensors and learns only the symmetric part; check the order "
+            "of the 9 numbers (row-major 3x3)",
+            name,
+            path,
+            worst,
+            where,
+        )
 
 
 def _read_energies(name, key, frames, labels, path, where) -> int:
