@@ -110,3 +110,16 @@ def test_target_the_model_does_not_have(work, capsys, trained):
     assert message.startswith("eval.targets.mtt::dipole: the model has no output 'mtt::dipole'")
     assert "(its outputs are ['energy'])" in message
     assert not Path("predictions.xyz").exists()
+
+
+def test_two_energies_declared_for_one_energy_output(work, capsys, trained):
+    """Only one energy output is compared per run: a second declared energy is refused, not
+    silently left without errors."""
+    targets = {"energy": {"unit": "kcal/mol"}, "energy/pbe0": {"key": "energy", "unit": "eV"}}
+    write_options({"systems": "train.xyz", "targets": targets}, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml")
+    assert message.startswith(
+        "eval.targets declares the energies ['energy', 'energy/pbe0'], but mtt eval compares "
+        "one energy output at a time (here 'energy', chosen with --output-name)"
+    )
+    assert not Path("predictions.xyz").exists()

@@ -212,7 +212,13 @@ def _open(path: str, energy: Optional[str], generic: List[str], model) -> _Data:
     if not targets:
         return _Data(_unlabelled(full, reader, _format_hint(path)), unit, model_unit)
     energies = [name for name in targets if not name.startswith("mtt::")]
-    name = (energy if energy in energies else energies[0]) if energies else None
+    if len(energies) > 1:
+        raise MttError(
+            f"eval.targets declares the energies {energies}, but mtt eval compares one energy "
+            f"output at a time (here {energy!r}, chosen with --output-name): declare only "
+            "its labels, and evaluate each energy in its own run"
+        )
+    name = energies[0] if energies else None
     energy_unit = targets[name].unit or "eV" if name else model_unit
     options.targets = targets
     pairs = _labelled(options, path, full, reader)
