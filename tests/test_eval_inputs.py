@@ -123,3 +123,27 @@ def test_two_energies_declared_for_one_energy_output(work, capsys, trained):
         "one energy output at a time (here 'energy', chosen with --output-name)"
     )
     assert not Path("predictions.xyz").exists()
+
+
+def test_predictions_keep_the_structures_own_labels(tmp_path):
+    """predictions.xyz keeps each structure's info and arrays (labels such as U0 next to the
+    predictions), except keys a prediction is written under; an energy label stored in info
+    under the calculator's name gives way to the predicted energy (extxyz refuses both)."""
+    import ase
+    import ase.io
+    import numpy as np
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mtt.evaluate import write_predictions
+
+    atoms = ase.Atoms("H2O", positions=[[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]])
+    atoms.info.update({"U0": -76.4, "energy": 1.0, "mu": 1.9})
+    atoms.arrays["charges_ref"] = np.array([0.4, 0.4, -0.8])
+    atoms.calc = SinglePointCalculator(atoms, energy=2.0, forces=np.ones((3, 3)))
+    prediction = {"energy": np.array(-3.0), "forces": np.zeros((3, 3))}
+    generic = {"mtt::mu": np.array([2.5])}
+    write_predictions(str(tmp_path / "p.xyz"), [atoms], [prediction], [generic])
+    (read,) = ase.io.read(tmp_path / "p.xyz", ":")
+    assert read.get_potential_energy() == -3.0 and not read.get_forces().any()
+    assert read.info["U0"] == -76.4 and float(np.ravel(read.info["mu"])[0]) == 2.5
+    np.testing.assert_array_equal(read.arrays["charges_ref"], [0.4, 0.4, -0.8])

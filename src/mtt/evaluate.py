@@ -246,12 +246,22 @@ class ParitySample:
 def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
     """A copy of ``atoms`` with the energy predictions as its calculator results and generic
     outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
-    ``arrays`` (per atom)."""
+    ``arrays`` (per atom). The structure's own ``info`` and ``arrays`` (labels such as
+    ``U0`` or ``REF_energy``) are kept next to the predictions, except where a prediction is
+    written under the same key; its calculator results (the labelled energy, forces and
+    stress) give way to the predicted ones."""
     copy = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    copy.info.update(atoms.info)
+    for key, values in atoms.arrays.items():
+        if key not in copy.arrays:
+            copy.arrays[key] = values.copy()
     if "energy" in prediction:
         results = {"energy": float(prediction["energy"]), "forces": prediction["forces"]}
         if "stress" in prediction:
             results["stress"] = prediction["stress"]
+        for key in results:  # extxyz refuses a key both in info/arrays and in the results
+            copy.info.pop(key, None)
+            copy.arrays.pop(key, None)
         copy.calc = SinglePointCalculator(copy, **results)
     for name, value in (generic or {}).items():
         key = name.split("::", 1)[1].replace("/", "_")
