@@ -273,6 +273,14 @@ def test_bad_units(work, capsys, key, unit, expected):
     assert f"e.g. {'eV' if kind == 'energy' else 'angstrom'!r}" in message  # the fix
 
 
+@pytest.mark.parametrize("unit", ["kcal", "kJ"])
+def test_an_energy_unit_per_structure_instead_of_per_mole(work, capsys, unit):
+    write_options(options(training_set__targets__energy__unit=unit))
+    message = train(capsys)
+    assert message.startswith(f"training_set.targets.energy.unit: {unit!r} is an energy per")
+    assert message.endswith(f"write '{unit}/mol'")
+
+
 # ------------------------------------------------------------------------------ splits
 
 

@@ -25,7 +25,15 @@ def _check(unit: str, reference: str, kind: str, where: str) -> str:
 
 
 def check_energy_unit(unit: str, where: str) -> str:
-    """Return ``unit`` if metatomic knows it as an energy unit, else raise naming ``where``."""
+    """Return ``unit`` if metatomic knows it as an energy unit, else raise naming ``where``.
+    ``kcal`` and ``kJ`` alone are refused: they are amounts per system, ~1e22 eV, where
+    atomistic data mean per mole (kcal/mol, kJ/mol); an energy in them is a slip of the pen."""
+    if unit.strip().lower() in ("kcal", "kj"):
+        raise MttError(
+            f"{where}: {unit!r} is an energy per structure (1 {unit} = "
+            f"{unit_conversion_factor(unit, 'eV'):.3g} eV); molecular energies are per mole: "
+            f"write '{unit.strip()}/mol'"
+        )
     return _check(unit, "eV", "energy", where)
 
 
