@@ -134,6 +134,20 @@ def _write_labelled(path: str, frames, energies, forces, stresses) -> None:
     ase.io.write(path, out, format="extxyz")
 
 
+def _write_shared_split(data_dir: str, name: str, frames, parts, stress: bool) -> None:
+    """``<name>_<part>.xyz`` for each ``part: indices`` of a set of ``../shared/data``, whose
+    labels are ``REF_energy``, ``REF_forces`` and ``REF_stress`` (eV, Å)."""
+    for part, indices in parts.items():
+        chosen = [frames[i] for i in indices]
+        _write_labelled(
+            os.path.join(data_dir, f"{name}_{part}.xyz"),
+            chosen,
+            [a.info["REF_energy"] for a in chosen],
+            [a.arrays["REF_forces"] for a in chosen],
+            [np.asarray(a.info["REF_stress"]).reshape(3, 3) for a in chosen] if stress else None,
+        )
+
+
 def prepare_data(workdir: str, config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """Train/validation files of each data set, the same for both tools."""
     import ase.io
@@ -187,15 +201,7 @@ def prepare_data(workdir: str, config: Dict[str, Any]) -> Dict[str, Dict[str, An
     picks = np.unique(np.linspace(0, len(rest) - 1, config["si_train_frames"]).round().astype(int))
     train = [rest[i] for i in picks]
     val = held_out[:: config["si_val_every"]]
-    for part, indices in (("train", train), ("val", val)):
-        chosen = [frames[i] for i in indices]
-        _write_labelled(
-            os.path.join(data_dir, f"si_{part}.xyz"),
-            chosen,
-            [a.info["REF_energy"] for a in chosen],
-            [a.arrays["REF_forces"] for a in chosen],
-            [np.asarray(a.info["REF_stress"]).reshape(3, 3) for a in chosen],
-        )
+    _write_shared_split(data_dir, "si", frames, {"train": train, "val": val}, stress=True)
     sets["si"] = {
         "unit": "eV",
         "stress": True,
@@ -207,15 +213,8 @@ def prepare_data(workdir: str, config: Dict[str, Any]) -> Dict[str, Dict[str, An
         + ")",
     }
     # for the models of the inference timings: one epoch on 16 frames is enough
-    for part, indices in (("train", train[:: max(1, len(train) // 16)][:16]), ("val", val[:4])):
-        chosen = [frames[i] for i in indices]
-        _write_labelled(
-            os.path.join(data_dir, f"si_tiny_{part}.xyz"),
-            chosen,
-            [a.info["REF_energy"] for a in chosen],
-            [a.arrays["REF_forces"] for a in chosen],
-            [np.asarray(a.info["REF_stress"]).reshape(3, 3) for a in chosen],
-        )
+    tiny = {"train": train[:: max(1, len(train) // 16)][:16], "val": val[:4]}
+    _write_shared_split(data_dir, "si_tiny", frames, tiny, stress=True)
     sets["si_tiny"] = dict(sets["si"], n_train=16, n_val=4)
 
     # aspirin (GFN2-xTB, eV): one molecule whose atoms have 6 to 20 neighbours at pet's
@@ -227,15 +226,7 @@ def prepare_data(workdir: str, config: Dict[str, Any]) -> Dict[str, Dict[str, An
     unseen = [i for i, a in enumerate(frames) if int(a.info["replica"]) == 2]
     train = [seen[i] for i in np.linspace(0, len(seen) - 1, 90).round().astype(int)]
     val = [unseen[i] for i in np.linspace(0, len(unseen) - 1, 20).round().astype(int)]
-    for part, indices in (("train", train), ("val", val)):
-        chosen = [frames[i] for i in indices]
-        _write_labelled(
-            os.path.join(data_dir, f"aspirin_{part}.xyz"),
-            chosen,
-            [a.info["REF_energy"] for a in chosen],
-            [a.get_forces() for a in chosen],
-            None,
-        )
+    _write_shared_split(data_dir, "aspirin", frames, {"train": train, "val": val}, stress=False)
     sets["aspirin"] = {
         "unit": "eV",
         "stress": False,
