@@ -134,9 +134,12 @@ def _write_labelled(path: str, frames, energies, forces, stresses) -> None:
     ase.io.write(path, out, format="extxyz")
 
 
-def _write_shared_split(data_dir: str, name: str, frames, parts, stress: bool) -> None:
-    """``<name>_<part>.xyz`` for each ``part: indices`` of a set of ``../shared/data``, whose
-    labels are ``REF_energy``, ``REF_forces`` and ``REF_stress`` (eV, Å)."""
+def _write_shared_split(
+    data_dir: str, name: str, frames, parts, stress: bool, source: str
+) -> Dict[str, Any]:
+    """``<name>_<part>.xyz`` for each ``part: indices`` (train, val) of a set of
+    ``../shared/data``, whose labels are ``REF_energy``, ``REF_forces`` and ``REF_stress``
+    (eV, Å); returns the set's description."""
     for part, indices in parts.items():
         chosen = [frames[i] for i in indices]
         _write_labelled(
@@ -146,6 +149,14 @@ def _write_shared_split(data_dir: str, name: str, frames, parts, stress: bool) -
             [a.arrays["REF_forces"] for a in chosen],
             [np.asarray(a.info["REF_stress"]).reshape(3, 3) for a in chosen] if stress else None,
         )
+    return {
+        "unit": "eV",
+        "stress": stress,
+        "n_train": len(parts["train"]),
+        "n_val": len(parts["val"]),
+        "atoms_per_frame": len(frames[0]),
+        "source": source,
+    }
 
 
 def prepare_data(workdir: str, config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -201,21 +212,13 @@ def prepare_data(workdir: str, config: Dict[str, Any]) -> Dict[str, Dict[str, An
     picks = np.unique(np.linspace(0, len(rest) - 1, config["si_train_frames"]).round().astype(int))
     train = [rest[i] for i in picks]
     val = held_out[:: config["si_val_every"]]
-    _write_shared_split(data_dir, "si", frames, {"train": train, "val": val}, stress=True)
-    sets["si"] = {
-        "unit": "eV",
-        "stress": True,
-        "n_train": len(train),
-        "n_val": len(val),
-        "atoms_per_frame": len(frames[0]),
-        "source": "shared/data/Si_chgnet_public.xyz (validation: held-out trajectories "
-        + ", ".join(SI_VAL_TRAJECTORIES)
-        + ")",
-    }
+    source = "shared/data/Si_chgnet_public.xyz (validation: held-out trajectories "
+    source += ", ".join(SI_VAL_TRAJECTORIES) + ")"
+    parts = {"train": train, "val": val}
+    sets["si"] = _write_shared_split(data_dir, "si", frames, parts, True, source)
     # for the models of the inference timings: one epoch on 16 frames is enough
     tiny = {"train": train[:: max(1, len(train) // 16)][:16], "val": val[:4]}
-    _write_shared_split(data_dir, "si_tiny", frames, tiny, stress=True)
-    sets["si_tiny"] = dict(sets["si"], n_train=16, n_val=4)
+    sets["si_tiny"] = _write_shared_split(data_dir, "si_tiny", frames, tiny, True, source)
 
     # aspirin (GFN2-xTB, eV): one molecule whose atoms have 6 to 20 neighbours at pet's
     # 4.5 Å, i.e. ~35 % padding in a dense token layout. Training: 90 frames spread over
@@ -226,16 +229,9 @@ def prepare_data(workdir: str, config: Dict[str, Any]) -> Dict[str, Dict[str, An
     unseen = [i for i, a in enumerate(frames) if int(a.info["replica"]) == 2]
     train = [seen[i] for i in np.linspace(0, len(seen) - 1, 90).round().astype(int)]
     val = [unseen[i] for i in np.linspace(0, len(unseen) - 1, 20).round().astype(int)]
-    _write_shared_split(data_dir, "aspirin", frames, {"train": train, "val": val}, stress=False)
-    sets["aspirin"] = {
-        "unit": "eV",
-        "stress": False,
-        "n_train": len(train),
-        "n_val": len(val),
-        "atoms_per_frame": len(frames[0]),
-        "source": "shared/data/mol_aspirin_gfn2xtb_500K.xyz (train: replicas 0-1, "
-        "validation: replica 2)",
-    }
+    source = "shared/data/mol_aspirin_gfn2xtb_500K.xyz (train: replicas 0-1, validation: 2)"
+    parts = {"train": train, "val": val}
+    sets["aspirin"] = _write_shared_split(data_dir, "aspirin", frames, parts, False, source)
     for name, info in sets.items():
         info["train"] = os.path.join(data_dir, f"{name}_train.xyz")
         info["val"] = os.path.join(data_dir, f"{name}_val.xyz")
