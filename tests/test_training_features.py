@@ -6,7 +6,10 @@ import pty
 import subprocess
 import sys
 
+import ase
 import ase.io
+import numpy as np
+import pytest
 import torch
 import yaml
 from helpers import TINY_MODEL
@@ -130,3 +133,60 @@ def test_progress_bar_in_a_terminal_and_plain_lines_otherwise(tmp_path, data_dir
     )
     assert plain.returncode == 0 and "ETA" not in plain.stderr
     assert "meV/atom" in plain.stdout
+
+
+def _trajectory(spread_per_atom: float, force_rms: float, n_frames: int = 40):
+    """Frames of one 9-atom molecule with per-atom energies spread by ``spread_per_atom`` and
+    forces of RMS ``force_rms`` (random numbers: only their statistics matter here)."""
+    rng = np.random.default_rng(0)
+    frames = []
+    deviations = rng.standard_normal(n_frames)
+    deviations = (deviations - deviations.mean()) / deviations.std()
+    forces = rng.standard_normal((n_frames, 9, 3))
+    forces *= force_rms / np.sqrt(np.mean(forces**2))
+    for k in range(n_frames):
+        atoms = ase.Atoms("C2H6O", positions=rng.random((9, 3)) * 3)
+        atoms.info["energy"] = -100.0 + 9 * spread_per_atom * deviations[k]
+        atoms.arrays["forces"] = forces[k]
+        frames.append(atoms)
+    return frames
+
+
+@pytest.mark.parametrize(
+    "spread, force_rms, unit, forces, expected",
+    [
+        # one molecule's trajectory: 0.01 eV/atom against 1 eV/Å forces -> 0.1 Å x 1 eV/Å
+        (0.01, 1.0, "angstrom", True, 0.1),
+        # the same in bohr: 0.1 Å is 0.189 bohr, times 1 eV/bohr
+        (0.01, 1.0, "bohr", True, 0.1 * 1.8897261),
+        # varied data (bulk phases, many molecules) keep their own spread
+        (0.5, 1.0, "angstrom", True, 0.5),
+        # without forces the energies' spread is all there is
+        (0.01, 1.0, "angstrom", False, 0.01),
+    ],
+)
+def test_energy_scale_is_at_least_a_tenth_of_an_angstrom_of_force(
+    spread, force_rms, unit, forces, expected
+):
+    """The loss's energy scale: the spread of per-atom energies, but not below the forces' RMS
+    times 0.1 Å where forces are learnt. Scaled by 0.01 eV/atom alone, pet learnt no forces
+    of aspirin's trajectory in 20 epochs (the energy error of imperfect forces cost more than
+    missing them); at 0.1 Å it learns them."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.options import TargetOptions
+    from mtt.training.composition import fit_baseline, quantity_scales
+
+    frames = _trajectory(spread, force_rms)
+    dataset = dataset_from_atoms(
+        frames, {"energy": TargetOptions(unit="eV", forces=forces, stress=False)}, unit
+    )
+    quantities = ["energy", "energy/forces"] if forces else ["energy"]
+    _, fitted_spread = fit_baseline(dataset, "energy", [1, 6, 8], {}, "where")
+    assert fitted_spread == pytest.approx(spread)
+    scales = quantity_scales(dataset, quantities, {"energy": fitted_spread}, set())
+    assert scales["energy"] == pytest.approx(expected, rel=1e-6)
+    if forces:
+        assert scales["energy/forces"] == pytest.approx(force_rms)
+    # per-structure energies: the same scale times the atoms of a structure
+    per_structure = quantity_scales(dataset, quantities, {"energy": fitted_spread}, {"energy"})
+    assert per_structure["energy"] == pytest.approx(9 * expected, rel=1e-6)

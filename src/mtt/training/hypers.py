@@ -25,7 +25,10 @@ class LossHypers:
     weights: Dict[str, float] = field(default_factory=dict)
     """Weight of each quantity in the loss, e.g. ``{energy: 1.0, energy/forces: 10.0,
     energy/stress: 1.0}``; quantities left out weigh 1, forces 10. Each quantity is divided
-    by its spread in the training set first, so weights compare like with like."""
+    by its spread in the training set first, so weights compare like with like; energies
+    learnt with forces by at least the forces' RMS times 0.1 Å (one molecule's trajectory
+    spreads its per-atom energies by ~0.01 eV, and weighed that finely a model learns a flat
+    energy surface instead of the forces)."""
 
     def validate(self) -> List[Tuple[str, str]]:
         problems = [

@@ -409,10 +409,11 @@ class Trainer(TrainerInterface):
         if self.pretrained_targets:
             # (elements absent from the new data keep their pretrained references: the fit
             # changes the prior as little as the data allows)
-            # the spread of per-atom energies (an output scale is the force scale where
-            # forces are learnt, ~50x larger, which hid shifts of electronvolts)
+            # measured against the spread of per-atom energies: the loss's energy scale and
+            # the output scale follow the forces where they are learnt, and are then up to
+            # ~100x larger, which hid shifts of electronvolts
             energy_scales = [
-                scales.get(name, float(output_scales[i]))
+                spreads[name] if spreads.get(name, 0.0) > 1e-10 else float(output_scales[i])
                 for i, name in enumerate(model.target_names)
             ]
             self._report_reference_energies(
