@@ -193,3 +193,25 @@ def test_teacher_is_frozen_and_outside_the_optimizer(pretrained, tmp_path, monke
         for n, v in trainer.teacher.state_dict().items()
         if "networks" in n
     )
+
+
+def test_distillation_scales_follow_the_loss_rule(pretrained, tmp_path):
+    """Distillation divides the teacher's energies by their spread, but, as the loss does, by
+    no less than the teacher's force RMS times 0.1 Å (an ethanol trajectory's per-atom energies
+    spread by ~0.01 eV against forces of ~1 eV/Å)."""
+    from mtt import api
+
+    root, checkpoint = pretrained
+    section = {"read_from": checkpoint, "distillation": DISTILLATION}
+    path = options(
+        tmp_path / "ft.yaml",
+        dict(FINETUNE, num_epochs=1, finetune=section),
+        str(root / "dft.xyz"),
+        "kcal/mol",
+    )
+    settings = api.validate_options(api.read_options(path))
+    run = api._prepare(settings, str(tmp_path), None, None)
+    api._forgetting_report(settings, str(tmp_path), run)
+    scales = run.trainer.distillation.scales
+    assert scales["energy/forces"] > 0.3  # eV/Å, the teacher's on the DFT frames
+    assert scales["energy"] == pytest.approx(0.1 * scales["energy/forces"])

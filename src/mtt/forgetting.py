@@ -31,7 +31,7 @@ from .data.dataset import LabelledDataset
 from .errors import MttError
 from .finetune import DistillationHypers
 from .training.batches import LabelBatch, PreparedSet
-from .training.composition import composition_matrix
+from .training.composition import composition_matrix, energy_scale_floor
 from .training.loss import Loss
 
 LOGGER = logging.getLogger("mtt")
@@ -124,10 +124,12 @@ class Distillation:
 
     def fit_scales(self, dataset: LabelledDataset, device: torch.device) -> None:
         """Spread of each distilled quantity in the teacher's predictions on ``dataset`` (per
-        atom energies: standard deviation; forces: root mean square), as the loss divides
-        labels by their spread."""
+        atom energies: standard deviation, but at least ``energy_scale_floor`` of the forces;
+        forces: root mean square), as the loss divides labels by their spread."""
         values: Dict[str, List[np.ndarray]] = {q: [] for q in self.quantities}
+        atoms = []
         for graph, _ in _batches(dataset, self.teacher, [], device):
+            atoms.append(graph.n_atoms.cpu().numpy())
             predictions = self.teacher.predict(graph, self.quantities, training=False)
             for index, name in enumerate(self.teacher.target_names):
                 energies = network_energies(self.teacher, graph, predictions[name], index)
@@ -137,10 +139,17 @@ class Distillation:
                 values[f"{name}/forces"].append(
                     predictions[f"{name}/forces"].detach().cpu().numpy()
                 )
+        spreads = {}
         for q, chunks in values.items():
             flat = np.concatenate([c.ravel() for c in chunks])
-            spread = float(np.sqrt(np.mean(flat**2))) if q.endswith("/forces") else flat.std()
-            self.scales[q] = spread if spread > 1e-10 else 1.0
+            spreads[q] = float(np.sqrt(np.mean(flat**2))) if q.endswith("/forces") else flat.std()
+        length_unit = self.teacher.dataset_info.length_unit
+        for name in self.teacher.target_names:  # the loss's rule (see quantity_scales)
+            floor = energy_scale_floor(spreads[f"{name}/forces"], length_unit)
+            if name in self.per_structure:
+                floor *= float(np.mean(np.concatenate(atoms)))
+            spreads[name] = max(spreads[name], floor)
+        self.scales = {q: s if s > 1e-10 else 1.0 for q, s in spreads.items()}
 
     def __call__(self, model, batch, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:  # a new epoch (or a restart): the same draws as ever

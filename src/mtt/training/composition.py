@@ -104,7 +104,8 @@ def quantity_scales(
         elif kind == "energy":
             scale = energy_spread[q]
             if any(f"{q}/{g}" in quantities for g in ("forces", "direct_forces")):
-                scale = max(scale, _force_energy_scale(dataset, q))
+                force_rms = _rms(dataset, f"{q}/forces")
+                scale = max(scale, energy_scale_floor(force_rms, dataset.length_unit))
             if q in per_structure:
                 scale *= float(np.mean([len(a) for a in dataset.frames]))
         else:
@@ -118,11 +119,10 @@ def _rms(dataset: LabelledDataset, key: str) -> float:
     return moments.rms if moments.count else 0.0
 
 
-def _force_energy_scale(dataset: LabelledDataset, target: str) -> float:
-    """The forces' RMS times ``ENERGY_SCALE_LENGTH`` in the data's length unit (0 without
-    force labels)."""
-    length = ENERGY_SCALE_LENGTH * conversion("angstrom", dataset.length_unit)
-    return _rms(dataset, f"{target}/forces") * length
+def energy_scale_floor(force_rms: float, length_unit: str) -> float:
+    """The least scale of a per-atom energy learnt with forces of RMS ``force_rms`` (energy
+    per ``length_unit``): ``ENERGY_SCALE_LENGTH`` of force."""
+    return force_rms * ENERGY_SCALE_LENGTH * conversion("angstrom", length_unit)
 
 
 class Moments:
