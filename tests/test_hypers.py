@@ -441,6 +441,17 @@ def test_all_bad_overrides_are_reported():
     assert problems[1].startswith("cannot read the value of override 'a=[1,2' as YAML: ")
 
 
+def test_override_with_a_key_given_twice_is_refused():
+    """As in options.yaml: PyYAML alone keeps the last of two equal keys, silently."""
+    override = "architecture.training.loss.weights={energy: 1.0, energy: 0.1}"
+    with pytest.raises(OptionsError) as info:
+        apply_overrides({}, [override])
+    assert info.value.problems == [
+        f"cannot read the value of override '{override}' as YAML: the key 'energy' is given "
+        "twice (first at line 1); keep one of them (sections given twice are not merged)"
+    ]
+
+
 def test_overrides_need_a_mapping():
     with pytest.raises(OptionsError, match="the options are \\[1\\] \\(list\\), not a mapping"):
         apply_overrides([1], ["a=1"])

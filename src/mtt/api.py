@@ -23,8 +23,9 @@ from .data.sets import as_dataset_options, load_sets
 from .data.targets import DatasetInfo
 from .errors import MttError, OptionsError
 from .finetune import apply_method, parse_method_config
+from .hypers import OptionsLoader
 from .io import atomic_path, refuse_overwrite
-from .options import Options, OptionsLoader, generic_gradient_problems
+from .options import Options, generic_gradient_problems
 from .runs import find_auto_restart, new_run_dir
 from .training import distributed
 from .training.batches import model_data, refuse_isolated_atoms

@@ -397,6 +397,30 @@ def apply_overrides(data: Dict[str, Any] | None, overrides: List[str]) -> Dict[s
     return result
 
 
+class OptionsLoader(yaml.SafeLoader):
+    """Safe YAML (plain data only) that refuses a key given twice in one mapping, e.g. two
+    ``architecture:`` sections, which PyYAML would silently resolve by keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_lines: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue  # merge keys (<<) may override; unhashable keys fail later
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in first_lines:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"the key {key!r} is given twice (first at line {first_lines[key]}); "
+                        "keep one of them (sections given twice are not merged)",
+                        key_node.start_mark,
+                    )
+                first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _split_override(override: str, problems: List[str]) -> Tuple[List[str], Any] | None:
     key, sep, text = override.partition("=")
     parts = key.strip().split(".")
@@ -404,9 +428,9 @@ def _split_override(override: str, problems: List[str]) -> Tuple[List[str], Any]
         problems.append(f"malformed override '{override}'; expected the form -r key.path=value")
         return None
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=OptionsLoader)  # a safe loader
     except yaml.YAMLError as error:
-        first_line = str(error).splitlines()[0]
+        first_line = getattr(error, "problem", None) or str(error).splitlines()[0]
         problems.append(f"cannot read the value of override '{override}' as YAML: {first_line}")
         return None
     if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):

@@ -17,8 +17,6 @@ own hypers dataclasses (see :mod:`mtt.architectures`).
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-import yaml
-
 #: Default key under which each gradient of an energy is looked for in the data.
 DEFAULT_GRADIENT_KEYS = {"forces": "forces", "stress": "stress", "virial": "virial"}
 
@@ -217,27 +215,3 @@ class Options:
         if self.seed < 0:
             problems.append(("seed", f"must be zero or positive, got {self.seed}"))
         return problems
-
-
-class OptionsLoader(yaml.SafeLoader):
-    """Safe YAML (plain data only) that refuses a key given twice in one mapping, e.g. two
-    ``architecture:`` sections, which PyYAML would silently resolve by keeping the last."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            first_lines: Dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                    continue  # merge keys (<<) may override; unhashable keys fail later
-                key = self.construct_object(key_node)
-                line = key_node.start_mark.line + 1
-                if key in first_lines:
-                    raise yaml.constructor.ConstructorError(
-                        "while reading a mapping",
-                        node.start_mark,
-                        f"the key {key!r} is given twice (first at line {first_lines[key]}); "
-                        "keep one of them (sections given twice are not merged)",
-                        key_node.start_mark,
-                    )
-                first_lines[key] = line
-        return super().construct_mapping(node, deep=deep)
