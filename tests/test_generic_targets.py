@@ -1,6 +1,7 @@
 """Generic targets on real data: QM7-X polarizabilities (rank-2 tensors) and QM9 properties
 (dipole magnitude and HOMO-LUMO gap, with the energy in Hartree)."""
 
+import glob
 import os
 
 import ase.io
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from helpers import TINY_MODEL
 
+from mtt import api
 from mtt.cli import main
 from mtt.evaluate import generic_outputs, load_model
 
@@ -98,6 +100,12 @@ def test_qm9_energy_and_scalar_properties(tmp_path, data_dir, monkeypatch):
             "mtt::gap": {"key": "epsgap", "unit": "Hartree", "reduction": "mean"},
         },
     )
+    # the run's expanded options can be run again: no energy defaults (forces: true) on
+    # generic targets, which options.yaml refuses
+    (run_options,) = glob.glob(str(tmp_path / "outputs" / "*" / "options.yaml"))
+    expanded = api.validate_options(api.read_options(run_options)).expanded
+    mu = expanded["training_set"]["targets"]["mtt::mu"]
+    assert (mu["forces"], mu["stress"], mu["virial"]) == (False, False, False)
     results = generic_outputs(load_model("model.pt"), val, ["mtt::mu", "mtt::gap"], "angstrom")
     for name, key in (("mtt::mu", "mu"), ("mtt::gap", "epsgap")):
         predicted = np.array([r[name][0] for r in results])
