@@ -64,20 +64,44 @@ def test_unknown_length_unit_in_the_eval_yaml(work, capsys, trained):
 
 
 def test_empty_structure_file_given_directly(work, capsys, trained):
-    """``mtt eval`` has no --reader: the hint says where the format can be set."""
+    """The hint names the flag that sets the format of a structure file given directly."""
     Path("empty.xyz").write_text("")
     message = fail(capsys, "eval", trained["model"], "empty.xyz")
     assert message.startswith("could not read structure 0 of 'empty.xyz'")
-    assert "--reader" not in message
-    assert "systems: {read_from: empty.xyz, reader: <ASE format>}" in message
+    assert message.endswith("pass --reader <ASE format> if it is guessed wrong")
     assert not Path("predictions.xyz").exists()
+
+
+def test_reader_names_the_format_of_a_structure_file(work, capsys, trained):
+    """A file whose name does not tell its format (a POSCAR saved as .dat) is read with
+    --reader; without it, the error says so."""
+    import ase.io
+
+    frames = ase.io.read("train.xyz", ":2")
+    frames[0].center(vacuum=5.0)  # VASP needs a cell
+    ase.io.write("structure.dat", frames[0], format="vasp")
+    message = fail(capsys, "eval", trained["model"], "structure.dat")
+    assert "pass --reader <ASE format>" in message
+    status, problems = run(capsys, "eval", trained["model"], "structure.dat", "--reader", "vasp")
+    assert (status, problems) == (0, [])
+    (predicted,) = ase.io.read("predictions.xyz", ":")
+    assert predicted.get_chemical_formula() == frames[0].get_chemical_formula()
+
+
+def test_reader_with_a_data_set_yaml_is_refused(work, capsys, trained):
+    write_options(LABELLED, "eval.yaml")
+    message = fail(capsys, "eval", trained["model"], "eval.yaml", "--reader", "extxyz")
+    assert message == (
+        "--reader is for a structure file, but 'eval.yaml' is a data set YAML; set "
+        "systems.reader in it"
+    )
 
 
 def test_unreadable_structure_file_of_an_eval_yaml(work, capsys, trained):
     Path("junk.xyz").write_text("junk\nmore junk\n")
     write_options({"systems": "junk.xyz"}, "eval.yaml")
     message = fail(capsys, "eval", trained["model"], "eval.yaml")
-    assert "--reader" not in message
+    assert "--reader" not in message  # the YAML is where its format is set
     assert "set 'systems.reader' in 'eval.yaml' to an ASE format name" in message
 
 

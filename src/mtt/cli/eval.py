@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "their labels are compared), a structure file, or a directory written by mtt data pack",
     )
     parser.add_argument(
+        "--reader",
+        default=None,
+        metavar="FORMAT",
+        help="ASE format of a structure file given directly, where its name does not tell "
+        "(e.g. vasp-out, lammps-data); a data set YAML sets systems.reader instead",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         default="predictions.xyz",
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     outputs = model.capabilities().outputs
     generic = [name for name in outputs if name.startswith("mtt::")]
     energy = _energy_output(model, args.output_name, generic)
-    data = _open(args.data, energy, generic, model)
+    data = _open(args.data, energy, generic, model, args.reader)
     if data.plotted:  # known only now, still before anything is evaluated
         _refuse_plot_overwrite(args.output, args.force)
     evaluator = Evaluator(model, data.length_unit, repr(args.data))
@@ -126,14 +133,11 @@ def _refuse_plot_overwrite(output: str, force: bool) -> None:
 
 
 def _format_hint(data: str) -> str:
-    """How ``mtt eval`` sets the format of a file ASE cannot read: in the data set YAML
-    (``systems.reader``), which a bare structure file needs first."""
+    """How ``mtt eval`` sets the format of a file ASE cannot read: ``systems.reader`` in a
+    data set YAML, ``--reader`` for a structure file given directly."""
     if _is_yaml(data):
         return f"set 'systems.reader' in {data!r} to an ASE format name if it is guessed wrong"
-    return (
-        f"name its format in a data set YAML (systems: {{read_from: {data}, reader: "
-        "<ASE format>}) and evaluate that if it is guessed wrong"
-    )
+    return "pass --reader <ASE format> if it is guessed wrong"
 
 
 def _is_yaml(path: str) -> bool:
@@ -181,15 +185,22 @@ class _Data:
     plotted: bool = False  # energy labels are compared: a parity plot will be drawn
 
 
-def _open(path: str, energy: Optional[str], generic: List[str], model) -> _Data:
+def _open(
+    path: str, energy: Optional[str], generic: List[str], model, reader: Optional[str] = None
+) -> _Data:
     """The data of ``mtt eval``: a structure file or packed directory (predictions only), or
     a data set section in YAML, whose declared targets are compared with the predictions."""
     from .. import hypers
     from ..api import read_options
+    from ..data.packed import is_packed
     from ..options import DatasetOptions
     from ..units import check_length_unit
 
     model_unit = model.capabilities().outputs[energy].unit if energy else ""
+    if reader is not None and (_is_yaml(path) or is_packed(path)):
+        kind = "a data set YAML" if _is_yaml(path) else "a packed directory"
+        fix = "set systems.reader in it" if _is_yaml(path) else "remove it"
+        raise MttError(f"--reader is for a structure file, but {path!r} is {kind}; {fix}")
     if not _is_yaml(path):
         if not os.path.exists(path):  # named on the command line: relative to here
             raise MttError(
@@ -197,7 +208,7 @@ def _open(path: str, energy: Optional[str], generic: List[str], model) -> _Data:
                 "'mtt data pack' or a data set YAML (relative paths start at the current "
                 "directory)"
             )
-        return _Data(_unlabelled(path, None, _format_hint(path)), "angstrom", model_unit)
+        return _Data(_unlabelled(path, reader, _format_hint(path)), "angstrom", model_unit)
     raw = read_options(path)
     options = hypers.parse(DatasetOptions, raw)
     systems = options.systems
