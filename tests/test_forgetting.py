@@ -109,13 +109,15 @@ def runs(pretrained, tmp_path_factory):
 
 def test_regularised_finetuning_keeps_the_old_task_and_plain_finetuning_forgets(runs):
     """Old-task force error over the pretrained model's: with distillation or L2-SP it stays
-    below 1.5, plain fine-tuning (same data, same epochs) goes beyond (seeds 0-4 gave
-    1.01-1.20 with distillation, 1.01-1.06 with L2-SP, 1.77-2.21 without)."""
+    below 2, plain fine-tuning (same data, same epochs) goes beyond (fine-tuning seeds 0-4
+    gave 1.20-1.71 with distillation, 1.18-1.30 with L2-SP, 2.83-3.20 without; before the
+    loss's energy scale followed the forces, which learns the new forces harder, 1.01-1.20,
+    1.01-1.06 and 1.77-2.21)."""
     factors = {
         name: report(run_dir)["old_task"]["energy/forces_rmse"]["factor"]
         for name, run_dir in runs.items()
     }
-    assert max(factors["distillation"], factors["l2sp"]) < 1.5 < factors["full"], factors
+    assert max(factors["distillation"], factors["l2sp"]) < 2.0 < factors["full"], factors
 
 
 def test_old_task_report_has_the_errors_of_both_models(pretrained, runs):
