@@ -88,7 +88,6 @@ def _train(frames, random_rotations: bool, num_epochs: int, run_dir: str, every:
         "batch_size": 2,
         "learning_rate": 3e-3,
         "random_rotations": random_rotations,
-        "loss": {"weights": {"energy": 0.1}},
         "checkpoint_interval": every,
         "log_interval": 1000,
         "progress_bar": False,
