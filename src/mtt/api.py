@@ -86,23 +86,22 @@ def validate_options(raw: Dict[str, Any]) -> Settings:
         problems += _declared_name_problems(raw, options, parsed)
     if problems:
         raise OptionsError(problems)
+    _without_generic_gradients(options)
     expanded = hypers_module.to_dict(options)
     expanded["architecture"]["model"] = hypers_module.to_dict(parsed["model"])
     expanded["architecture"]["training"] = hypers_module.to_dict(parsed["training"])
-    _without_generic_gradients(expanded)
     return Settings(options, parsed["model"], parsed["training"], architecture, expanded)
 
 
-def _without_generic_gradients(expanded: Dict[str, Any]) -> None:
-    """Generic targets have no forces, stress or virial: the expanded options say so, rather
-    than the energies' defaults (``forces: true``), which a rerun of the run's options.yaml
-    would refuse."""
-    for set_name in ("training_set", "validation_set", "test_set"):
-        section = expanded.get(set_name)
-        targets = section.get("targets", {}) if isinstance(section, dict) else {}
-        for name, target in targets.items():
+def _without_generic_gradients(options: Options) -> None:
+    """Generic targets have no forces, stress or virial: once validation has refused any the
+    user gave them, the parsed options (and the run's expanded options.yaml written from them)
+    say so, rather than keep the energies' defaults (``forces: true``), which a rerun of that
+    options.yaml would refuse."""
+    for section in (options.training_set, options.validation_set, options.test_set):
+        for name, target in getattr(section, "targets", {}).items():
             if name.startswith("mtt::"):
-                target.update(forces=False, stress=False, virial=False)
+                target.forces, target.stress, target.virial = False, False, False
 
 
 def _declared_name_problems(raw: Dict[str, Any], options: Options, parsed) -> List[str]:
