@@ -106,6 +106,22 @@ def test_batches_respect_the_atom_budget(data_dir):
     assert all(sum(b) <= 20 or len(b) == 1 for b in batches)
 
 
+def test_a_cap_below_a_structure_size_is_reported(caplog):
+    """A structure larger than ``max_atoms_per_batch`` trains alone: the log says so, with
+    how many and the largest, so a user can raise the cap; nothing when all fit."""
+    import logging
+
+    from mtt.training.trainer import _warn_oversized
+
+    with caplog.at_level(logging.WARNING, logger="mtt"):
+        _warn_oversized([9, 28, 9, 30], 20, main=True)
+        _warn_oversized([9, 18], 20, main=True)
+        _warn_oversized([9, 18], None, main=True)
+    [record] = caplog.records
+    assert "max_atoms_per_batch is 20" in record.getMessage()
+    assert "2 training structures" in record.getMessage() and "up to 30" in record.getMessage()
+
+
 def test_progress_bar_in_a_terminal_and_plain_lines_otherwise(tmp_path, data_dir):
     """In a pseudo-terminal a progress bar with percentage and ETA is drawn; without a
     terminal only the per-epoch lines appear (with errors in meV for eV data)."""

@@ -52,7 +52,7 @@ class TrainingHypers:
     (each takes its share): N processes then follow the run of one."""
     max_atoms_per_batch: Optional[int] = None
     """Also cap the atoms per batch (for data sets of mixed sizes), over all processes like
-    ``batch_size``; null: no cap."""
+    ``batch_size``; a structure larger than the cap makes a batch of its own; null: no cap."""
     learning_rate: float = 1e-3
     """Peak learning rate (reached after the warm-up)."""
     optimizer: Literal["adam", "adamw"] = "adam"

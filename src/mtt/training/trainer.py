@@ -165,6 +165,7 @@ class Trainer(TrainerInterface):
         steps = train.count(
             list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
         )
+        _warn_oversized(train.n_atoms, self.hypers.max_atoms_per_batch, self.world.main)
         optimizer = self.make_optimizer(model)
         self.plateau = Plateau(self.hypers.plateau_factor, self.hypers.plateau_patience)
         scheduler = make_scheduler(optimizer, self.hypers, steps, self.plateau)
@@ -546,6 +547,24 @@ def _fused_optimizer_supported(groups: List[Dict[str, Any]]) -> bool:
     return bool(parameters) and all(
         p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters
     )
+
+
+def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) -> None:
+    """Say when ``max_atoms_per_batch`` is below some structures' size: each of those makes a
+    batch of its own, which is legal but usually not what the cap was set for."""
+    if max_atoms is None or not main:
+        return
+    larger = [n for n in n_atoms if n > max_atoms]
+    if larger:
+        LOGGER.warning(
+            "training.max_atoms_per_batch is %d, but %d training structure%s more atoms "
+            "(up to %d): each of them is a batch of its own; raise max_atoms_per_batch to "
+            "batch them with others",
+            max_atoms,
+            len(larger),
+            " has" if len(larger) == 1 else "s have",
+            max(larger),
+        )
 
 
 def _batch_to(batch, device):
