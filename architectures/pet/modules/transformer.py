@@ -122,40 +122,58 @@ class CutoffAttention(torch.nn.Module):
         :return: ``[N, d]``."""
         return self.forward_saving(x, log_weights, index)[0]
 
+    def _scaled_qkv(self) -> Tuple[Tensor, Tensor]:
+        """The ``qkv`` weight and bias with the query rows divided by ``sqrt(d_head)``: the
+        logits' scale applied to ``[3d, d]`` numbers once instead of to every ``[T, T]``
+        attention matrix (and to its gradient) in every step."""
+        d_model = self.qkv.weight.shape[1]
+        scale = torch.ones(3 * d_model, dtype=self.qkv.weight.dtype, device=self.qkv.weight.device)
+        scale[:d_model] = 1.0 / math.sqrt(self.d_head)
+        return self.qkv.weight * scale.unsqueeze(1), self.qkv.bias * scale
+
     def forward_saving(
         self, x: Tensor, log_weights: Tensor, index: Tensor
     ) -> Tuple[Tensor, List[Tensor]]:
-        """The output, and ``q, k, v`` (``[A, H, T, d_head]``) and the attention."""
+        """The output, and ``q`` (scaled), ``k``, ``v`` (``[A H, T, d_head]``) and the
+        attention (``[A H, T, T]``)."""
         n_atoms, n_tokens = log_weights.shape
         n_slots = n_atoms * n_tokens
+        n_heads = self.num_heads
         d_model = x.shape[1]
-        qkv = to_dense(self.qkv(x), index, n_slots)
-        qkv = qkv.reshape(n_atoms, n_tokens, 3, self.num_heads, self.d_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [A, H, T, d_head]
-        logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.d_head)
-        attention = torch.softmax(logits + log_weights[:, None, None, :], dim=-1)
-        mixed = torch.matmul(attention, v).transpose(1, 2).reshape(n_slots, d_model)
+        weight, bias = self._scaled_qkv()
+        qkv = to_dense(torch.nn.functional.linear(x, weight, bias), index, n_slots)
+        qkv = qkv.reshape(n_atoms, n_tokens, 3, n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, n_atoms * n_heads, n_tokens, self.d_head).unbind(0)
+        # log w_k added by the product itself (one pass over [A H, T, T] fewer)
+        key_terms = log_weights.unsqueeze(1).expand(n_atoms, n_heads, n_tokens)
+        key_terms = key_terms.reshape(n_atoms * n_heads, 1, n_tokens)
+        attention = torch.softmax(torch.baddbmm(key_terms, q, k.transpose(1, 2)), dim=-1)
+        mixed = torch.bmm(attention, v).reshape(n_atoms, n_heads, n_tokens, self.d_head)
+        mixed = mixed.transpose(1, 2).reshape(n_slots, d_model)
         return self.out(to_packed(mixed, index, n_slots)), [q, k, v, attention]
 
     def backward(self, grad: Tensor, saved: List[Tensor], index: Tensor) -> Tuple[Tensor, Tensor]:
         """Gradients of the input tokens and of the log weights."""
         q, k, v, attention = saved[0], saved[1], saved[2], saved[3]
-        n_atoms, n_tokens = attention.shape[0], attention.shape[-1]
+        n_tokens = attention.shape[-1]
+        n_heads = self.num_heads
+        n_atoms = attention.shape[0] // n_heads
         n_slots = n_atoms * n_tokens
         d_model = grad.shape[1]
         grad_mixed = to_dense(torch.matmul(grad, self.out.weight), index, n_slots)
-        grad_mixed = grad_mixed.reshape(n_atoms, n_tokens, self.num_heads, self.d_head)
-        grad_mixed = grad_mixed.transpose(1, 2)
-        grad_attention = torch.matmul(grad_mixed, v.transpose(-1, -2))
-        grad_v = torch.matmul(attention.transpose(-1, -2), grad_mixed)
+        grad_mixed = grad_mixed.reshape(n_atoms, n_tokens, n_heads, self.d_head).transpose(1, 2)
+        grad_mixed = grad_mixed.reshape(n_atoms * n_heads, n_tokens, self.d_head)
+        grad_attention = torch.bmm(grad_mixed, v.transpose(1, 2))
+        grad_v = torch.bmm(attention.transpose(1, 2), grad_mixed)
         grad_logits = torch._softmax_backward_data(grad_attention, attention, -1, attention.dtype)
-        grad_log_weights = grad_logits.sum(dim=(1, 2))
-        grad_logits = grad_logits / math.sqrt(self.d_head)
-        grad_q = torch.matmul(grad_logits, k)
-        grad_k = torch.matmul(grad_logits.transpose(-1, -2), q)
-        grad_qkv = torch.stack([grad_q, grad_k, grad_v]).permute(1, 3, 0, 2, 4)
-        grad_qkv = to_packed(grad_qkv.reshape(n_slots, 3 * d_model), index, n_slots)
-        return torch.matmul(grad_qkv, self.qkv.weight), grad_log_weights
+        grad_log_weights = grad_logits.reshape(n_atoms, n_heads, n_tokens, n_tokens).sum(dim=(1, 2))
+        grad_q = torch.bmm(grad_logits, k)  # of the scaled queries
+        grad_k = torch.bmm(grad_logits.transpose(1, 2), q)
+        grad_qkv = torch.stack([grad_q, grad_k, grad_v])
+        grad_qkv = grad_qkv.reshape(3, n_atoms, n_heads, n_tokens, self.d_head)
+        grad_qkv = grad_qkv.permute(1, 3, 0, 2, 4).reshape(n_slots, 3 * d_model)
+        grad_qkv = to_packed(grad_qkv, index, n_slots)
+        return torch.matmul(grad_qkv, self._scaled_qkv()[0]), grad_log_weights
 
 
 class TransformerLayer(torch.nn.Module):
