@@ -26,7 +26,7 @@ differentiates the result of ``forward`` and ``backward`` once more, by autograd
 """
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -99,7 +99,9 @@ class _LayerNormBackward(torch.autograd.Function):
         c_normed = torch.linalg.vecdot(c, normed).unsqueeze(-1) / x.shape[-1]
         projected_c = (c - c.mean(dim=-1, keepdim=True)).sub_(normed * c_normed)
         grad_h = projected_c * rstd
-        grad_weight = (grad * grad_h).reshape(-1, x.shape[-1]).sum(dim=0)
+        grad_weight: Optional[Tensor] = None
+        if ctx.needs_input_grad[4]:  # not for a frozen norm (fine-tuning)
+            grad_weight = (grad * grad_h).reshape(-1, x.shape[-1]).sum(dim=0)
         h_normed = torch.linalg.vecdot(h, normed).unsqueeze(-1) / x.shape[-1]
         c_projected_h = torch.linalg.vecdot(c, projected_h).unsqueeze(-1) / x.shape[-1]
         grad_x = normed * c_projected_h

@@ -2,6 +2,7 @@
 neighbour crosses the cutoff, the range it declares to engines, and learning rotational
 invariance from randomly rotated training data (with exact restarts)."""
 
+import functools
 import os
 
 import ase
@@ -334,6 +335,55 @@ def test_training_through_edge_gradients_equals_differentiating_twice(lora):
             torch.testing.assert_close(
                 got_grads[name], expected_grads[name], rtol=1e-9, atol=1e-12, msg=name
             )
+
+
+def test_own_derivatives_of_silu_and_layer_norm_gradients_equal_autograds():
+    """Eager training differentiates SiLU's and layer norm's input gradients with formulas of
+    its own (``_SiluBackward``, ``_LayerNormBackward``): they equal autograd's derivatives of
+    the same gradients (and finite differences, gradcheck), with the norm's weight trained or
+    frozen."""
+    from ..modules.transformer import (
+        _LayerNormBackward,
+        _native_layer_norm_backward,
+        _SiluBackward,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+
+    def random(*shape, scale=1.0):
+        values = torch.randn(*shape, dtype=torch.float64, generator=generator) * scale
+        return values.requires_grad_()
+
+    grad, x = random(6, 5), random(6, 5, scale=4.0)
+    assert torch.autograd.gradcheck(_SiluBackward.apply, (grad, x))
+    upstream = torch.randn(6, 5, dtype=torch.float64, generator=generator)
+    sigmoid = torch.sigmoid(x)
+    formula = grad * sigmoid * (1 + x * (1 - sigmoid))
+    for got, expected in zip(
+        torch.autograd.grad((_SiluBackward.apply(grad, x) * upstream).sum(), (grad, x)),
+        torch.autograd.grad((formula * upstream).sum(), (grad, x)),
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+    own = functools.partial(_norm_input_gradient, _LayerNormBackward.apply)
+    native = functools.partial(_norm_input_gradient, _native_layer_norm_backward)
+    for weight_trained in (True, False):
+        grad, x = random(3, 4, 7), random(3, 4, 7, scale=3.0)
+        weight, bias = random(7).requires_grad_(weight_trained), random(7).detach()
+        assert torch.autograd.gradcheck(own, (grad, x, weight, bias))
+        upstream = torch.randn(3, 4, 7, dtype=torch.float64, generator=generator)
+        inputs = [t for t in (grad, x, weight) if t.requires_grad]
+        for got, expected in zip(
+            torch.autograd.grad((own(grad, x, weight, bias) * upstream).sum(), inputs),
+            torch.autograd.grad((native(grad, x, weight, bias) * upstream).sum(), inputs),
+        ):
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def _norm_input_gradient(function, grad, x, weight, bias):
+    """A layer norm's input gradient by ``function``, its mean and rstd from ``x``."""
+    _, mean, rstd = torch.native_layer_norm(x, [x.shape[-1]], weight, bias, 1e-5)
+    return function(grad, x, mean, rstd, weight, bias)
 
 
 def _compiling_trainer(backend: str = "aot_eager"):
