@@ -22,7 +22,8 @@ with the same native kernels autograd would call. Exported models use them for f
 differentiates through TorchScript's own symbolic formulas, which measured 20-30 % slower
 per layer than these (SiLU's alone is seven elementwise passes instead of one). Training
 differentiates the result of ``forward`` and ``backward`` once more, by autograd
-(``Pet.energies_and_input_gradients``).
+(``Pet.energies_and_input_gradients``); in eager training the two native gradient kernels
+(SiLU's, layer norm's) bring derivatives of their own (see :func:`_own_derivatives`).
 """
 
 import math
@@ -70,6 +71,17 @@ def _native_layer_norm_backward(
     return found
 
 
+def _own_derivatives() -> bool:
+    """Whether a gradient computed now is differentiated by eager autograd, where
+    ``_LayerNormBackward`` and ``_SiluBackward`` replace autograd's formulas. Not in
+    TorchScript, which cannot call autograd functions (callers test
+    ``torch.jit.is_scripting()`` themselves: TorchScript compiles a branch out only on that
+    literal test, so this function is never scripted), nor under torch.compile (2.13), which
+    instantiates autograd functions while tracing (a DeprecationWarning, to become an error)
+    and fuses the elementary passes anyway."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class _LayerNormBackward(torch.autograd.Function):
     """The input gradient of a layer norm (native kernel), with its own derivative.
 
@@ -78,10 +90,7 @@ class _LayerNormBackward(torch.autograd.Function):
     ``dx = r P(h)``. For an upstream ``c``: ``d/dh = r P(c)``, and, with ``r`` and ``x^``
     functions of ``x``, ``d/dx = -r^2 (x^ mean(c P(h)) + P(h) mean(c x^) + P(c) mean(h x^))``.
     autograd's own formula for this (``NativeLayerNormBackwardBackward0``) took ~7 % of an
-    eager pet training step; this takes about half as many passes. Used by eager training
-    only (as ``_SiluBackward``): TorchScript cannot call autograd functions, and
-    torch.compile (2.13) instantiates them while tracing (a DeprecationWarning, to become an
-    error) and fuses the elementary passes anyway.
+    eager pet training step; this takes about half as many passes.
     """
 
     @staticmethod
@@ -115,8 +124,8 @@ def layer_norm_backward(
 ) -> Tensor:
     """The gradient of a layer norm's input given its output's, for fixed mean and rstd
     (those of ``layer_norm_saving``); differentiable (training differentiates it again)."""
-    if not torch.jit.is_scripting():
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if not torch.jit.is_scripting():  # see _own_derivatives
+        if _own_derivatives():
             return _LayerNormBackward.apply(grad, x, mean, rstd, weight, bias)
     return _native_layer_norm_backward(grad, x, mean, rstd, weight, bias)
 
@@ -169,8 +178,8 @@ class _SiluBackward(torch.autograd.Function):
 
 
 def silu_backward(grad: Tensor, x: Tensor) -> Tensor:
-    if not torch.jit.is_scripting():  # TorchScript drops the branch only on this test
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if not torch.jit.is_scripting():  # see _own_derivatives
+        if _own_derivatives():
             return _SiluBackward.apply(grad, x)
     if torch.is_grad_enabled():
         # the formula in differentiable operations: TorchScript has no custom autograd
