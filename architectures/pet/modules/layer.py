@@ -68,15 +68,12 @@ class PetLayer(torch.nn.Module):
         :return: per-atom energies ``[A, n_targets]``, output edge tokens ``[E, d]``, and
         what :meth:`backward` needs: this layer's intermediates and the transformer's."""
         n_atoms = weights.shape[0]
-        inputs = [self.geometry(geometry), self.neighbor_embedding(neighbor_species)]
-        first = self.compress[0]
-        if messages is None:
-            # zero messages contribute nothing to the first product: skip their third of it
-            hidden = torch.nn.functional.linear(
-                torch.cat(inputs, dim=1), first.weight[:, : 2 * self.d_model], first.bias
+        folded, table = self._folded_compression()
+        hidden = torch.addmm(table.index_select(0, neighbor_species), geometry, folded.t())
+        if messages is not None:  # None: zeros, which add nothing
+            hidden = torch.addmm(
+                hidden, messages, self.compress[0].weight[:, 2 * self.d_model :].t()
             )
-        else:
-            hidden = first(torch.cat(inputs + [messages], dim=1))
         edges = self.compress[2](torch.nn.functional.silu(hidden))
         n_tokens = layout.index.shape[0]
         tokens = torch.zeros(n_tokens, self.d_model, dtype=geometry.dtype, device=geometry.device)
@@ -91,8 +88,26 @@ class PetLayer(torch.nn.Module):
         head_hidden = self.head[1](normed)
         energies = self.head[3](torch.nn.functional.silu(head_hidden))
         edge_tokens = tokens.index_select(0, layout.rows)
-        saved_here = [hidden, tokens, token_weights, pooled, mean, rstd, head_hidden]
+        saved_here = [hidden, tokens, token_weights, pooled, mean, rstd, head_hidden, folded]
         return energies, edge_tokens, saved_here, saved
+
+    def _folded_compression(self) -> Tuple[Tensor, Tensor]:
+        """The compression's first product of ``[geometry(g), embedding(s), message]``
+        folded into the two layers before it: ``W_g geometry.weight`` (``[d, n_geometry]``)
+        and, per species, ``W_s embedding + W_g geometry.bias + bias`` (``[n_species, d]``).
+        Products of weights, computed once per call: the edges then take one
+        ``[E, n_geometry]`` product and a row lookup where the three blocks took two
+        ``[E, d] x [d, d]`` products, their concatenation and their gradients (the same
+        function; the checkpoint keeps the separate layers)."""
+        first = self.compress[0]
+        d = self.d_model
+        weight = first.weight
+        folded = torch.matmul(weight[:, :d], self.geometry.weight)
+        shift = torch.mv(weight[:, :d], self.geometry.bias) + first.bias
+        table = torch.nn.functional.linear(
+            self.neighbor_embedding.weight, weight[:, d : 2 * d], shift
+        )
+        return folded, table
 
     def backward(
         self,
@@ -108,7 +123,7 @@ class PetLayer(torch.nn.Module):
         """Gradients of the edge geometry features ``[E, n_geometry]``, the key weights
         ``[A, T]`` and (``with_messages``) the incoming messages ``[E, d]``, given those of
         the energies ``[A, n_targets]`` and of the output edge tokens (None: zero)."""
-        hidden, tokens, token_weights, pooled, mean, rstd, head_hidden = (
+        hidden, tokens, token_weights, pooled, mean, rstd, head_hidden, folded = (
             saved[0],
             saved[1],
             saved[2],
@@ -116,6 +131,7 @@ class PetLayer(torch.nn.Module):
             saved[4],
             saved[5],
             saved[6],
+            saved[7],
         )
         n_atoms, width = weights.shape
         grad_head = silu_backward(torch.matmul(grad_energies, self.head[3].weight), head_hidden)
@@ -139,11 +155,9 @@ class PetLayer(torch.nn.Module):
         )
         grad_edges = grad_tokens.index_select(0, layout.rows)
         grad_hidden = silu_backward(torch.matmul(grad_edges, self.compress[2].weight), hidden)
-        first = self.compress[0].weight
-        grad_geometry = torch.matmul(
-            torch.matmul(grad_hidden, first[:, : self.d_model]), self.geometry.weight
-        )
+        grad_geometry = torch.matmul(grad_hidden, folded)
         grad_messages: Optional[Tensor] = None
         if with_messages:
+            first = self.compress[0].weight
             grad_messages = torch.matmul(grad_hidden, first[:, 2 * self.d_model :])
         return grad_geometry, grad_weights.reshape(n_atoms, width) + grad_key_weights, grad_messages
