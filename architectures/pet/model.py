@@ -57,6 +57,7 @@ from .modules.direct import DirectHeads
 from .modules.layer import PetLayer
 from .modules.neighbors import TokenLayout, neighbor_slots, reverse_edges, token_layout
 from .modules.radial import GaussianBasis, cutoff_function
+from .modules.rows import add_rows_, pick_rows
 
 # the quantities of an energy target that are its gradients
 GRADIENTS = ("forces", "stress")
@@ -194,7 +195,7 @@ class Pet(EnergyModel):
             saved.append((layer_saved, transformer_saved))
             energies = energies + layer_energies
             # PET's message passing: edge i -> j next reads the output token of j -> i
-            messages = tokens.index_select(0, reverse) * keep
+            messages = pick_rows(tokens, reverse) * keep
         return energies, tokens, saved
 
     def per_atom_energies_and_direct(
@@ -346,11 +347,11 @@ class Pet(EnergyModel):
                 grad_messages = layer_grads[2]
                 if grad_messages is not None:
                     # messages[e] = tokens[reverse[e]] * keep[e]
-                    upstream = torch.zeros_like(grad_messages).index_add(
-                        0, reverse, grad_messages * keep
+                    upstream = add_rows_(
+                        torch.zeros_like(grad_messages), reverse, grad_messages * keep
                     )
             # the centre's weight is the constant 1: only the edges' slots have a gradient
-            grads.append((grad_geometry, grad_weights.reshape(-1).index_select(0, slots)))
+            grads.append((grad_geometry, pick_rows(grad_weights.reshape(-1), slots)))
         return energies, grads
 
     # --- inference: gradients layer by layer, a chunk of atoms at a time ---------------------

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .neighbors import TokenLayout
+from .rows import add_rows_, pick_rows
 from .transformer import Transformer, layer_norm_backward, layer_norm_saving, silu_backward
 
 
@@ -69,7 +70,7 @@ class PetLayer(torch.nn.Module):
         what :meth:`backward` needs: this layer's intermediates and the transformer's."""
         n_atoms = weights.shape[0]
         folded, table = self._folded_compression()
-        hidden = torch.addmm(table.index_select(0, neighbor_species), geometry, folded.t())
+        hidden = torch.addmm(pick_rows(table, neighbor_species), geometry, folded.t())
         if messages is not None:  # None: zeros, which add nothing
             hidden = torch.addmm(
                 hidden, messages, self.compress[0].weight[:, 2 * self.d_model :].t()
@@ -78,16 +79,16 @@ class PetLayer(torch.nn.Module):
         n_tokens = layout.index.shape[0]
         tokens = torch.zeros(n_tokens, self.d_model, dtype=geometry.dtype, device=geometry.device)
         tokens.index_copy_(0, layout.rows, edges)
-        tokens.index_copy_(0, layout.centres, self.centre_embedding(species))
+        tokens.index_copy_(0, layout.centres, pick_rows(self.centre_embedding.weight, species))
         tokens, saved = self.transformer.forward_saving(tokens, layout.index, weights, real)
-        token_weights = weights.reshape(-1).index_select(0, layout.index).unsqueeze(-1)
+        token_weights = pick_rows(weights.reshape(-1), layout.index).unsqueeze(-1)
         pooled = torch.zeros(n_atoms, self.d_model, dtype=tokens.dtype, device=tokens.device)
-        pooled.index_add_(0, layout.atoms, tokens * token_weights)
+        pooled = add_rows_(pooled, layout.atoms, tokens * token_weights)
         norm = self.head[0]
         normed, mean, rstd = layer_norm_saving(pooled, norm.weight, norm.bias, norm.eps)
         head_hidden = self.head[1](normed)
         energies = self.head[3](torch.nn.functional.silu(head_hidden))
-        edge_tokens = tokens.index_select(0, layout.rows)
+        edge_tokens = pick_rows(tokens, layout.rows)
         saved_here = [hidden, tokens, token_weights, pooled, mean, rstd, head_hidden, folded]
         return energies, edge_tokens, saved_here, saved
 
@@ -144,16 +145,16 @@ class PetLayer(torch.nn.Module):
             norm.weight,
             norm.bias,
         )
-        grad_pooled = grad_pooled.index_select(0, layout.atoms)  # each token's atom's
+        grad_pooled = pick_rows(grad_pooled, layout.atoms)  # each token's atom's
         grad_tokens = grad_pooled * token_weights
         grad_weights = torch.zeros(n_atoms * width, dtype=tokens.dtype, device=tokens.device)
         grad_weights.index_copy_(0, layout.index, (tokens * grad_pooled).sum(dim=-1))
         if grad_edge_tokens is not None:
-            grad_tokens = grad_tokens.index_add(0, layout.rows, grad_edge_tokens)
+            grad_tokens = add_rows_(grad_tokens, layout.rows, grad_edge_tokens)
         grad_tokens, grad_key_weights = self.transformer.backward(
             grad_tokens, transformer_saved, layout.index, weights, real
         )
-        grad_edges = grad_tokens.index_select(0, layout.rows)
+        grad_edges = pick_rows(grad_tokens, layout.rows)
         grad_hidden = silu_backward(torch.matmul(grad_edges, self.compress[2].weight), hidden)
         grad_geometry = torch.matmul(grad_hidden, folded)
         grad_messages: Optional[Tensor] = None

@@ -32,6 +32,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .rows import compiling, pick_rows
+
 
 def log_key_weights(weights: Tensor, real: Tensor) -> Tensor:
     """``log w`` of every key, ``-inf`` for padding and zero weights.
@@ -137,9 +139,8 @@ def _fills(index: Tensor, n_slots: int) -> bool:
     the dense rows). Under torch.compile always false: a branch on the batch's sizes would
     become a guard of the compiled step, and the scatter and gather fuse with the copies
     next to them anyway."""
-    if not torch.jit.is_scripting():
-        if torch.compiler.is_compiling():
-            return False
+    if compiling():
+        return False
     return index.shape[0] == n_slots
 
 
@@ -156,7 +157,7 @@ def to_packed(x: Tensor, index: Tensor, n_slots: int) -> Tensor:
     """Dense rows ``[n_slots, c]`` back to the packed ``[N, c]``."""
     if _fills(index, n_slots):
         return x
-    return x.index_select(0, index)
+    return pick_rows(x, index)
 
 
 class _SiluBackward(torch.autograd.Function):
