@@ -260,6 +260,7 @@ def test_refit_keeps_the_reference_energy_of_an_element_absent_from_the_new_data
     from mtt.training.trainer import Trainer
 
     model = random_model("soap_bpnn", TINY_MODEL, torch.float64, generic=False)
+    model.scale.zero_()  # the network predicts nothing: the references alone fit the labels
     old = model.baseline.clone()
     frames = []
     for n_carbon, n_hydrogen in ((1, 4), (2, 6), (2, 4), (3, 8), (6, 6)):
@@ -296,6 +297,7 @@ def test_refit_on_a_single_composition_changes_the_references_as_little_as_it_ca
     from mtt.training.trainer import Trainer
 
     model = random_model("soap_bpnn", TINY_MODEL, torch.float64, generic=False)
+    model.scale.zero_()  # the network predicts nothing: the references alone fit the labels
     old = model.baseline[0].clone().numpy()
     hydrogen, carbon, oxygen = (model.atomic_types.index(z) for z in (1, 6, 8))
     composition = np.zeros(len(model.atomic_types))
@@ -318,3 +320,144 @@ def test_refit_on_a_single_composition_changes_the_references_as_little_as_it_ca
     # shifts of 1.05 and 0.35 eV, against per-atom energies spread by 0.01 eV: marked
     marked = [line.split(":")[0].split()[-1] for line in caplog.messages if "large shift" in line]
     assert marked == ["H", "C"]
+
+
+def _molecules_labelled_by(model, shift, target="energy", factor=1.0):
+    """Small molecules, each labelled ``factor`` times the model's own energy plus a shift per
+    element (another code's reference energies)."""
+    import ase.build
+
+    from mtt.testing import energy_of
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for formula in ("CH4", "C2H6", "H2O", "CH3OH", "CH3CH2OH", "CO2", "H2CO"):
+        atoms = ase.build.molecule(formula)
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        own = factor * float(energy_of(model, atoms)[0])
+        atoms.info[target] = own + sum(shift[int(z)] for z in atoms.numbers)
+        frames.append(atoms)
+    return frames
+
+
+def _network_energy_per_atom(model, frames):
+    """The mean of what the network adds to the references, per atom (eV)."""
+    from mtt.testing import energy_of
+
+    baseline = model.baseline[0].numpy()
+    total = sum(
+        float(energy_of(model, atoms)[0])
+        - sum(baseline[model.atomic_types.index(int(z))] for z in atoms.numbers)
+        for atoms in frames
+    )
+    return total / sum(len(atoms) for atoms in frames)
+
+
+def test_refit_fits_what_the_pretrained_network_leaves_of_the_labels():
+    """Labels that are the pretrained model's own energies plus a shift per element (another
+    code's references) are fitted by shifting the references by exactly that: the refitted
+    model predicts the labels. Fitted to the raw labels, every reference moved by what the
+    network's energies average to, and fine-tuning started worse than the pretrained model."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.hypers import parse
+    from mtt.options import EnergyTargetOptions
+    from mtt.testing import energy_of, random_model
+    from mtt.training.hypers import TrainingHypers
+    from mtt.training.trainer import Trainer
+
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64, generic=False)
+    shift = {1: 0.3, 6: -1.2, 8: 0.7}
+    frames = _molecules_labelled_by(model, shift)
+    assert abs(_network_energy_per_atom(model, frames)) > 0.01  # else the test proves nothing
+    old = model.baseline[0].clone()
+    dataset = dataset_from_atoms(
+        frames, {"energy": EnergyTargetOptions(unit="eV", forces=False, stress=False)}
+    )
+    trainer = Trainer(parse(TrainingHypers, {"finetune": {"read_from": "pretrained.ckpt"}}))
+    trainer.pretrained_targets = ["energy"]
+    trainer._fit_baseline(model, dataset, ["energy"])
+    for z, delta in shift.items():
+        k = model.atomic_types.index(z)
+        assert float(model.baseline[0, k] - old[k]) == pytest.approx(delta, abs=1e-8)
+    for atoms in frames:
+        assert float(energy_of(model, atoms)[0]) == pytest.approx(atoms.info["energy"], abs=1e-8)
+
+
+def test_an_inherited_head_starts_as_its_source_in_the_new_unit():
+    """A new target inheriting the pretrained energy's head keeps that head's output scale
+    (converted to its unit) and gets references fitted to what the inherited network leaves
+    of its labels: labels equal to the pretrained energies in kcal/mol plus a shift per
+    element are predicted exactly before any training."""
+    from metatomic.torch import ModelOutput
+
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.data.targets import DatasetInfo
+    from mtt.hypers import parse
+    from mtt.options import EnergyTargetOptions
+    from mtt.testing import random_model, systems_with_neighbors
+    from mtt.training.hypers import TrainingHypers
+    from mtt.training.trainer import Trainer
+    from mtt.units import conversion
+
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64, generic=False)
+    factor = conversion("eV", "kcal/mol")
+    shift = {1: 5.0, 6: -20.0, 8: 12.0}
+    frames = _molecules_labelled_by(model, shift, "dft", factor)
+    options = {"energy/dft": EnergyTargetOptions(key="dft", unit="kcal/mol", forces=False)}
+    dataset = dataset_from_atoms(frames, options)
+    info = DatasetInfo("angstrom", dataset.atomic_types, dataset.targets)
+    inherit = {"energy/dft": "energy"}
+    model.restart(info, inherit)
+    hypers = {"finetune": {"read_from": "pretrained.ckpt", "inherit_heads": inherit}}
+    trainer = Trainer(parse(TrainingHypers, hypers))
+    trainer.pretrained_targets = ["energy"]
+    trainer._fit_baseline(model, dataset, ["energy/dft"])
+    assert float(model.scale[1]) == pytest.approx(factor * float(model.scale[0]), rel=1e-12)
+    request = {"energy/dft": ModelOutput(unit="kcal/mol", sample_kind="system")}
+    for atoms in frames:
+        result = model(systems_with_neighbors(model, [atoms], torch.float64), request)
+        value = float(result["energy/dft"].block().values.detach().reshape(-1)[0])
+        assert value == pytest.approx(atoms.info["dft"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "inherit, message",
+    [
+        ({"energy/DFT": "energy"}, "names no new energy target of the training set; did you "),
+        ({"energy": "energy"}, "'energy' is a target of the pretrained model"),
+        ({"energy/dft": "energy/xyz"}, "names 'energy/xyz', which the pretrained model does not"),
+    ],
+)
+def test_inherit_heads_that_name_no_new_target_or_no_source_are_refused(inherit, message):
+    """A typo in ``inherit_heads`` was silently ignored: the new head started from zero."""
+    from mtt.data.targets import DatasetInfo, TargetInfo
+    from mtt.errors import MttError
+    from mtt.testing import random_model
+
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64, generic=False)
+    info = DatasetInfo(
+        "angstrom", [1, 6, 8], {"energy/dft": TargetInfo("energy/dft", "eV", forces=False)}
+    )
+    with pytest.raises(MttError) as error:
+        model.restart(info, inherit)
+    assert str(error.value).startswith(
+        f"'architecture.training.finetune.inherit_heads.{next(iter(inherit))}'"
+    )
+    assert message in str(error.value)
+
+
+def test_dry_run_does_not_check_the_force_units_of_a_new_head(
+    pretrained, tmp_path, monkeypatch, capsys
+):
+    """A new target's head starts at zero: its forces say nothing about the data's units
+    (the check compared them with zero and warned of a factor 1e13)."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    options = run(
+        tmp_path, "new", {"finetune": {"read_from": pretrained["checkpoint"]}}, "dft_small.xyz"
+    )
+    set_targets(tmp_path / "new.yaml", {"energy/dft": {"key": "energy", "unit": "kcal/mol"}})
+    assert main(["train", options, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot errors" in out and "energy/dft/forces: spread" not in out
+    assert "check the energy and length units" not in out

@@ -29,7 +29,7 @@ from .options import Options, generic_gradient_problems
 from .runs import find_auto_restart, new_run_dir
 from .training import distributed
 from .training.batches import model_data, refuse_isolated_atoms
-from .training.composition import baseline_rmse
+from .training.composition import baseline_rmse, fit_baseline
 from .training.hypers import TrainingHypers, target_name_problems
 from .units import conversion
 
@@ -406,20 +406,22 @@ def _dry_run(settings: Settings, base_dir: str, frames) -> None:
     if trainer.pretrained_targets:
         LOGGER.info("zero-shot errors of the pretrained model on the new training set:")
         _final_report(trainer, model, [train_set], run.device)
-        for line in _force_scale_check(model, train_set, run.device):
+        carried = trainer._carried_targets(model, _labelled(model, train_set))
+        for line in _force_scale_check(model, train_set, run.device, carried):
             LOGGER.warning(line)
         _forgetting_report(settings, base_dir, run)  # the old task's errors, if given
     LOGGER.info("dry run finished: nothing was trained or written")
 
 
-def _force_scale_check(model, dataset, device) -> List[str]:
+def _force_scale_check(model, dataset, device, targets: List[str]) -> List[str]:
     """Forces do not depend on reference energies, so the ratio of the labels' spread to the
     pretrained model's predictions exposes a wrong energy or length unit (23x for eV vs
-    kcal/mol) even when the reference method changed."""
+    kcal/mol) even when the reference method changed. Only for ``targets``, those a
+    pretrained head predicts (a new head starts at zero)."""
     from .training.batches import PreparedSet
 
     warnings = []
-    for name in model.target_names:
+    for name in targets:
         quantity = f"{name}/forces"
         if not any(quantity in labels for labels in dataset.labels):
             continue
@@ -627,6 +629,7 @@ def _final_report(trainer, model, sets, device) -> None:
     from .training.trainer import metric_unit
 
     units = {name: target.unit for name, target in model.dataset_info.targets.items()}
+    references = _composition_only(trainer, model, sets[0])
     for dataset in [s for s in sets if s is not None]:
         metrics = trainer.evaluate(model, dataset, device)
         for key, value in metrics.items():
@@ -643,12 +646,7 @@ def _final_report(trainer, model, sets, device) -> None:
                     unit,
                 )
         for index, name in enumerate(model.target_names):
-            rmse = baseline_rmse(
-                dataset,
-                name,
-                model.atomic_types,
-                model.baseline[index].detach().cpu().double().numpy(),
-            )
+            rmse = baseline_rmse(dataset, name, model.atomic_types, references[index])
             if rmse is not None:
                 LOGGER.info(
                     "%s: %s RMSE of the composition baseline alone = %.5g %s/atom",
@@ -657,6 +655,23 @@ def _final_report(trainer, model, sets, device) -> None:
                     rmse,
                     units[name],
                 )
+
+
+def _composition_only(trainer, model, train_set) -> List[Any]:
+    """Per target, the reference energies of the best model of the composition alone: the
+    model's own, except for the targets of a pretrained network, whose references are fitted
+    to what the network leaves of the labels; those are fitted again to the raw labels of the
+    training set."""
+    carried = set(trainer._carried_targets(model, _labelled(model, train_set)))
+    references = []
+    for index, name in enumerate(model.target_names):
+        weights = model.baseline[index].detach().cpu().double().numpy()
+        if name in carried:
+            fixed = trainer.hypers.fixed_composition_weights.get(name, {})
+            where = f"architecture.training.fixed_composition_weights.{name}"
+            weights, _ = fit_baseline(train_set, name, model.atomic_types, fixed, where)
+        references.append(weights)
+    return references
 
 
 def save_model(exported, path: str) -> None:

@@ -14,6 +14,7 @@ declares, exports (``non_conservative_force``, ``non_conservative_stress``) and 
 """
 
 import copy
+import difflib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import ase
@@ -498,6 +499,7 @@ class EnergyModel(ModelInterface):
                     f"predicts {known.unit!r}; declare the model's unit (metatomic converts) "
                     "or convert the labels"
                 )
+        self._check_inherit_heads(inherit_heads or {}, dataset_info)
         new_generic = [
             name
             for name, target in dataset_info.targets.items()
@@ -533,16 +535,37 @@ class EnergyModel(ModelInterface):
         targets.update({n: info.targets[n] for n in names})
         self.dataset_info = DatasetInfo(self.dataset_info.length_unit, self.atomic_types, targets)
 
-    def _add_targets(self, names: List[str], info: DatasetInfo, inherit: Dict[str, str]) -> None:
-        sources = []
-        for name in names:
-            source = inherit.get(name)
-            if source is not None and source not in self.target_names:
+    def _check_inherit_heads(self, inherit: Dict[str, str], info: DatasetInfo) -> None:
+        """Each ``finetune.inherit_heads`` entry names a new energy target of the data and a
+        target of the pretrained model (a typo would silently start the head from zero)."""
+        new = [
+            name
+            for name, target in info.targets.items()
+            if target.kind == "energy" and name not in self.target_names
+        ]
+        for name, source in inherit.items():
+            key = f"'architecture.training.finetune.inherit_heads.{name}'"
+            if name in self.target_names:
                 raise MttError(
-                    f"'finetune.inherit_heads.{name}' names {source!r}, which the pretrained "
-                    f"model does not predict (it predicts {self.target_names})"
+                    f"{key}: {name!r} is a target of the pretrained model, which keeps its own "
+                    "head; inherit_heads gives a head to a new target of the training set"
                 )
-            sources.append(None if source is None else self.target_names.index(source))
+            if name not in new:
+                close = difflib.get_close_matches(name, new, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise MttError(
+                    f"{key} names no new energy target of the training set; {hint}its new "
+                    f"energy targets are {new}"
+                )
+            if source not in self.target_names:
+                raise MttError(
+                    f"{key} names {source!r}, which the pretrained model does not predict "
+                    f"(it predicts {self.target_names})"
+                )
+
+    def _add_targets(self, names: List[str], info: DatasetInfo, inherit: Dict[str, str]) -> None:
+        # (checked by _check_inherit_heads: each source is a pretrained target)
+        sources = [self.target_names.index(inherit[n]) if n in inherit else None for n in names]
         for module_name in self.head_modules():
             head = self.get_submodule(module_name)
             _replace_module(self, module_name, _grown_linear(head, sources))

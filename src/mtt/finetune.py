@@ -12,7 +12,7 @@ error on the old task before and after.
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
@@ -195,16 +195,23 @@ def linear_layer_names(model: torch.nn.Module) -> List[str]:
 
 
 def report_reference_energies(
-    model, old_baseline: torch.Tensor, new_baseline: torch.Tensor, scales: torch.Tensor
+    model,
+    old_baseline: torch.Tensor,
+    new_baseline: torch.Tensor,
+    scales: torch.Tensor,
+    elements: Optional[Set[int]] = None,
 ) -> List[str]:
-    """Lines comparing pretrained and refitted reference energies per target and element; a
-    shift much larger than the energy scale usually means a unit or reference mistake."""
+    """Lines comparing pretrained and refitted reference energies per target and element
+    (of ``elements``, by default all the model's); a shift much larger than the energy scale
+    usually means a unit or reference mistake."""
     import ase.data
 
     lines = []
     for t, name in enumerate(model.target_names):
         unit = model.energy_units[t]
         for k, z in enumerate(model.atomic_types):
+            if elements is not None and z not in elements:
+                continue
             old, new = float(old_baseline[t, k]), float(new_baseline[t, k])
             note = ""
             if abs(new - old) > 20 * float(scales[t]) and abs(new - old) > 1e-6:

@@ -14,7 +14,7 @@ import torch
 from ..data.dataset import LabelledDataset
 from ..errors import MttError
 from ..units import conversion
-from .batches import label_key, quantity_kind
+from .batches import label_key, model_data, quantity_kind
 
 
 def composition_matrix(dataset: LabelledDataset, atomic_types: List[int]) -> np.ndarray:
@@ -25,6 +25,37 @@ def composition_matrix(dataset: LabelledDataset, atomic_types: List[int]) -> np.
         for z, n in zip(*np.unique(atoms.numbers, return_counts=True)):
             counts[row, column[int(z)]] = n
     return counts
+
+
+def interaction_energies(
+    model, dataset: LabelledDataset, targets: List[str], batch_size: int = 16
+) -> Dict[str, np.ndarray]:
+    """What the model's network (without its composition baseline) predicts of each
+    structure's energy, ``{target: [n_structures]}`` in the targets' units (one pass over
+    the data set without gradients)."""
+    if not targets:
+        return {}
+    columns = [model.target_names.index(name) for name in targets]
+    device = model.baseline.device
+    scale = model.scale.detach()[columns]
+    totals = []
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                indices = range(start, min(start + batch_size, len(dataset)))
+                graph = model.collate_fn([model_data(model, dataset, i) for i in indices])
+                graph = type(graph)(*[t.to(device) for t in graph])
+                species = model.type_to_index[graph.types]
+                raw, _ = model.per_atom_energies_and_direct(graph, species, False)
+                per_atom = raw[:, columns] * scale.to(raw.dtype)
+                sums = torch.zeros(len(indices), len(columns), dtype=torch.float64, device=device)
+                totals.append(sums.index_add_(0, graph.system_index, per_atom.double()).cpu())
+    finally:
+        model.train(training)
+    values = torch.cat(totals).numpy()
+    return {name: values[:, k] for k, name in enumerate(targets)}
 
 
 def _element(key: str, where: str) -> int:
@@ -42,8 +73,13 @@ def fit_baseline(
     fixed: Dict[str, float],
     where: str,
     prior: Optional[np.ndarray] = None,
+    offsets: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, float]:
     """Reference energies per element and the spread (std) of the per-atom remainder.
+
+    With ``offsets`` (one energy per structure of the data set: what a pretrained network
+    predicts of it), the references fit the labels minus the offsets; the spread is still
+    that of what the network has to represent, the labels minus the references.
 
     With ``prior`` (a pretrained model's references, when fine-tuning) the fit is the
     smallest change of the prior that fits the data: where the data cannot tell elements
@@ -63,7 +99,8 @@ def fit_baseline(
             raise MttError(f"'{where}': element {key!r} is not in the training set")
         weights[atomic_types.index(z)] = value
         free[atomic_types.index(z)] = False
-    remainder = energies - counts @ weights
+    fitted = energies if offsets is None else energies - np.asarray(offsets)[rows]
+    remainder = fitted - counts @ weights
     if free.any():
         # minimum-norm least squares (of the change to the prior, if any): well defined even
         # when all structures share one composition (then only the sum is determined)

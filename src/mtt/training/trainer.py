@@ -39,6 +39,7 @@ from .batches import (
 from .composition import (
     fit_baseline,
     generic_normalization,
+    interaction_energies,
     model_scales,
     quantity_scales,
 )
@@ -383,17 +384,27 @@ class Trainer(TrainerInterface):
         are refitted or kept as ``finetune.reference_energies`` says (difference reported)."""
         fixed_all = self.hypers.fixed_composition_weights
         old_baseline = model.baseline.detach().cpu().clone()
+        carried = self._carried_targets(model, quantities)
+        # what the pretrained network already predicts of each structure's energy: the
+        # references are fitted to the rest (the network's per-atom energies do not average
+        # to zero on new data: fitted to the raw labels, the references would move by that
+        # average and fine-tuning would start worse than the pretrained model)
+        interactions = interaction_energies(model, dataset, carried)
         baselines, spreads = [], {}
         for index, name in enumerate(model.target_names):
             if name not in quantities:  # no labels in this data: keep what the model has
                 baselines.append(old_baseline[index].double())
                 continue
             where = f"architecture.training.fixed_composition_weights.{name}"
-            prior = None
-            if name in self.pretrained_targets:
-                prior = old_baseline[index].double().numpy()
+            prior = old_baseline[index].double().numpy() if name in carried else None
             weights, spread = fit_baseline(
-                dataset, name, model.atomic_types, fixed_all.get(name, {}), where, prior
+                dataset,
+                name,
+                model.atomic_types,
+                fixed_all.get(name, {}),
+                where,
+                prior,
+                interactions.get(name),
             )
             baselines.append(torch.tensor(weights))
             spreads[name] = spread
@@ -405,7 +416,7 @@ class Trainer(TrainerInterface):
         trained = [t for t in model.target_names if t in quantities]
         fresh = model_scales(quantities, trained, scales)
         for k, name in enumerate(trained):
-            if name not in self.pretrained_targets:
+            if name not in carried:  # a carried output keeps the scale its network learnt
                 output_scales[model.target_names.index(name)] = fresh[k]
         if self.pretrained_targets:
             # (elements absent from the new data keep their pretrained references: the fit
@@ -418,10 +429,10 @@ class Trainer(TrainerInterface):
                 for i, name in enumerate(model.target_names)
             ]
             self._report_reference_energies(
-                model, old_baseline, new_baseline, torch.tensor(energy_scales)
+                model, old_baseline, new_baseline, torch.tensor(energy_scales), dataset
             )
             if self.hypers.finetune.reference_energies == "keep":
-                keep = [i for i, t in enumerate(model.target_names) if t in self.pretrained_targets]
+                keep = [i for i, t in enumerate(model.target_names) if t in carried]
                 new_baseline[keep] = old_baseline[keep].double()
         model.set_baseline(new_baseline, output_scales)
         # generic targets of a pretrained model keep their normalisation; new ones get theirs
@@ -443,14 +454,30 @@ class Trainer(TrainerInterface):
             "scales of the quantities: %s", ", ".join(f"{q}: {s:.4g}" for q, s in scales.items())
         )
 
-    def _report_reference_energies(self, model, old, new, scales) -> None:
+    def _carried_targets(self, model, quantities: List[str]) -> List[str]:
+        """The energy targets with labels in this data whose output comes from a pretrained
+        network: the pretrained model's own, and new ones that inherit one of its heads."""
+        if not self.pretrained_targets:
+            return []
+        finetune = getattr(self.hypers, "finetune", None)
+        inherited = set(finetune.inherit_heads) if finetune is not None else set()
+        return [
+            name
+            for name in model.target_names
+            if name in quantities and (name in self.pretrained_targets or name in inherited)
+        ]
+
+    def _report_reference_energies(self, model, old, new, scales, dataset) -> None:
         from ..finetune import report_reference_energies
 
+        refit = self.hypers.finetune.reference_energies == "refit"
         LOGGER.info(
-            "reference energies (the pretrained ones are %s):",
-            "kept" if self.hypers.finetune.reference_energies == "keep" else "replaced",
+            "reference energies of the data's elements (the pretrained ones are %s%s):",
+            "replaced" if refit else "kept",
+            "; fitted to the labels minus the pretrained network's energies" if refit else "",
         )
-        for line in report_reference_energies(model, old, new, scales):
+        elements = set(dataset.atomic_types)
+        for line in report_reference_energies(model, old, new, scales, elements):
             LOGGER.info("  %s", line)
 
     def _write_csv(self) -> None:
