@@ -205,3 +205,15 @@ def test_nested_key_given_twice_is_refused(work, capsys):
 def test_yaml_merge_keys_may_still_override(work):
     Path("options.yaml").write_text("base: &b {a: 1, b: 2}\nsection:\n  <<: *b\n  a: 3\n")
     assert read_options("options.yaml")["section"] == {"a": 3, "b": 2}
+
+
+# ------------------------------------------------------------------ null units
+
+
+@pytest.mark.parametrize(
+    "name, fix", [("energy", "the energies' unit"), ("mtt::alpha", "the labels' unit")]
+)
+def test_a_null_unit_is_refused_not_taken_for_the_default(name, fix):
+    """metatrain's ``unit: null`` is refused; left out, an energy's unit is eV."""
+    [found] = problems(with_target(name, {"unit": None}))
+    assert found.startswith(f"option 'training_set.targets.{name}.unit' is null: give {fix}")

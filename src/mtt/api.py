@@ -25,7 +25,7 @@ from .errors import MttError, OptionsError
 from .finetune import apply_method, parse_method_config
 from .hypers import OptionsLoader
 from .io import atomic_path, refuse_overwrite
-from .options import Options, generic_gradient_problems
+from .options import Options, raw_target_problems
 from .runs import find_auto_restart, new_run_dir
 from .training import distributed
 from .training.batches import model_data, refuse_isolated_atoms
@@ -105,9 +105,9 @@ def _without_generic_gradients(options: Options) -> None:
 
 
 def _declared_name_problems(raw: Dict[str, Any], options: Options, parsed) -> List[str]:
-    """Names of targets in the training hypers that the training set does not declare, and
-    gradients given to generic targets: caught here, before any data is read."""
-    problems = generic_gradient_problems(raw)
+    """Names of targets in the training hypers that the training set does not declare, null
+    units and gradients given to generic targets: caught here, before any data is read."""
+    problems = raw_target_problems(raw)
     training, model = parsed.get("training"), parsed.get("model")
     if isinstance(training, TrainingHypers) and model is not None:
         targets = as_dataset_options(options.training_set).targets

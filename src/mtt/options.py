@@ -125,16 +125,26 @@ def _unsupported_type(value: Dict[str, Any]) -> str:
     return f"must be {supported}, got {value}"
 
 
-def generic_gradient_problems(raw: Any) -> List[str]:
-    """One line for each ``forces``, ``stress`` or ``virial`` key that the raw options give
-    a generic target (``mtt::<name>``) with any value but ``false``. The parsed options cannot
-    tell a ``true`` written by the user from the default, which only energies use."""
+def raw_target_problems(raw: Any) -> List[str]:
+    """What the parsed options cannot tell from a default, one line each: a target's ``unit:
+    null`` (metatrain's way to leave it unset; the default would silently be eV), and a
+    ``forces``, ``stress`` or ``virial`` key that the raw options give a generic target
+    (``mtt::<name>``) with any value but ``false`` (``true`` is the energies' default)."""
     problems = []
     for set_name in ("training_set", "validation_set", "test_set"):
         section = raw.get(set_name) if isinstance(raw, dict) else None
         targets = section.get("targets") if isinstance(section, dict) else None
         for name, target in targets.items() if isinstance(targets, dict) else ():
-            if not (isinstance(name, str) and name.startswith("mtt::")):
+            generic = isinstance(name, str) and name.startswith("mtt::")
+            if isinstance(target, dict) and "unit" in target and target["unit"] is None:
+                fix = (
+                    "the labels' unit (e.g. D), or '' for a dimensionless target"
+                    if generic
+                    else "the energies' unit (e.g. eV, kcal/mol, Hartree), or leave the key "
+                    "out for eV"
+                )
+                problems.append(f"option '{set_name}.targets.{name}.unit' is null: give {fix}")
+            if not generic:
                 continue
             for key in ("forces", "stress", "virial"):
                 if isinstance(target, dict) and key in target and target[key] is not False:
