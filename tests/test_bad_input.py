@@ -602,6 +602,31 @@ def test_restart_with_a_changed_model_option(work, capsys, trained):
     assert main(["train", "options.yaml", "--restart", str(trained["checkpoint"])]) == 0
 
 
+def test_dry_run_checks_the_restart(work, capsys, trained):
+    """``--dry-run --restart`` refuses what the restart would refuse, and writes nothing."""
+    write_options(options(architecture__model__cutoff=5.0))
+    message = fail(capsys, "train", "options.yaml", "--restart", trained["checkpoint"], "--dry-run")
+    assert message.startswith("option 'architecture.model.cutoff': the model of")
+    write_options(options(architecture__training__num_epochs=2))
+    assert (
+        main(["train", "options.yaml", "--restart", str(trained["checkpoint"]), "--dry-run"]) == 0
+    )
+    assert not Path("outputs").exists() and not Path("model.pt").exists()
+
+
+def test_restart_with_nothing_left_to_train(work, capsys, trained):
+    """A checkpoint already at ``num_epochs`` is refused with the two ways on, not 'trained'
+    for zero epochs into a new run directory."""
+    write_options(options())
+    message = fail(capsys, "train", "options.yaml", "--restart", trained["checkpoint"])
+    assert message == (
+        f"{str(trained['checkpoint'])!r} is at epoch 1 and 'architecture.training.num_epochs' "
+        "is 1: nothing to train; raise num_epochs to train further (-r "
+        "architecture.training.num_epochs=N), or export the checkpoint with 'mtt export'"
+    )
+    assert not Path("model.pt").exists() and not list(Path("outputs").glob("*"))
+
+
 def test_restart_from_a_checkpoint_that_does_not_exist(work, capsys):
     write_options(options())
     message = fail(capsys, "train", "options.yaml", "--restart", "nope.ckpt")

@@ -202,7 +202,7 @@ def train(
         raw.setdefault("training_set", "<python dataset>")
     settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
     if dry_run:
-        return _dry_run(settings, base_dir, training_set)
+        return _dry_run(settings, base_dir, training_set, _restart_checkpoint(output_dir, restart))
     # under torchrun or srun: one process per GPU, the main one writes (mtt.training.distributed)
     with distributed.session(settings.train_hypers.distributed, _uses_cuda(settings)) as world:
         checkpoint_path, run_dir = distributed.from_main(
@@ -254,13 +254,18 @@ def _start_run(output: str, force: bool, output_dir: str, restart: Optional[str]
         raise MttError(
             f"--output-dir {output_dir!r} is a file; give a directory for the run directories"
         )
+    checkpoint_path = _restart_checkpoint(output_dir, restart)
+    return checkpoint_path, _run_dir(checkpoint_path, output_dir, restart)
+
+
+def _restart_checkpoint(output_dir: str, restart: Optional[str]) -> Optional[str]:
+    """The checkpoint ``--restart`` names (None: a new run, or 'auto' found none)."""
     if restart not in (None, "auto") and not os.path.isfile(restart):
         raise MttError(
             f"--restart {restart!r}: no such checkpoint file; give a .ckpt written by mtt "
             "train (outputs/<run>/checkpoints/epoch_<n>.ckpt) or 'auto'"
         )
-    checkpoint_path = find_auto_restart(output_dir) if restart == "auto" else restart
-    return checkpoint_path, _run_dir(checkpoint_path, output_dir, restart)
+    return find_auto_restart(output_dir) if restart == "auto" else restart
 
 
 def _run_dir(checkpoint_path: Optional[str], output_dir: str, restart: Optional[str]) -> str:
@@ -390,10 +395,11 @@ def _calibrate_uncertainty(model, sets) -> None:
             )
 
 
-def _dry_run(settings: Settings, base_dir: str, frames) -> None:
-    """Check everything and report, without training or writing anything."""
+def _dry_run(settings: Settings, base_dir: str, frames, checkpoint_path: Optional[str]) -> None:
+    """Check everything and report, without training or writing anything; with a checkpoint
+    to restart from, what the restart would refuse (another model, elements or units)."""
     LOGGER.info("dry run: options are valid (%s)", settings.options.architecture.name)
-    run = _prepare(settings, base_dir, frames, None)
+    run = _prepare(settings, base_dir, frames, checkpoint_path)
     model, trainer = run.model, run.trainer
     model.to(device=run.device, dtype=run.dtype)
     train_set = run.sets[0]
@@ -402,6 +408,9 @@ def _dry_run(settings: Settings, base_dir: str, frames) -> None:
             data = [model_data(model, dataset, index) for index in range(len(dataset.frames))]
             if dataset is train_set:
                 refuse_isolated_atoms(data, model)
+    if trainer.epoch > 0:  # a restart continues with the checkpoint's references
+        LOGGER.info("dry run finished: nothing was trained or written")
+        return
     trainer._fit_baseline(model, train_set, _labelled(model, train_set))
     if trainer.pretrained_targets:
         LOGGER.info("zero-shot errors of the pretrained model on the new training set:")
@@ -478,6 +487,13 @@ def _model_and_trainer(
     if finetune is None:
         _check_same_model(settings.model_hypers, model.hypers, checkpoint_path)
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
+    if trainer.epoch >= settings.train_hypers.num_epochs:
+        raise MttError(
+            f"{checkpoint_path!r} is at epoch {trainer.epoch} and "
+            f"'architecture.training.num_epochs' is {settings.train_hypers.num_epochs}: "
+            "nothing to train; raise num_epochs to train further (-r "
+            "architecture.training.num_epochs=N), or export the checkpoint with 'mtt export'"
+        )
     if finetune is not None:  # the same parameters train as before the interruption
         _remember_pretrained(trainer, _read_pretrained(settings, base_dir), finetune)
         apply_method(model, finetune, trainer.teacher.generic_names)
