@@ -9,6 +9,7 @@ import copy
 import math
 import os
 import pickle
+import shutil
 import signal
 from contextlib import contextmanager
 from functools import cache
@@ -527,6 +528,22 @@ def test_export_refuses_a_checkpoint_that_would_run_code(work, capsys, writer):
         assert "asks to load Python objects" in message and "system" in message
 
 
+@pytest.mark.parametrize("command", [["export"], ["train", "options.yaml", "--restart"]])
+def test_a_metatrain_checkpoint_is_named_as_such_and_not_unpickled(work, capsys, command):
+    """metatrain's checkpoints hold TorchScript objects (its model's metadata), which a safe
+    load refuses: the message says whose checkpoint it is, and nothing in it runs."""
+    content = {"architecture_name": "soap_bpnn", "model_ckpt_version": 9, "extra": Payload()}
+    torch.save(content, "metatrain.ckpt")
+    write_options(options())
+    message = fail(capsys, *command, "metatrain.ckpt")
+    assert not Path("PWNED").exists()
+    assert message == (
+        "'metatrain.ckpt' is a checkpoint of metatrain (soap_bpnn), which mtt does not read; "
+        "evaluate metatrain's exported model with 'mtt eval', or train with mtt (metatrain's "
+        "options files work)"
+    )
+
+
 def test_export_truncated_checkpoint(work, capsys, trained):
     content = trained["checkpoint"].read_bytes()
     Path("half.ckpt").write_bytes(content[: len(content) // 2])
@@ -625,6 +642,34 @@ def test_restart_with_nothing_left_to_train(work, capsys, trained):
         "architecture.training.num_epochs=N), or export the checkpoint with 'mtt export'"
     )
     assert not Path("model.pt").exists() and not list(Path("outputs").glob("*"))
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("newdir/", "'newdir/' is a directory; give the path of a file to write"),
+        ("afile/model.pt", "cannot write 'afile/model.pt': "),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_is_refused_before_training(
+    work, capsys, output, message
+):
+    """Found after training, the run's model stayed in its run directory and the command
+    ended in an internal error."""
+    Path("afile").write_text("mine")
+    write_options(options())
+    assert fail(capsys, "train", "options.yaml", "-o", output).startswith(message)
+    assert not Path("outputs").exists() and Path("afile").read_text() == "mine"
+
+
+def test_export_never_writes_over_its_checkpoint(work, capsys, trained):
+    shutil.copy(trained["checkpoint"], "model.ckpt")
+    before = Path("model.ckpt").read_bytes()
+    message = fail(capsys, "export", "model.ckpt", "-o", "model.ckpt", "-f")
+    assert (
+        message == "'model.ckpt' is the file this command reads; write the output to another path"
+    )
+    assert Path("model.ckpt").read_bytes() == before
 
 
 def test_restart_from_a_checkpoint_that_does_not_exist(work, capsys):

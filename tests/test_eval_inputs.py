@@ -7,6 +7,7 @@ line in a fresh directory holding ``train.xyz`` (a dozen labelled ethanol struct
 tiny model is trained for this module.
 """
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,42 @@ def test_predictions_keep_the_structures_own_labels(tmp_path):
     assert read.get_potential_energy() == -3.0 and not read.get_forces().any()
     assert read.info["U0"] == -76.4 and float(np.ravel(read.info["mu"])[0]) == 2.5
     np.testing.assert_array_equal(read.arrays["charges_ref"], [0.4, 0.4, -0.8])
+
+
+def test_extensions_directory_that_does_not_exist(work, capsys, trained):
+    message = fail(capsys, "eval", trained["model"], "train.xyz", "-e", "nowhere")
+    assert message == "extensions directory not found: 'nowhere'"
+
+
+def test_model_that_needs_extensions_points_to_the_option(work, capsys, trained, monkeypatch):
+    """A model of another tool built with a compiled extension (metatrain's soap_bpnn needs
+    sphericart) names -e/--extensions-dir and the 'extensions/' directory beside it, instead
+    of suggesting to export the model again with mtt."""
+    import mtt.evaluate
+
+    def missing(path, extensions_directory=None):
+        raise RuntimeError(
+            f"failed to load the model at '{path}'. This is likely due to missing TorchScript "
+            "extensions.\nmore detail"
+        )
+
+    monkeypatch.setattr(mtt.evaluate, "load_atomistic_model", missing)
+    Path("extensions").mkdir()
+    shutil.copy(trained["model"], "other.pt")
+    message = fail(capsys, "eval", "other.pt", "train.xyz")
+    assert "give their directory with -e/--extensions-dir" in message
+    assert f"{str(Path('extensions').resolve())!r} exists" in message
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_predictions_never_replace_the_structures_they_are_made_from(
+    work, capsys, trained, labelled
+):
+    """Even with --force: the file named on the command line or in the data set YAML."""
+    before = Path("train.xyz").read_bytes()
+    if labelled:
+        write_options(LABELLED, "eval.yaml")
+    data = "eval.yaml" if labelled else "train.xyz"
+    message = fail(capsys, "eval", trained["model"], data, "-o", "train.xyz", "-f")
+    assert message == "'train.xyz' is the file this command reads; write the output to another path"
+    assert Path("train.xyz").read_bytes() == before

@@ -741,7 +741,7 @@ def export(
     another precision (``float32`` or ``float64``), e.g. trained in float64, run in float32.
     ``second_derivatives`` keeps the full autograd graph (Hessians by autograd) in models
     whose forces otherwise come from lean gradients (:mod:`mtt.lean_gradients`)."""
-    refuse_overwrite(output, force)
+    refuse_overwrite(output, force, inputs=[checkpoint_path])
     checkpoint = read_checkpoint(checkpoint_path)
     architecture, model = model_from_checkpoint(checkpoint, checkpoint_path, "export")
     if dtype is not None:

@@ -10,9 +10,10 @@ message to upgrade mtt.
 import importlib
 import os
 import pickle
+import re
 import warnings
 import zipfile
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -45,6 +46,13 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        architecture = _metatrain_architecture(path)
+        if architecture is not None:
+            raise MttError(
+                f"{path!r} is a checkpoint of metatrain ({architecture}), which mtt does not "
+                "read; evaluate metatrain's exported model with 'mtt eval', or train with mtt "
+                "(metatrain's options files work)"
+            ) from None
         reason = _unpickling_reason(error)
         what = "it asks to load Python objects" if "GLOBAL" in reason else "it is not a checkpoint"
         raise MttError(
@@ -94,8 +102,29 @@ def _unpickling_reason(error: Exception) -> str:
     """torch's reason for refusing a file, without its advice to load it unsafely instead."""
     boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(boilerplate)]
+    useful = [
+        line.split(". Please use", 1)[0]  # the advice to allow the object
+        for line in lines
+        if not line.startswith(boilerplate) and not re.match(r"\(\d\)", line)
+    ]
     return (useful[0] if useful else type(error).__name__)[:200]
+
+
+def _metatrain_architecture(path: str) -> Optional[str]:
+    """The architecture named in a metatrain checkpoint (read from the pickle's bytes, without
+    unpickling it), or None for any other file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            head = archive.open(name).read(4096)
+    except (zipfile.BadZipFile, StopIteration, OSError):
+        return None
+    # the key, a memo opcode, then the value as BINUNICODE: "X", 4-byte length, UTF-8
+    match = re.search(rb"architecture_name.{0,6}?X(.{4})", head, re.DOTALL)
+    if b"model_ckpt_version" not in head or match is None:
+        return None
+    length = int.from_bytes(match.group(1), "little")
+    return head[match.end() : match.end() + min(length, 64)].decode("utf-8", "replace")
 
 
 def upgrade_model_checkpoint(model_class, checkpoint: Dict[str, Any]) -> Dict[str, Any]:

@@ -23,14 +23,25 @@ from .io import atomic_path
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def load_model(path: str):
-    """An exported model, with one-line errors for missing or foreign files."""
+def load_model(path: str, extensions_directory: Optional[str] = None):
+    """An exported model, with one-line errors for missing or foreign files; models of other
+    tools that need compiled TorchScript extensions load them from ``extensions_directory``."""
     if not os.path.isfile(path):
         raise MttError(f"model file not found: {path!r}")
+    if extensions_directory is not None and not os.path.isdir(extensions_directory):
+        raise MttError(f"extensions directory not found: {extensions_directory!r}")
     try:
-        return load_atomistic_model(path)
+        return load_atomistic_model(path, extensions_directory=extensions_directory)
     except Exception as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "extension" in first.lower():
+            beside = os.path.join(os.path.dirname(os.path.abspath(path)), "extensions")
+            hint = f" ({beside!r} exists)" if os.path.isdir(beside) else ""
+            raise MttError(
+                f"could not load {path!r}: it needs compiled TorchScript extensions that "
+                "are not loaded; give their directory with -e/--extensions-dir (metatrain "
+                f"exports them to 'extensions/' next to its model){hint}"
+            ) from None
         raise MttError(
             f"could not load {path!r} as a metatomic model: {first}; export one "
             "with 'mtt export model.ckpt'"

@@ -3,7 +3,7 @@
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from .errors import MttError
 
@@ -40,12 +40,45 @@ def _umask() -> int:
     return mask
 
 
-def refuse_overwrite(path: str, force: bool, flag: str = "--force") -> None:
-    """Never overwrite what a user made without being asked; a directory is never replaced
-    (refused before any work, not after training, when the file would be moved there)."""
-    if os.path.isdir(path):
+def refuse_overwrite(
+    path: str, force: bool, flag: str = "--force", inputs: Sequence[str] = ()
+) -> None:
+    """Never overwrite what a user made without being asked, nor ever the file a command
+    reads (``inputs``); a directory is never replaced. Checked before any work (not after
+    training, when the file would be moved there), as is that the file can be written."""
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise MttError(f"{path!r} is a directory; give the path of a file to write")
-    if os.path.exists(path) and not force:
+    if os.path.exists(path):
+        refuse_input_as_output(path, inputs)
+        if not force:
+            raise MttError(
+                f"{path!r} already exists; choose another output path or pass {flag} to "
+                "overwrite it"
+            )
+    _check_writable(path)
+
+
+def refuse_input_as_output(path: str, inputs: Sequence[str]) -> None:
+    """The output of a command is never a file it reads, even with ``--force``."""
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise MttError(
+                f"{path!r} is the file this command reads; write the output to another path"
+            )
+
+
+def _check_writable(path: str) -> None:
+    """A file can be created beside ``path`` (in its directory, or in the nearest existing
+    one above it, where the missing directories would be made)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(directory):
+        directory = os.path.dirname(directory)
+    if not os.path.isdir(directory):
+        raise MttError(f"cannot write {path!r}: {directory!r} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
         raise MttError(
-            f"{path!r} already exists; choose another output path or pass {flag} to overwrite it"
-        )
+            f"cannot write {path!r}: {error.strerror or error} in {directory!r}"
+        ) from None

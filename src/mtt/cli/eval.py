@@ -50,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="energy output to evaluate, e.g. energy/pbe0 (default: energy)",
     )
     parser.add_argument(
+        "-e",
+        "--extensions-dir",
+        default=None,
+        metavar="DIR",
+        help="directory of the compiled TorchScript extensions a model needs (models of "
+        "other tools, e.g. metatrain's 'extensions/'; mtt's models need none)",
+    )
+    parser.add_argument(
         "-f",
         "--force",
         action="store_true",
@@ -59,17 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..evaluate import Evaluator, evaluate_stream, load_model
-    from ..io import refuse_overwrite
+    from ..io import refuse_input_as_output, refuse_overwrite
     from ..plots import MAX_PARITY_STRUCTURES
 
     if args.batch_size < 1:
         raise MttError(f"-b/--batch-size must be at least 1, got {args.batch_size}")
-    refuse_overwrite(args.output, args.force)
-    model = load_model(args.model)
+    refuse_overwrite(args.output, args.force, inputs=[args.data, args.model])
+    model = load_model(args.model, args.extensions_dir)
     outputs = model.capabilities().outputs
     generic = [name for name in outputs if name.startswith("mtt::")]
     energy = _energy_output(model, args.output_name, generic)
     data = _open(args.data, energy, generic, model, args.reader)
+    refuse_input_as_output(args.output, [data.source])
     if data.plotted:  # known only now, still before anything is evaluated
         _refuse_plot_overwrite(args.output, args.force)
     evaluator = Evaluator(model, data.length_unit, repr(args.data))
@@ -183,6 +192,7 @@ class _Data:
     compare: List[str] = field(default_factory=list)  # generic outputs with labels to compare
     labelled: bool = False
     plotted: bool = False  # energy labels are compared: a parity plot will be drawn
+    source: str = ""  # the structure file a data set YAML names
 
 
 def _open(
@@ -218,10 +228,10 @@ def _open(
     check_length_unit(unit, "eval.systems.length_unit")  # as load_dataset names it
     full = os.path.join(os.path.dirname(os.path.abspath(path)), read_from)
     if "targets" not in raw:  # predictions only
-        return _Data(_unlabelled(full, reader, _format_hint(path)), unit, model_unit)
+        return _Data(_unlabelled(full, reader, _format_hint(path)), unit, model_unit, source=full)
     targets = _compared_targets(options.targets, energy, generic, model)
     if not targets:
-        return _Data(_unlabelled(full, reader, _format_hint(path)), unit, model_unit)
+        return _Data(_unlabelled(full, reader, _format_hint(path)), unit, model_unit, source=full)
     energies = [name for name in targets if not name.startswith("mtt::")]
     if len(energies) > 1:
         raise MttError(
@@ -236,7 +246,9 @@ def _open(
     if name is not None and name != energy:
         pairs = _renamed(pairs, name, energy)
     compare = [n for n in targets if n.startswith("mtt::")]
-    return _Data(pairs, unit, energy_unit, compare, labelled=True, plotted=name is not None)
+    return _Data(
+        pairs, unit, energy_unit, compare, labelled=True, plotted=name is not None, source=full
+    )
 
 
 def _compared_targets(targets, energy, generic, model):
