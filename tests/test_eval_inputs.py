@@ -211,3 +211,23 @@ def test_predictions_never_replace_the_structures_they_are_made_from(
     message = fail(capsys, "eval", trained["model"], data, "-o", "train.xyz", "-f")
     assert message == "'train.xyz' is the file this command reads; write the output to another path"
     assert Path("train.xyz").read_bytes() == before
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_atoms_on_top_of_each_other_are_refused_not_predicted_as_nan(
+    work, capsys, trained, labelled
+):
+    """Their energy and forces were NaN, written without a word (or, with labels, an
+    internal error from the parity plot's axis limits)."""
+    import ase.io
+
+    frames = ase.io.read("train.xyz", ":")
+    frames[4].positions[1] = frames[4].positions[0]
+    ase.io.write("dup.xyz", frames)
+    data = "dup.xyz"
+    if labelled:
+        write_options(dict(LABELLED, systems="dup.xyz"), "eval.yaml")
+        data = "eval.yaml"
+    message = fail(capsys, "eval", trained["model"], data, "-o", "out.xyz")
+    assert message.startswith(f"structure 4 of '{data}': atoms 0 and 1 are 0 apart")
+    assert not Path("out.xyz").exists()

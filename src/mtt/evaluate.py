@@ -16,9 +16,11 @@ import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 from metatomic.torch import ModelEvaluationOptions, ModelOutput, System, load_atomistic_model
 
-from .data.neighbors import attach_neighbor_lists
+from .data.graph import MIN_DISTANCE, check_distances
+from .data.neighbors import attach_neighbor_lists, neighbor_pairs
 from .errors import MttError
 from .io import atomic_path
+from .units import conversion
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -74,9 +76,19 @@ class Evaluator:
         self.source = source
         self.requests = model.requested_neighbor_lists()
 
-    def check_elements(self, frames: Sequence[ase.Atoms], first: int = 0) -> None:
-        """Refuse elements the model does not know; ``first`` is the index of ``frames[0]``."""
+    def check_structures(self, frames: Sequence[ase.Atoms], first: int = 0) -> None:
+        """Refuse elements the model does not know and atoms on top of each other (their
+        energy and forces would be NaN); ``first`` is the index of ``frames[0]``."""
         _check_elements(frames, self.capabilities.atomic_types, self.source, first)
+        closest = MIN_DISTANCE * conversion("angstrom", self.length_unit)
+        for index, atoms in enumerate(frames, start=first):
+            pbc = np.asarray(atoms.pbc, dtype=bool)
+            cell = np.asarray(atoms.cell[:], dtype=np.float64) * pbc[:, None]
+            pairs = neighbor_pairs(atoms.positions, cell, pbc, closest, full_list=False)
+            try:
+                check_distances(pairs[0], pairs[1], pairs[3], closest)
+            except MttError as error:
+                raise MttError(f"structure {index} of {self.source}: {error}") from None
 
     def energies(
         self, frames: Sequence[ase.Atoms], energy: str, energy_unit: str
@@ -137,7 +149,7 @@ def predict(
     """Energy, forces and (for periodic structures) stress of each frame; ``source`` names
     the data in error messages."""
     evaluator = Evaluator(model, length_unit, source)
-    evaluator.check_elements(frames)
+    evaluator.check_structures(frames)
     results = []
     for start in range(0, len(frames), batch_size):
         results += evaluator.energies(frames[start : start + batch_size], energy, energy_unit)
@@ -321,7 +333,7 @@ def evaluate_stream(
     with atomic_path(output, suffix=".xyz") as tmp, open(tmp, "w") as file:
         for batch in _batches(structures, batch_size):
             frames = [atoms for atoms, _ in batch]
-            evaluator.check_elements(frames, count)
+            evaluator.check_structures(frames, count)
             predictions = (
                 evaluator.energies(frames, energy, energy_unit) if energy else [{} for _ in frames]
             )

@@ -45,7 +45,7 @@ def atoms_to_graph(
     # metatomic's convention: cell vectors of non-periodic directions are zero
     cell = np.asarray(atoms.cell[:], dtype=np.float64) * pbc[:, None]
     i, j, shifts, vectors = neighbor_pairs(atoms.positions, cell, pbc, cutoff, full_list=True)
-    _check_distances(i, j, vectors, min_distance)
+    check_distances(i, j, vectors, min_distance)
     return Graph(
         types=torch.tensor(atoms.numbers, dtype=torch.int64),
         positions=torch.tensor(atoms.positions, dtype=dtype),
@@ -65,7 +65,7 @@ def atoms_to_graph(
 MIN_DISTANCE = 0.1
 
 
-def _check_distances(
+def check_distances(
     first: np.ndarray, second: np.ndarray, vectors: np.ndarray, min_distance: float
 ) -> None:
     lengths = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
