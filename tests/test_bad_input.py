@@ -409,18 +409,24 @@ def test_a_cutoff_within_which_no_atom_has_a_neighbour(work, capsys, dry_run):
     )
 
 
-def test_a_label_key_holding_text(work, capsys):
-    """A key that holds text (a class name) is not reported as missing."""
+@pytest.mark.parametrize("frames_with_text", [range(12), [5]])
+def test_a_label_key_holding_text(work, capsys, frames_with_text):
+    """A key that holds text (a class name) is not reported as missing; in a single frame
+    it is not taken for a structure without labels either (it was dropped silently)."""
     frames = ethanol()
     for atoms in frames:
-        atoms.info["phase"] = "gas"
+        atoms.info["phase"] = 1.0
+    for index in frames_with_text:
+        frames[index].info["phase"] = "gas"
     ase.io.write("train.xyz", frames)
     targets = {"energy": {"key": "phase", "unit": "kcal/mol"}}
     write_options(options(training_set__targets=targets))
     message = train(capsys)
-    assert message.startswith(
-        f"'phase' of structure 0 holds 'gas', not numbers in {str(work / 'train.xyz')!r}; "
-        "labels must be numbers"
+    first = frames_with_text[0]
+    assert message == (
+        f"'phase' of structure {first} of {str(work / 'train.xyz')!r} holds 'gas', not "
+        "numbers; labels must be numbers: fix that structure, or set "
+        "'training_set.targets.energy.key' to a numeric key"
     )
 
 

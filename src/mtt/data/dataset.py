@@ -17,7 +17,7 @@ from ..errors import MttError
 from ..options import DatasetOptions, SystemsOptions, TargetOptions
 from ..units import check_length_unit
 from .packed import is_packed
-from .reading import available_keys, check_structure, lookup, read_structures, text_label
+from .reading import available_keys, check_structure, lookup, read_structures
 from .targets import GradientSource, TargetInfo, TargetSpec
 
 LOGGER = logging.getLogger("mtt")
@@ -174,7 +174,6 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
         return _read_generic(spec, label_frames, labels, path, key_where)
     found = _read_energies(spec.name, spec.key, label_frames, labels, path, key_where)
     if found == 0:
-        _refuse_text(label_frames, spec.key, False, path, key_where)
         keys = available_keys(label_frames, per_atom=False)
         raise MttError(
             f"no structure of {path!r} has the energy key {spec.key!r}; keys found: "
@@ -200,7 +199,8 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
     info = spec.generic_info()
     found = 0
     for index, atoms in enumerate(frames):
-        value = lookup(atoms, spec.key, per_atom=options.per_atom)
+        here = f"structure {index} of {path!r}"
+        value = lookup(atoms, spec.key, options.per_atom, here, where)
         if value is None:
             continue
         what = f"{spec.name} ({spec.key!r}) of structure {index} of {path!r}"
@@ -219,7 +219,6 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
     if info.components == 9:
         _warn_if_not_symmetric(spec.name, labels, path)
     if found == 0:
-        _refuse_text(frames, spec.key, options.per_atom, path, where)
         keys = available_keys(frames, per_atom=options.per_atom)
         place = "atoms.arrays" if options.per_atom else "atoms.info"
         raise MttError(
@@ -255,7 +254,7 @@ def _warn_if_not_symmetric(name: str, labels, path: str) -> None:
 def _read_energies(name, key, frames, labels, path, where) -> int:
     found = 0
     for index, atoms in enumerate(frames):
-        value = lookup(atoms, key, per_atom=False)
+        value = lookup(atoms, key, False, f"structure {index} of {path!r}", where)
         if value is None:
             continue
         if value.size != 1:
@@ -277,7 +276,8 @@ def _read_gradient(
     )
     found = 0
     for index, atoms in enumerate(label_frames):
-        value = lookup(atoms, gradient.key, per_atom=(kind == "forces"))
+        here = f"structure {index} of {path!r}"
+        value = lookup(atoms, gradient.key, kind == "forces", here, where)
         if value is None:
             continue
         what = f"{kind} {gradient.key!r} of structure {index} of {path!r}"
@@ -287,23 +287,12 @@ def _read_gradient(
             labels[index][f"{name}/{'forces' if kind == 'forces' else 'stress'}"] = value
             found += 1
     if found == 0 and gradient.required:
-        _refuse_text(label_frames, gradient.key, kind == "forces", path, where)
         keys = available_keys(label_frames, per_atom=(kind == "forces"))
         raise MttError(
             f"no structure of {path!r} has {kind} under the key {gradient.key!r}; keys found: "
             f"{keys}; set '{where}' to the right key, or to false to train without {kind}"
         )
     return found
-
-
-def _refuse_text(frames, key: str, per_atom: bool, path: str, where: str) -> None:
-    """A key that holds text in every frame is not missing: say what it holds."""
-    found = text_label(frames, key, per_atom)
-    if found is not None:
-        raise MttError(
-            f"{found} in {path!r}; labels must be numbers: set '{where}.key' to a numeric key "
-            "(classes, e.g., as one-hot numbers)"
-        )
 
 
 def _to_label(kind: str, value: np.ndarray, atoms: ase.Atoms, what: str) -> Optional[np.ndarray]:

@@ -272,8 +272,8 @@ def stream_labelled(
     for index, atoms in frames:
         labels = {}
         for quantity in quantities:
-            value = lookup(atoms, quantity.key, quantity.per_atom)
             here = f"structure {index} of {source!r}"
+            value = lookup(atoms, quantity.key, quantity.per_atom, here)
             label = quantity.read(value, len(atoms), atoms.pbc, atoms.cell[:], here)
             if label is not None:
                 labels[quantity.name] = label

@@ -73,16 +73,34 @@ def _calculator_results(atoms: ase.Atoms) -> Dict[str, object]:
     return dict(results) if results else {}
 
 
-def lookup(atoms: ase.Atoms, key: str, per_atom: bool) -> Optional[np.ndarray]:
-    """The label ``key`` of one frame (``None`` if the frame lacks it or it is not numeric)."""
+def lookup(
+    atoms: ase.Atoms,
+    key: str,
+    per_atom: bool,
+    where: Optional[str] = None,
+    option: Optional[str] = None,
+) -> Optional[np.ndarray]:
+    """The label ``key`` of one frame (``None`` if the frame lacks it). A value that is not
+    numeric is ``None`` too, or, with ``where`` (the frame, for the message; ``option``: the
+    options key that names ``key``), an error: a frame whose energy holds text (``phase=gas``)
+    has a broken label, not none."""
     if per_atom and key in atoms.arrays:
-        return _as_numbers(atoms.arrays[key])
-    if not per_atom and key in atoms.info:
-        return _as_numbers(atoms.info[key])
-    value = _calculator_results(atoms).get(key)
-    if value is None:
-        return None
-    return _as_numbers(value)
+        value = atoms.arrays[key]
+    elif not per_atom and key in atoms.info:
+        value = atoms.info[key]
+    else:
+        value = _calculator_results(atoms).get(key)
+        if value is None:
+            return None
+    numbers = _as_numbers(value)
+    if numbers is None and where is not None:
+        shown = repr(value) if isinstance(value, str) else type(value).__name__
+        fix = f"set '{option}.key' to a numeric key" if option else "use a numeric key"
+        raise MttError(
+            f"{key!r} of {where} holds {shown[:40]}, not numbers; labels must be numbers: fix "
+            f"that structure, or {fix}"
+        )
+    return numbers
 
 
 def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
@@ -99,18 +117,6 @@ def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
             keys.update(k for k, v in atoms.info.items() if _is_numeric(v))
         keys.update(k for k, v in _calculator_results(atoms).items() if _is_numeric(v))
     return sorted(keys)
-
-
-def text_label(frames: Sequence[ase.Atoms], key: str, per_atom: bool) -> Optional[str]:
-    """Where ``key`` holds text instead of numbers (e.g. ``class_label=diamond``), for an
-    error that says so instead of calling the key missing."""
-    for index, atoms in enumerate(frames):
-        values = atoms.arrays if per_atom else atoms.info
-        value = values.get(key, _calculator_results(atoms).get(key))
-        if value is not None and not _is_numeric(value):
-            shown = repr(value) if isinstance(value, str) else type(value).__name__
-            return f"{key!r} of structure {index} holds {shown[:40]}, not numbers"
-    return None
 
 
 def _as_numbers(value) -> Optional[np.ndarray]:
