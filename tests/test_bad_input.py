@@ -385,6 +385,24 @@ def test_nan_in_a_position(work, capsys):
     assert "fix or remove that frame" in message
 
 
+def test_forces_under_another_key_are_named_not_left_unused_silently(work, capsys):
+    """Read by default only under 'forces': a file's forces under 'REF_force' were left
+    unused without a word; the run goes on, with the setting that learns them named."""
+    frames = []
+    for atoms in ethanol():
+        forces = atoms.get_forces()
+        atoms = with_labels(atoms, energy=atoms.get_potential_energy())
+        atoms.arrays["REF_force"] = forces
+        frames.append(atoms)
+    ase.io.write("train.xyz", frames)
+    write_options(options())
+    assert main(["train", "options.yaml", "--dry-run"]) == 0
+    assert (
+        "no forces under 'forces', but 'REF_force' looks like them: set "
+        "'training_set.targets.energy.forces: {key: REF_force}' to learn them"
+    ) in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_atoms_on_top_of_each_other(work, capsys, dry_run):
     """Two atoms at the same place (a duplicated atom) would make the loss NaN: refused

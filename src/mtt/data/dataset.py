@@ -17,7 +17,13 @@ from ..errors import MttError
 from ..options import DatasetOptions, SystemsOptions, TargetOptions
 from ..units import check_length_unit
 from .packed import is_packed
-from .reading import available_keys, check_structure, lookup, read_structures
+from .reading import (
+    available_keys,
+    check_structure,
+    gradient_like_keys,
+    lookup,
+    read_structures,
+)
 from .targets import GradientSource, TargetInfo, TargetSpec
 
 LOGGER = logging.getLogger("mtt")
@@ -286,6 +292,8 @@ def _read_gradient(
         if value is not None:
             labels[index][f"{name}/{'forces' if kind == 'forces' else 'stress'}"] = value
             found += 1
+    if found == 0 and not gradient.required:
+        _hint_other_keys(kind, gradient.key, label_frames, path, where)
     if found == 0 and gradient.required:
         keys = available_keys(label_frames, per_atom=(kind == "forces"))
         raise MttError(
@@ -293,6 +301,28 @@ def _read_gradient(
             f"{keys}; set '{where}' to the right key, or to false to train without {kind}"
         )
     return found
+
+
+def _hint_other_keys(kind: str, key: str, frames, path: str, where: str) -> None:
+    """Forces and stress are read by default only under ``forces`` and ``stress``: when they
+    are absent, keys that look like them (``force``, ``REF_forces``, ``virial``, ...) are
+    named, rather than leaving a file's forces unused without a word."""
+    target = where.rsplit(".", 1)[0]  # where: <set>.targets.<name>.<kind>
+    for name in gradient_like_keys(frames, key, kind == "forces"):
+        option = "virial" if "virial" in name.lower() else kind
+        LOGGER.warning(
+            "%s: no %s under %r, but %r looks like them: set '%s.%s: {key: %s}' to learn them "
+            "(or '%s.%s: false' to silence this)",
+            path,
+            kind,
+            key,
+            name,
+            target,
+            option,
+            name,
+            target,
+            kind,
+        )
 
 
 def _to_label(kind: str, value: np.ndarray, atoms: ase.Atoms, what: str) -> Optional[np.ndarray]:
