@@ -307,8 +307,30 @@ def test_element_in_validation_set_that_training_set_lacks(work, capsys):
     validation = {"systems": "validation.xyz", "targets": {"energy": {"unit": "kcal/mol"}}}
     write_options(options(validation_set=validation))
     message = train(capsys)
-    assert "structure 1 of validation_set has elements [7]" in message
+    where = f"structure 1 of {str(work / 'validation.xyz')!r} (in the validation_set)"
+    assert message.startswith(f"{where} has elements [7]")
     assert "add such structures to training_set" in message
+
+
+def test_element_that_the_split_put_in_the_validation_set_only(work, capsys):
+    """The structure is named by its index in the file (the split reorders them), and the
+    advice is about the split: the structure is in the training file already."""
+    frames = ethanol(12)
+    frames[9].numbers[-1] = 7
+    ase.io.write("train.xyz", frames)
+    for seed in range(40):  # a seed whose split puts structure 9 in the validation set
+        write_options(options(validation_set=0.5, seed=seed))
+        status, problems = run(capsys, "train", "options.yaml", "--dry-run")
+        if status == 1:
+            break
+    [message] = problems
+    assert message.startswith(
+        f"structure 9 of {str(work / 'train.xyz')!r} (in the validation_set) has elements [7]"
+    )
+    assert message.endswith(
+        "the random split put every structure with them in the validation_set: add more such "
+        "structures to the file, or remove these"
+    )
 
 
 # ------------------------------------------------------------------------------ structure files
@@ -412,7 +434,8 @@ def test_atoms_on_top_of_each_other(work, capsys, dry_run):
     ase.io.write("train.xyz", frames)
     write_options(options(validation_set=0.0))
     message = fail(capsys, "train", "options.yaml", *(["--dry-run"] if dry_run else []))
-    assert message.startswith("structure 4 of the training_set: atoms 1 and 3 are 0.0173 apart")
+    where = f"structure 4 of {str(work / 'train.xyz')!r} (in the training_set)"
+    assert message.startswith(f"{where}: atoms 1 and 3 are 0.0173 apart")
     assert "(less than 0.1 in the data's length unit, 0.1 Å: duplicated atoms?)" in message
     assert "duplicated atoms?); fix or remove that structure" in message
 

@@ -42,12 +42,17 @@ class LabelledDataset:
         targets: Dict[str, TargetInfo],
         length_unit: str,
         name: str,
+        source: str = "",
+        origin: Optional[Sequence[int]] = None,
     ):
         self.frames = list(frames)
         self.labels = labels
         self.targets = targets
         self.length_unit = length_unit
         self.name = name
+        self.source = source  # the structure file ('' for data given in Python)
+        # the index in that file of each structure (a split reorders them)
+        self.origin = list(range(len(self.frames))) if origin is None else list(origin)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -63,7 +68,16 @@ class LabelledDataset:
             self.targets,
             self.length_unit,
             name,
+            self.source,
+            [self.origin[i] for i in indices],
         )
+
+    def describe(self, index: int) -> str:
+        """Structure ``index`` for a message: where the user finds it (its index in the file,
+        which a random split does not keep), and the set it is in."""
+        if not self.source:
+            return f"structure {index} of the {self.name}"
+        return f"structure {self.origin[index]} of {self.source!r} (in the {self.name})"
 
     @property
     def atomic_types(self) -> List[int]:
@@ -108,7 +122,9 @@ def dataset_from_atoms(
         if not isinstance(atoms, ase.Atoms):
             raise MttError(f"{name}[{index}] is a {type(atoms).__name__}, not an ase.Atoms")
     check_length_unit(length_unit, f"{name} length unit")
-    return build_dataset(frames, _specs(targets, name), name, length_unit, name, None)
+    dataset = build_dataset(frames, _specs(targets, name), name, length_unit, name, None)
+    dataset.source = ""  # no file: structures are named by their index in the sequence
+    return dataset
 
 
 def _resolve(path: str, base_dir: str) -> str:
@@ -154,7 +170,7 @@ def build_dataset(
     targets = {}
     for spec in specs:
         targets[spec.name] = _read_target(spec, frames, labels, source, where, sources)
-    return LabelledDataset(frames, labels, targets, length_unit, where)
+    return LabelledDataset(frames, labels, targets, length_unit, where, source)
 
 
 def _label_frames(source, sources, read_from, reader, frames, where_key):

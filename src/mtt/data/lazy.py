@@ -140,6 +140,10 @@ class PackedDataset(LabelledDataset):
     def _atoms(self, k: int) -> ase.Atoms:
         return self.arrays.atoms(int(self.indices[k]))
 
+    def describe(self, index: int) -> str:
+        place = f"{self.arrays.path!r} (in the {self.name})"
+        return f"structure {int(self.indices[index])} of {place}"
+
     def _labels(self, k: int) -> Labels:
         i = int(self.indices[k])
         arrays = self.arrays

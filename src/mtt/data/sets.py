@@ -1,6 +1,6 @@
 """Training, validation and test sets from the options: files, sections or fractions."""
 
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -80,15 +80,23 @@ def check_compatible(training: LabelledDataset, other: LabelledDataset) -> None:
                 f"target {name!r} is in {target.unit!r} in {other.name} but in "
                 f"{known.unit!r} in training_set; use one unit for a target"
             )
-    _check_elements(training.atomic_types, other)
+    _check_elements(training, other)
 
 
-def _check_elements(known: List[int], dataset: LabelledDataset) -> None:
+def _check_elements(training: LabelledDataset, dataset: LabelledDataset) -> None:
+    known = training.atomic_types
     allowed = set(known)
     for index, atoms in enumerate(dataset.frames):
         extra = sorted(set(atoms.numbers.tolist()) - allowed)
         if extra:
+            split = bool(dataset.source) and dataset.source == training.source
+            fix = (
+                f"the random split put every structure with them in the {dataset.name}: add "
+                "more such structures to the file, or remove these"
+                if split
+                else "add such structures to training_set"
+            )
             raise MttError(
-                f"structure {index} of {dataset.name} has elements {extra} that the training "
-                f"set does not contain (it has {known}); add such structures to training_set"
+                f"{dataset.describe(index)} has elements {extra} that the training set does "
+                f"not contain (it has {known}); {fix}"
             )

@@ -63,7 +63,7 @@ def model_data(model: Any, dataset: LabelledDataset, index: int) -> Any:
     try:
         return model.atoms_to_data(dataset.frames[index])
     except MttError as error:
-        raise MttError(f"structure {index} of the {dataset.name}: {error}") from None
+        raise MttError(f"{dataset.describe(index)}: {error}") from None
 
 
 def refuse_isolated_atoms(data: Any, model: Any) -> None:
