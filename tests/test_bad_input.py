@@ -978,3 +978,52 @@ def test_any_structures_are_accepted_or_refused_with_an_mtt_error(frames, target
                 name
             ]
             assert value.shape == expected, name
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (lambda f: f[0], "training_set is a single ase.Atoms; give a list (or Dataset) of them"),
+        (lambda f: (a for a in f), "training_set is a generator, which has no length or indexing"),
+    ],
+)
+def test_python_training_sets_that_are_not_sequences(work, given, message):
+    """A single structure, or a generator (an IterableDataset), in mtt.train: one line."""
+    from mtt.api import train as train_api
+
+    write_options(options())
+    with pytest.raises(MttError) as error:
+        train_api("options.yaml", training_set=given(ethanol()), dry_run=True)
+    assert str(error.value).startswith(message)
+
+
+def test_a_quoted_fraction_is_not_taken_for_a_missing_file(work, capsys):
+    ase.io.write("train.xyz", ethanol())
+    write_options(options(validation_set="0.1"))
+    message = train(capsys)
+    assert message.endswith("a fraction of the training set is a number: write 0.1 without quotes")
+
+
+def test_validation_set_read_from_the_training_file_is_flagged(work, capsys):
+    ase.io.write("train.xyz", ethanol())
+    write_options(options(validation_set="train.xyz"))
+    assert main(["train", "options.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "validation_set reads the training set's file" in out
+
+
+def test_export_of_a_run_directory_names_its_checkpoint(work, capsys, trained):
+    run = trained["checkpoint"].parent
+    message = fail(capsys, "export", str(run))
+    assert message == (
+        f"{str(run)!r} is a directory; give the .ckpt file written by 'mtt train' in it "
+        f"(e.g. {str(run / 'model.ckpt')!r})"
+    )
+
+
+def test_export_of_an_unknown_shipped_model_lists_the_shipped_ones(work, capsys):
+    from mtt import pretrained
+
+    message = fail(capsys, "export", "sevennet-1")
+    assert message.startswith("'sevennet-1' is neither a checkpoint file nor a shipped model")
+    assert all(name in message for name in pretrained.names())

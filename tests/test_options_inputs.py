@@ -217,3 +217,31 @@ def test_a_null_unit_is_refused_not_taken_for_the_default(name, fix):
     """metatrain's ``unit: null`` is refused; left out, an energy's unit is eV."""
     [found] = problems(with_target(name, {"unit": None}))
     assert found.startswith(f"option 'training_set.targets.{name}.unit' is null: give {fix}")
+
+
+# ------------------------------------------------------------------ metatrain's names
+
+
+@pytest.mark.parametrize(
+    "key, advice",
+    [
+        ("scale_targets", "mtt always scales each target by its spread"),
+        ("atomic_baseline", "'fixed_composition_weights'"),
+        ("warmup_fraction", "'warmup_epochs'"),
+    ],
+)
+def test_metatrain_training_options_say_what_mtt_does_instead(key, advice):
+    """Not a did-you-mean to an unrelated option (scale_targets -> per_structure_targets)."""
+    raw = options()
+    raw["architecture"]["training"][key] = 0.1
+    [found] = problems(raw)
+    assert found.startswith(f"unknown option 'architecture.training.{key}' (metatrain's): ")
+    assert advice in found
+
+
+def test_fixed_composition_weights_take_atomic_numbers_as_keys():
+    """metatrain's files key the references by atomic number (YAML integers)."""
+    raw = options()
+    raw["architecture"]["training"]["fixed_composition_weights"] = {"energy": {6: -10.0, "H": -1.0}}
+    settings = validate_options(raw)
+    assert settings.train_hypers.fixed_composition_weights == {"energy": {6: -10.0, "H": -1.0}}

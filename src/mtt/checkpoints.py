@@ -31,6 +31,13 @@ def save_checkpoint(checkpoint: Dict[str, Any], path: str) -> None:
 
 def read_checkpoint(path: str) -> Dict[str, Any]:
     """Load a checkpoint safely; any problem is a one-line error naming the file."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "model.ckpt")
+        example = repr(inside) if os.path.isfile(inside) else "outputs/<run>/model.ckpt"
+        raise MttError(
+            f"{path!r} is a directory; give the .ckpt file written by 'mtt train' in it "
+            f"(e.g. {example})"
+        )
     if not os.path.isfile(path):
         raise MttError(
             f"checkpoint not found: {path!r}; give the .ckpt file written by "

@@ -186,8 +186,25 @@ def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
     return instance if len(problems) == start else _BAD
 
 
+# metatrain's training options that mtt spells differently or does without
+METATRAIN_OPTIONS = {
+    "atomic_baseline": "fixed references per element are 'fixed_composition_weights'",
+    "scale_targets": "mtt always scales each target by its spread in the training set; remove it",
+    "fixed_scaling_weights": "mtt scales each target by its spread in the training set; remove it",
+    "warmup_fraction": "the warm-up is 'warmup_epochs', a number of epochs",
+    "log_mae": "mtt logs RMSE and MAE of every quantity; remove it",
+    "log_separate_blocks": "mtt has no separate blocks to log; remove it",
+    "best_model_metric": "mtt keeps the model with the lowest validation loss; remove it",
+    "num_workers": "mtt prepares the data once, in the main process; remove it",
+    "distributed_port": "the port comes from torchrun or MASTER_PORT; remove it",
+    "min_atoms_per_batch": "mtt has only 'max_atoms_per_batch'; remove it",
+}
+
+
 def _unknown_key(key: Any, valid: List[str], path: str) -> str:
     message = f"unknown option '{_join(path, key)}'"
+    if key in METATRAIN_OPTIONS and path.endswith("training"):
+        return f"{message} (metatrain's): {METATRAIN_OPTIONS[key]}"
     close = difflib.get_close_matches(str(key), valid, n=1)
     if close:
         return f"{message}; did you mean '{close[0]}'?"

@@ -36,9 +36,17 @@ def run(args: argparse.Namespace) -> None:
 
     from .. import pretrained
     from ..api import export
+    from ..errors import MttError
 
     if args.checkpoint in pretrained.names() and not os.path.exists(args.checkpoint):
         path = pretrained.export(args.checkpoint, args.output, args.force, args.dtype)
+    elif not os.path.exists(args.checkpoint) and not os.path.splitext(args.checkpoint)[1]:
+        # neither a file nor a shipped model's name: name those
+        raise MttError(
+            f"{args.checkpoint!r} is neither a checkpoint file nor a shipped model; shipped "
+            f"models: {', '.join(pretrained.names()) or 'none'}; or give a .ckpt file written "
+            "by 'mtt train'"
+        )
     else:
         path = export(
             args.checkpoint,

@@ -115,6 +115,13 @@ def dataset_from_atoms(
     name: str = "dataset",
 ) -> LabelledDataset:
     """Labels of any ``Dataset[ase.Atoms]`` (MatterTune's contract), read from each frame."""
+    if isinstance(atoms_dataset, ase.Atoms):
+        raise MttError(f"{name} is a single ase.Atoms; give a list (or Dataset) of them")
+    if not (hasattr(atoms_dataset, "__len__") and hasattr(atoms_dataset, "__getitem__")):
+        raise MttError(
+            f"{name} is a {type(atoms_dataset).__name__}, which has no length or indexing; give "
+            "a list of ase.Atoms (e.g. list(...) of it) or a map-style Dataset"
+        )
     frames = [atoms_dataset[i] for i in range(len(atoms_dataset))]
     if len(frames) == 0:
         raise MttError(f"{name} holds no structures")

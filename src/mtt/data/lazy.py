@@ -136,6 +136,7 @@ class PackedDataset(LabelledDataset):
         self.targets = targets
         self.length_unit = length_unit
         self.name = name
+        self.source = arrays.path
 
     def _atoms(self, k: int) -> ase.Atoms:
         return self.arrays.atoms(int(self.indices[k]))

@@ -19,6 +19,12 @@ from ..errors import MttError
 def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
     """All frames of ``path``, with a clear error for a missing or unreadable file."""
     if not os.path.exists(path):
+        name = os.path.basename(path)
+        if _is_number(name):
+            raise MttError(
+                f"file not found: {path!r}; a fraction of the training set is a number: "
+                f"write {name} without quotes"
+            )
         raise MttError(
             f"file not found: {path!r}; check the path (relative paths start at the "
             "directory of options.yaml)"
@@ -136,6 +142,14 @@ def gradient_like_keys(frames: Sequence[ase.Atoms], key: str, per_atom: bool) ->
             if numbers is not None and numbers.size in sizes:
                 found.add(str(name))
     return sorted(found)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_numbers(value) -> Optional[np.ndarray]:

@@ -1,5 +1,7 @@
 """Training, validation and test sets from the options: files, sections or fractions."""
 
+import logging
+import os
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -8,6 +10,7 @@ from ..errors import MttError
 from ..options import DatasetOptions, Options, SystemsOptions
 from .dataset import LabelledDataset, load_dataset
 
+LOGGER = logging.getLogger("mtt")
 Sets = Tuple[LabelledDataset, Optional[LabelledDataset], Optional[LabelledDataset]]
 
 
@@ -31,6 +34,7 @@ def load_sets(options: Options, base_dir: str, training: Optional[LabelledDatase
             order = order[count:]
         else:
             sets[name] = load_dataset(_like_training(value, options), base_dir, name)
+            _warn_if_training_file(sets[name], training)
     if len(order) == 0:
         raise MttError(
             f"the training set ({len(training)} structures) is empty once validation_set and "
@@ -55,6 +59,20 @@ def _like_training(value: Union[str, DatasetOptions], options: Options) -> Datas
     return DatasetOptions(
         systems=SystemsOptions(value, length_unit=systems.length_unit), targets=training.targets
     )
+
+
+def _warn_if_training_file(dataset: LabelledDataset, training: LabelledDataset) -> None:
+    """A validation or test set read from the training set's own file measures errors on
+    training data: allowed (a quick check of fitting), but never silently."""
+    paths = (dataset.source, training.source)
+    if all(paths) and all(os.path.exists(p) for p in paths) and os.path.samefile(*paths):
+        LOGGER.warning(
+            "%s reads the training set's file %r: its errors are errors on training data; give "
+            "a fraction (e.g. %s: 0.1) or a file of other structures",
+            dataset.name,
+            dataset.source,
+            dataset.name,
+        )
 
 
 def _fraction_count(fraction: float, total: int) -> int:

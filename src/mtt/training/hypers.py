@@ -8,7 +8,7 @@ Names follow metatrain where they mean the same (``num_epochs``, ``batch_size``,
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
 from ..finetune import FinetuneHypers
 from ..options import TargetOptions
@@ -85,9 +85,12 @@ class TrainingHypers:
     """The loss: ``type``, ``huber_delta`` and per-quantity ``weights``."""
     per_structure_targets: List[str] = field(default_factory=list)
     """Energies listed here are compared per structure; the others per atom (the default)."""
-    fixed_composition_weights: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    """Reference energies fixed by hand, per target and element, in the target's unit, e.g.
-    ``{energy: {H: -13.6, O: -2040.0}}``; the other elements are fitted by least squares."""
+    fixed_composition_weights: Dict[str, Dict[Union[str, int], float]] = field(
+        default_factory=dict
+    )
+    """Reference energies fixed by hand, per target and element (a symbol, or an atomic
+    number as in metatrain's files), in the target's unit, e.g. ``{energy: {H: -13.6, 8:
+    -2040.0}}``; the other elements are fitted by least squares."""
     distributed: Literal["auto", "off"] = "auto"
     """``auto``: when launched by ``torchrun`` or SLURM's ``srun`` with several processes,
     train together, one process per GPU (see the multi-GPU how-to); ``off``: every process
