@@ -89,3 +89,25 @@ def test_sigkill_then_restart_auto_is_exact(tmp_path, data_dir):
     assert history == reference_history
     for key, value in reference_state.items():
         assert torch.equal(value, state[key]), key
+
+
+def test_sigterm_reports_where_to_continue_from(tmp_path, data_dir):
+    """A scheduler's SIGTERM (a time limit) ends the run as Ctrl-C does, naming the last
+    checkpoint and the command that continues from it; no model is written."""
+    options = options_file(tmp_path, data_dir)
+    command, kwargs = mtt("train", options, "-o", "stopped.pt", cwd=tmp_path)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+    deadline = time.time() + 300
+    while not glob.glob(str(tmp_path / "outputs" / "*" / "checkpoints" / "epoch_2.ckpt")):
+        assert process.poll() is None, "training ended before it could be stopped"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "mtt: interrupted" in err
+    assert "interrupted; the last checkpoint is " in out
+    assert "continue with 'mtt train <options> --restart auto'" in out
+    assert not (tmp_path / "stopped.pt").exists()

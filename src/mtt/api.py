@@ -4,8 +4,10 @@
 contract) in place of the ``training_set`` file.
 """
 
+import glob
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -215,6 +217,9 @@ def train(
         continued = checkpoint_path is not None and run_dir == _run_of(checkpoint_path)
         try:
             return _train_in(*arguments)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (see mtt.cli)
+            _report_interruption(run_dir, output_dir)
+            raise
         except Exception as error:
             # the traceback goes to the run's log only; the command line prints one line
             LOGGER.debug("training failed", exc_info=True)
@@ -226,6 +231,28 @@ def train(
         finally:
             LOGGER.removeHandler(handler)
             handler.close()
+
+
+def _report_interruption(run_dir: str, output_dir: str) -> None:
+    """Where an interrupted run can continue from (checkpoints are written every
+    ``checkpoint_interval`` epochs; the epochs since the last one are lost)."""
+    checkpoints = glob.glob(os.path.join(run_dir, "checkpoints", "epoch_*.ckpt"))
+    if not checkpoints:
+        LOGGER.warning(
+            "interrupted before the first checkpoint of %s: nothing to continue from (a lower "
+            "architecture.training.checkpoint_interval writes checkpoints more often)",
+            run_dir,
+        )
+        return
+    last = max(checkpoints, key=lambda path: int(re.sub(r"\D", "", os.path.basename(path))))
+    option = "" if output_dir == "outputs" else f" --output-dir {output_dir}"
+    LOGGER.warning(
+        "interrupted; the last checkpoint is %s: continue with 'mtt train <options> --restart "
+        "auto%s' (or --restart %s)",
+        last,
+        option,
+        last,
+    )
 
 
 def _run_of(checkpoint_path: str) -> str:

@@ -7,7 +7,9 @@ An unexpected failure (a bug) exits with status 2 and keeps its traceback in ``m
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import traceback
 from typing import List, Optional
 
@@ -69,9 +71,18 @@ def _console_logging() -> None:
     logger.propagate = False
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _console_logging()
+    # a scheduler's SIGTERM (SLURM's time limit, a killed job) ends a run as Ctrl-C does:
+    # partial files removed, and where to continue from reported
+    previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         COMMANDS[args.command].run(args)
     except MttError as error:
@@ -81,7 +92,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except Exception as error:  # a bug: still one line, with the traceback kept
         return _fail(args, error, 2, "internal error")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _fail(args, error: BaseException, status: int, kind: str) -> int:

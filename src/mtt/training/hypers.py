@@ -85,9 +85,7 @@ class TrainingHypers:
     """The loss: ``type``, ``huber_delta`` and per-quantity ``weights``."""
     per_structure_targets: List[str] = field(default_factory=list)
     """Energies listed here are compared per structure; the others per atom (the default)."""
-    fixed_composition_weights: Dict[str, Dict[Union[str, int], float]] = field(
-        default_factory=dict
-    )
+    fixed_composition_weights: Dict[str, Dict[Union[str, int], float]] = field(default_factory=dict)
     """Reference energies fixed by hand, per target and element (a symbol, or an atomic
     number as in metatrain's files), in the target's unit, e.g. ``{energy: {H: -13.6, 8:
     -2040.0}}``; the other elements are fitted by least squares."""
