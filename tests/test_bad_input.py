@@ -1027,3 +1027,20 @@ def test_export_of_an_unknown_shipped_model_lists_the_shipped_ones(work, capsys)
     message = fail(capsys, "export", "sevennet-1")
     assert message.startswith("'sevennet-1' is neither a checkpoint file nor a shipped model")
     assert all(name in message for name in pretrained.names())
+
+
+@pytest.mark.parametrize("reader, hint", [("vaspp", "did you mean 'vasp'?"), ("metatensor", "")])
+def test_a_reader_that_is_not_an_ase_format(work, capsys, reader, hint):
+    """'could not read structures from ...: vaspp' did not say the name was unknown."""
+    ase.io.write("train.xyz", ethanol())
+    systems = {"read_from": "train.xyz", "reader": reader}
+    write_options(options(training_set__systems=systems))
+    message = train(capsys)
+    assert message.startswith(f"reader {reader!r} is not a format ASE reads; {hint}")
+
+
+def test_a_file_read_as_another_format_names_the_guessed_one(work, capsys):
+    ase.io.write("train.data", ethanol(), format="extxyz")
+    write_options(options(training_set__systems="train.data"))
+    message = train(capsys)
+    assert message.endswith("(guessed from the file); set 'reader' if it is another format")

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import MttError
 from ..version import __version__
-from .reading import _as_numbers, check_structure
+from .reading import _as_numbers, check_reader, check_structure, read_as
 
 FORMAT = "mtt-packed"
 VERSION = 1
@@ -359,7 +359,7 @@ def stream_structures(
         count += 1
         yield index, atoms
     if count == 0:
-        raise MttError(f"{path!r} holds no structures")
+        raise MttError(f"{path!r} holds no structures{read_as(path, reader)}")
 
 
 def _stream(
@@ -368,6 +368,7 @@ def _stream(
     """``(index, atoms)`` of each frame of ``path``, one at a time, with one-line errors."""
     if reader == "ase":
         reader = None
+    check_reader(reader)
     frames = ase.io.iread(path, index=":", format=reader)
     index = 0
     while True:

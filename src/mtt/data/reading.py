@@ -6,6 +6,7 @@ as calculator results). A frame that lacks a label is masked for that label; a k
 has is an error that lists the keys the file does have.
 """
 
+import difflib
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -33,6 +34,7 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
         raise MttError(f"{path!r} is a directory; give a structure file (e.g. an .xyz file)")
     if reader == "ase":  # metatrain's name for "read with ASE, format from the file name"
         reader = None
+    check_reader(reader)
     try:
         frames = ase.io.read(path, index=":", format=reader)
     except Exception as error:  # ASE raises many types for malformed files
@@ -44,8 +46,38 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
     if isinstance(frames, ase.Atoms):
         frames = [frames]
     if len(frames) == 0:
-        raise MttError(f"{path!r} holds no structures")
+        raise MttError(f"{path!r} holds no structures{read_as(path, reader)}")
     return list(frames)
+
+
+def check_reader(reader: Optional[str]) -> None:
+    """A reader must be a format ASE knows (metatrain's library names are not)."""
+    from ase.io.formats import ioformats
+
+    if reader is None or reader in ioformats:
+        return
+    close = difflib.get_close_matches(reader, list(ioformats), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise MttError(
+        f"reader {reader!r} is not a format ASE reads; {hint}leave it out to guess the format "
+        "from the file name, or give an ASE format name (extxyz, vasp-xml, lammps-data, ...)"
+    )
+
+
+def read_as(path: str, reader: Optional[str]) -> str:
+    """What format an empty read used, for the message: a file read as another format than
+    it holds (an extxyz named .data, read as LAMMPS data) often gives no structure at all."""
+    if reader is not None:
+        return f" when read as {reader!r}"
+    try:
+        from ase.io.formats import filetype
+
+        guessed = filetype(path, guess=False)
+    except Exception:
+        return ""
+    return (
+        f" when read as {guessed!r} (guessed from the file); set 'reader' if it is another format"
+    )
 
 
 def check_structure(atoms: ase.Atoms, where: str) -> None:
