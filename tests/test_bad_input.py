@@ -1044,3 +1044,15 @@ def test_a_file_read_as_another_format_names_the_guessed_one(work, capsys):
     write_options(options(training_set__systems="train.data"))
     message = train(capsys)
     assert message.endswith("(guessed from the file); set 'reader' if it is another format")
+
+
+def test_forces_key_that_holds_a_value_per_structure(work, capsys):
+    """Found in atoms.info, the key was reported as missing."""
+    frames = [with_labels(a, energy=a.get_potential_energy()) for a in ethanol()]
+    for atoms in frames:
+        atoms.info["F_bad"] = [1.0, 2.0, 3.0, 4.0, 5.0]
+    ase.io.write("train.xyz", frames)
+    targets = {"energy": {"unit": "kcal/mol", "forces": "F_bad"}}
+    write_options(options(training_set__targets=targets))
+    message = train(capsys)
+    assert "under the key 'F_bad'; 'F_bad' is in atoms.info, one value per structure" in message

@@ -231,3 +231,9 @@ def test_atoms_on_top_of_each_other_are_refused_not_predicted_as_nan(
     message = fail(capsys, "eval", trained["model"], data, "-o", "out.xyz")
     assert message.startswith(f"structure 4 of '{data}': atoms 0 and 1 are 0 apart")
     assert not Path("out.xyz").exists()
+
+
+def test_the_training_options_file_given_to_eval(work, capsys, trained):
+    write_options(test_bad_input.options())
+    message = fail(capsys, "eval", trained["model"], "options.yaml")
+    assert message.startswith("'options.yaml' is an options file of 'mtt train'; give mtt eval")

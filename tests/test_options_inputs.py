@@ -245,3 +245,10 @@ def test_fixed_composition_weights_take_atomic_numbers_as_keys():
     raw["architecture"]["training"]["fixed_composition_weights"] = {"energy": {6: -10.0, "H": -1.0}}
     settings = validate_options(raw)
     assert settings.train_hypers.fixed_composition_weights == {"energy": {6: -10.0, "H": -1.0}}
+
+
+def test_a_finetune_section_without_a_model_means_no_fine_tuning():
+    """metatrain's default training section holds finetune: {read_from: null, ...}."""
+    raw = options()
+    raw["architecture"]["training"]["finetune"] = {"read_from": None, "method": "full"}
+    assert validate_options(raw).train_hypers.finetune is None

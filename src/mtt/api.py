@@ -139,6 +139,10 @@ def _architecture_sections(raw: Any, problems: List[str]):
         value = section.get(key)
         if value is not None and not isinstance(value, dict):
             continue  # the type error is already reported by the top-level parse
+        finetune = value.get("finetune") if key == "training" and value else None
+        if isinstance(finetune, dict) and "read_from" in finetune and finetune["read_from"] is None:
+            # metatrain's defaults spell "no fine-tuning" as a section with read_from: null
+            value = {k: v for k, v in value.items() if k != "finetune"}
         try:
             parsed[key] = hypers_module.parse(cls.__hypers__, value or {}, f"architecture.{key}")
         except OptionsError as error:

@@ -220,6 +220,11 @@ def _open(
             )
         return _Data(_unlabelled(path, reader, _format_hint(path)), "angstrom", model_unit)
     raw = read_options(path)
+    if isinstance(raw, dict) and ({"architecture", "training_set"} & set(raw)):
+        raise MttError(
+            f"{path!r} is an options file of 'mtt train'; give mtt eval a data set section "
+            "(systems and targets, as under training_set there) or a structure file"
+        )
     options = hypers.parse(DatasetOptions, raw)
     systems = options.systems
     read_from = systems if isinstance(systems, str) else systems.read_from

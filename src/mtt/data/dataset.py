@@ -22,6 +22,7 @@ from .reading import (
     check_structure,
     gradient_like_keys,
     lookup,
+    misplaced,
     read_structures,
 )
 from .targets import GradientSource, TargetInfo, TargetSpec
@@ -205,8 +206,9 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
     if found == 0:
         keys = available_keys(label_frames, per_atom=False)
         raise MttError(
-            f"no structure of {path!r} has the energy key {spec.key!r}; keys found: "
-            f"{keys}; set '{key_where}.key' to the right one"
+            f"no structure of {path!r} has the energy key {spec.key!r}"
+            f"{misplaced(label_frames, spec.key, False)}; keys found: {keys}; set "
+            f"'{key_where}.key' to the right one"
         )
     info = TargetInfo(spec.name, spec.unit, description=options.description)
     for kind, gradient in spec.gradients.items():
@@ -319,9 +321,10 @@ def _read_gradient(
         _hint_other_keys(kind, gradient.key, label_frames, path, where)
     if found == 0 and gradient.required:
         keys = available_keys(label_frames, per_atom=(kind == "forces"))
+        place = misplaced(label_frames, gradient.key, kind == "forces")
         raise MttError(
-            f"no structure of {path!r} has {kind} under the key {gradient.key!r}; keys found: "
-            f"{keys}; set '{where}' to the right key, or to false to train without {kind}"
+            f"no structure of {path!r} has {kind} under the key {gradient.key!r}{place}; keys "
+            f"found: {keys}; set '{where}' to the right key, or to false to train without {kind}"
         )
     return found
 

@@ -141,6 +141,23 @@ def lookup(
     return numbers
 
 
+def misplaced(frames: Sequence[ase.Atoms], key: str, per_atom: bool) -> str:
+    """``'; ...'`` when ``key`` is in the other place of the first frames (per structure in
+    ``atoms.info`` where per-atom values were expected, or the reverse), else ''."""
+    for atoms in frames[:20]:
+        if per_atom and key in atoms.info:
+            return (
+                f"; {key!r} is in atoms.info, one value per structure, but these labels are "
+                "per atom (atoms.arrays, a row per atom)"
+            )
+        if not per_atom and key in atoms.arrays:
+            return (
+                f"; {key!r} is in atoms.arrays, a value per atom, but these labels are per "
+                "structure (atoms.info)"
+            )
+    return ""
+
+
 def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
     """Numeric keys present in the first frames, to help a user fix a wrong key."""
     keys = set()
