@@ -291,10 +291,12 @@ def test_validate_hook():
     ]
 
 
-def test_validate_hook_skipped_after_type_errors():
-    # The hook would report the negative learning rate; it must not run on a broken section.
+def test_validate_hook_runs_on_the_rest_after_type_errors():
+    # The hook runs with the default in place of the option that failed to convert, and only
+    # what does not involve that option is reported.
     assert training_problems({"learning_rate": -1.0, "batch_size": "ten"}) == [
-        "option 'architecture.training.batch_size' must be an integer, got 'ten' (str)"
+        "option 'architecture.training.batch_size' must be an integer, got 'ten' (str)",
+        "option 'architecture.training.learning_rate' must be positive, got -1.0",
     ]
 
 

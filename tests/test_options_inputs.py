@@ -252,3 +252,14 @@ def test_a_finetune_section_without_a_model_means_no_fine_tuning():
     raw = options()
     raw["architecture"]["training"]["finetune"] = {"read_from": None, "method": "full"}
     assert validate_options(raw).train_hypers.finetune is None
+
+
+def test_a_wrong_type_does_not_hide_wrong_values_elsewhere():
+    """Every mistake in one go: a type error used to stop the value checks of its section."""
+    raw = options(seed="abc", validation_set=1.5)
+    raw["architecture"]["training"].update(learning_rate="fast", num_epochs=0)
+    found = problems(raw)
+    assert "option 'seed' must be an integer, got 'abc' (str)" in found
+    assert "option 'validation_set' must be a fraction in [0, 1), got 1.5" in found
+    assert "option 'architecture.training.num_epochs' must be at least 1, got 0" in found
+    assert len(found) == 4, found

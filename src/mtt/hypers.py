@@ -180,10 +180,28 @@ def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             problems.append(f"missing required option '{_join(path, name)}'")
     if len(problems) > start:
+        _validate_the_rest(cls, kwargs, path, problems)
         return _BAD
     instance = cls(**kwargs)
     _run_validate_hook(instance, path, problems)
     return instance if len(problems) == start else _BAD
+
+
+def _validate_the_rest(cls: Any, kwargs: Dict[str, Any], path: str, problems: List[str]) -> None:
+    """The value checks of the options that did convert, with defaults standing in for those
+    that did not, so that every mistake is reported in one go (a wrong type hid the wrong
+    values elsewhere until it was fixed). Checks that involve a failed option are left out."""
+    bad = {name for name, value in kwargs.items() if value is _BAD}
+    try:
+        instance = cls(**{k: v for k, v in kwargs.items() if v is not _BAD})
+    except Exception:  # a required option failed: nothing to check against
+        return
+    found: List[str] = []
+    try:
+        _run_validate_hook(instance, path, found)
+    except Exception:  # a check that cannot run on defaults standing in
+        return
+    problems += [line for line in found if not any(name in line for name in bad)]
 
 
 # metatrain's training options that mtt spells differently or does without
