@@ -19,6 +19,7 @@ from metatomic.torch import ModelEvaluationOptions, ModelOutput, System, load_at
 from .data.graph import MIN_DISTANCE, check_distances
 from .data.neighbors import attach_neighbor_lists, neighbor_pairs
 from .errors import MttError
+from .gradients import symmetric
 from .io import atomic_path
 from .units import conversion
 
@@ -112,7 +113,8 @@ class Evaluator:
             }
             if atoms.pbc.all():
                 volume = abs(atoms.get_volume())
-                result["stress"] = grads[len(frames) + k].double().numpy() / volume
+                gradient = symmetric(grads[len(frames) + k].double())
+                result["stress"] = gradient.numpy() / volume
             results.append(result)
         return results
 

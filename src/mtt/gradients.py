@@ -2,7 +2,8 @@
 
 Forces are ``-dE/dx``. The stress follows from a homogeneous strain ε applied to positions and
 cells, ``x -> x (1 + ε)``: ``σ = (1/V) dE/dε`` (ASE's sign convention), the same trick metatomic's
-ASE calculator and LAMMPS use, so training and engines agree.
+ASE calculator and LAMMPS use, so training and engines agree; its symmetric part, as in
+metatomic's ASE calculator (only matters for models that are not exactly rotation-invariant).
 
 Two ways to the same numbers: :func:`energies_and_gradients` differentiates any energy function
 by autograd; :func:`energies_and_gradients_from_edges` takes a model's own gradient of the
@@ -51,7 +52,15 @@ def _store(
     if forces:
         results[f"{name}/forces"] = -grads[0]
     if stress:
-        results[f"{name}/stress"] = grads[-1] / periodic_volumes(graph)[:, None, None]
+        results[f"{name}/stress"] = symmetric(grads[-1]) / periodic_volumes(graph)[:, None, None]
+
+
+def symmetric(gradient: torch.Tensor) -> torch.Tensor:
+    """The symmetric part of ``dE/dε`` (``[..., 3, 3]``): only a symmetric strain deforms, an
+    antisymmetric one rotates. Exactly rotation-invariant models have no antisymmetric part;
+    others (pet) do, and the stress is, as metatomic's ASE calculator computes it, the
+    symmetric part, which labels are."""
+    return 0.5 * (gradient + gradient.transpose(-1, -2))
 
 
 def energies_and_gradients(

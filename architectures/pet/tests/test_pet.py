@@ -462,3 +462,26 @@ def test_compile_failure_names_the_option(monkeypatch):
     batch = collate_graphs([atoms_to_graph(molecule(), model.cutoff, torch.float64)])
     with pytest.raises(MttError, match="compile: false.*|.*compile: false"):
         _compiling_trainer().predict(model, batch, ["energy/forces"], training=True)
+
+
+def test_eval_stress_is_the_symmetric_part_as_in_ase(tmp_path):
+    """pet is not exactly rotation-invariant: dE/dε has an antisymmetric part (a rotation,
+    not a deformation). mtt eval's stress is the symmetric part, as metatomic's ASE
+    calculator's is (eval wrote the raw, asymmetric gradient)."""
+    from metatomic_ase import MetatomicCalculator
+
+    from mtt.api import save_model
+    from mtt.evaluate import load_model, predict
+    from mtt.testing._suite import periodic_crystal
+
+    model = random_model("pet", HYPERS, torch.float64, generic=False)
+    path = str(tmp_path / "model.pt")
+    save_model(model.export(), path)
+    atoms = periodic_crystal()
+    atoms.set_cell(atoms.cell[:] @ np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.2], [0.05, 0, 1.0]]))
+    [result] = predict(load_model(path), [atoms], "energy", "angstrom", "eV")
+    stress = result["stress"]
+    np.testing.assert_allclose(stress, stress.T, rtol=0, atol=1e-14)
+    atoms.calc = MetatomicCalculator(path)
+    voigt = atoms.get_stress()
+    np.testing.assert_allclose(stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]], voigt, atol=1e-12)
