@@ -84,6 +84,10 @@ def test_polarizability_tensor_learnt_and_exported(tmp_path, data_dir, monkeypat
     np.testing.assert_allclose(
         np.reshape(written[0].info["polarizability"], (3, 3)), predicted[0], rtol=1e-5
     )
+    # the label under the same key is kept next to the prediction, not replaced by it
+    np.testing.assert_allclose(
+        np.reshape(written[0].info["polarizability_label"], (3, 3)), labels[0], rtol=1e-12
+    )
 
 
 def test_qm9_energy_and_scalar_properties(tmp_path, data_dir, monkeypatch):

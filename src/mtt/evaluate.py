@@ -272,9 +272,10 @@ def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
     """A copy of ``atoms`` with the energy predictions as its calculator results and generic
     outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
     ``arrays`` (per atom). The structure's own ``info`` and ``arrays`` (labels such as
-    ``U0`` or ``REF_energy``) are kept next to the predictions, except where a prediction is
-    written under the same key; its calculator results (the labelled energy, forces and
-    stress) give way to the predicted ones."""
+    ``U0`` or ``REF_energy``) are kept next to the predictions; one whose key a prediction
+    takes is kept as ``<key>_label`` (``mu`` of QM9 next to the predicted ``mtt::mu``); its
+    calculator results (the labelled energy, forces and stress) give way to the predicted
+    ones."""
     copy = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     copy.info.update(atoms.info)
     for key, values in atoms.arrays.items():
@@ -285,16 +286,25 @@ def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
         if "stress" in prediction:
             results["stress"] = prediction["stress"]
         for key in results:  # extxyz refuses a key both in info/arrays and in the results
-            copy.info.pop(key, None)
-            copy.arrays.pop(key, None)
+            _keep_as_label(copy, key)
         copy.calc = SinglePointCalculator(copy, **results)
     for name, value in (generic or {}).items():
         key = name.split("::", 1)[1].replace("/", "_")
+        _keep_as_label(copy, key)
         if value.ndim > 0 and value.shape[0] == len(atoms) and value.ndim >= 2:
             copy.arrays[key] = value.reshape(len(atoms), -1)
         else:
             copy.info[key] = np.ravel(value)
     return copy
+
+
+def _keep_as_label(atoms: ase.Atoms, key: str) -> None:
+    """Move the structure's own ``key`` (in ``info`` or ``arrays``) to ``<key>_label``, where a
+    prediction is about to be written under ``key``."""
+    if key in atoms.info:
+        atoms.info[f"{key}_label"] = atoms.info.pop(key)
+    if key in atoms.arrays:
+        atoms.arrays[f"{key}_label"] = atoms.arrays.pop(key)
 
 
 def write_predictions(path: str, frames: List[ase.Atoms], predictions, generic=None) -> None:
