@@ -1056,3 +1056,14 @@ def test_forces_key_that_holds_a_value_per_structure(work, capsys):
     write_options(options(training_set__targets=targets))
     message = train(capsys)
     assert "under the key 'F_bad'; 'F_bad' is in atoms.info, one value per structure" in message
+
+
+def test_a_key_missing_from_a_validation_file_names_the_training_sets_option(work, capsys):
+    """A validation file takes the training set's targets: 'validation_set.targets...' does
+    not exist to be set."""
+    ase.io.write("train.xyz", ethanol())
+    ase.io.write("val.xyz", [with_labels(a, forces=a.get_forces()) for a in ethanol(3)])
+    write_options(options(validation_set="val.xyz"))
+    message = train(capsys)
+    assert "set 'training_set.targets.energy.key' to the right one" in message
+    assert message.endswith("(validation_set is a file: it takes training_set's targets)")

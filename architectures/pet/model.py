@@ -83,7 +83,7 @@ class Pet(EnergyModel):
             raise MttError(
                 f"pet predicts energies only, not {self.generic_names}: its features are not "
                 "rotation invariant by construction, so vectors and tensors would come out in "
-                "the wrong frame; train these targets with soap_bpnn"
+                "the wrong frame; train these targets with soap_bpnn or painn"
             )
         # an atom's energy depends on atoms up to one cutoff per message-passing layer away
         self.interaction_range = self.cutoff * hypers.num_gnn_layers

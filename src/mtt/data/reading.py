@@ -87,9 +87,10 @@ def check_structure(atoms: ase.Atoms, where: str) -> None:
     if not np.all(np.isfinite(atoms.positions)):
         raise MttError(f"{where} has NaN or infinite positions; fix or remove that frame")
     if np.any(atoms.numbers <= 0) or np.any(atoms.numbers > 118):
+        unknown = sorted({int(z) for z in atoms.numbers if not 0 < z <= 118})
         raise MttError(
             f"{where} has atoms with an unknown element (atomic number "
-            f"{sorted(set(atoms.numbers.tolist()))}); fix the species column"
+            f"{unknown}); fix the species column"
         )
     cell = np.asarray(atoms.cell[:])
     if not np.all(np.isfinite(cell)):

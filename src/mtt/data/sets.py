@@ -33,7 +33,7 @@ def load_sets(options: Options, base_dir: str, training: Optional[LabelledDatase
             sets[name] = training.subset(order[:count], name) if count else None
             order = order[count:]
         else:
-            sets[name] = load_dataset(_like_training(value, options), base_dir, name)
+            sets[name] = _load_other(value, options, base_dir, name)
             _warn_if_training_file(sets[name], training)
     if len(order) == 0:
         raise MttError(
@@ -45,6 +45,18 @@ def load_sets(options: Options, base_dir: str, training: Optional[LabelledDatase
         if other is not None:
             check_compatible(training, other)
     return training, sets["validation_set"], sets["test_set"]
+
+
+def _load_other(value, options: Options, base_dir: str, name: str) -> LabelledDataset:
+    """A validation or test set given as a file or a section; a file takes the training
+    set's targets, so the options a message names are the training set's."""
+    try:
+        return load_dataset(_like_training(value, options), base_dir, name)
+    except MttError as error:
+        message = str(error).replace(f"'{name}.targets.", "'training_set.targets.")
+        if not isinstance(value, str) or message == str(error):
+            raise
+        raise MttError(f"{message} ({name} is a file: it takes training_set's targets)") from None
 
 
 def _like_training(value: Union[str, DatasetOptions], options: Options) -> DatasetOptions:
