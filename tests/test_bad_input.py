@@ -1067,3 +1067,24 @@ def test_a_key_missing_from_a_validation_file_names_the_training_sets_option(wor
     message = train(capsys)
     assert "set 'training_set.targets.energy.key' to the right one" in message
     assert message.endswith("(validation_set is a file: it takes training_set's targets)")
+
+
+@pytest.mark.parametrize("factor", [1.0, 10.0])
+def test_stress_and_virial_both_read_must_agree(work, capsys, factor):
+    """With stress and virial both true and a file holding both, the virial silently won;
+    they are read both, and must say the same."""
+    frames = carbon()
+    for atoms in frames:
+        atoms.info["stress"] = -factor * np.asarray(atoms.info["virial"]) / atoms.get_volume()
+    ase.io.write("train.xyz", frames)
+    targets = {"energy": {"forces": "force", "stress": True, "virial": True}}
+    write_options(options(training_set__targets=targets, validation_set=0.0))
+    if factor == 1.0:
+        assert main(["train", "options.yaml", "--dry-run"]) == 0
+        return
+    message = train(capsys)
+    assert "disagrees with the structure's stress (stress = -virial / volume)" in message
+    assert message.endswith(
+        "set 'training_set.targets.energy.stress: false' or "
+        "'training_set.targets.energy.virial: false' to read only one of them"
+    )

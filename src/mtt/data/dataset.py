@@ -315,7 +315,10 @@ def _read_gradient(
         _check_finite(value, what)
         value = _to_label(kind, value, frames[index], what)
         if value is not None:
-            labels[index][f"{name}/{'forces' if kind == 'forces' else 'stress'}"] = value
+            quantity = f"{name}/{'forces' if kind == 'forces' else 'stress'}"
+            if quantity in labels[index]:  # stress and virial both read (both true)
+                _check_same_stress(labels[index][quantity], value, what, where)
+            labels[index][quantity] = value
             found += 1
     if found == 0 and not gradient.required:
         _hint_other_keys(kind, gradient.key, label_frames, path, where)
@@ -327,6 +330,18 @@ def _read_gradient(
             f"found: {keys}; set '{where}' to the right key, or to false to train without {kind}"
         )
     return found
+
+
+def _check_same_stress(stress: np.ndarray, from_virial: np.ndarray, what: str, where: str):
+    """A structure with both a stress and a virial: they must say the same (stress = -virial /
+    volume), else one of them is wrong and which one the model learns must not be chance."""
+    scale = max(float(np.abs(stress).max()), 1e-12)
+    if float(np.abs(stress - from_virial).max()) > 1e-6 * scale + 1e-12:
+        target = where.rsplit(".", 1)[0]
+        raise MttError(
+            f"{what} disagrees with the structure's stress (stress = -virial / volume); set "
+            f"'{target}.stress: false' or '{target}.virial: false' to read only one of them"
+        )
 
 
 def _hint_other_keys(kind: str, key: str, frames, path: str, where: str) -> None:
