@@ -263,3 +263,14 @@ def test_a_wrong_type_does_not_hide_wrong_values_elsewhere():
     assert "option 'validation_set' must be a fraction in [0, 1), got 1.5" in found
     assert "option 'architecture.training.num_epochs' must be at least 1, got 0" in found
     assert len(found) == 4, found
+
+
+def test_a_training_or_model_option_at_the_top_says_where_it_belongs():
+    raw = options()
+    raw["num_epochs"] = 3
+    raw["cutoff"] = 4.0
+    assert problems(raw) == [
+        "unknown option 'num_epochs': it belongs under architecture.training "
+        "(architecture.training.num_epochs)",
+        "unknown option 'cutoff': it belongs under architecture.model (architecture.model.cutoff)",
+    ]

@@ -87,12 +87,39 @@ def validate_options(raw: Dict[str, Any]) -> Settings:
     if options is not None:
         problems += _declared_name_problems(raw, options, parsed)
     if problems:
-        raise OptionsError(problems)
+        raise OptionsError(_with_sections_named(problems, architecture))
     _without_generic_gradients(options)
     expanded = hypers_module.to_dict(options)
     expanded["architecture"]["model"] = hypers_module.to_dict(parsed["model"])
     expanded["architecture"]["training"] = hypers_module.to_dict(parsed["training"])
     return Settings(options, parsed["model"], parsed["training"], architecture, expanded)
+
+
+def _with_sections_named(problems: List[str], architecture) -> List[str]:
+    """An unknown top-level option that is a training or model option (``num_epochs`` at the
+    top, as some tools have it) says where it belongs."""
+    import dataclasses
+
+    sections = {"training": TrainingHypers}
+    if architecture is not None:
+        sections = {
+            "model": architecture.__model__.__hypers__,
+            "training": architecture.__trainer__.__hypers__,
+        }
+    fields = {
+        f.name: name for name, cls in sections.items() for f in dataclasses.fields(cls) if f.init
+    }
+    result = []
+    for problem in problems:
+        match = re.match(r"unknown option '([^'.]+)'", problem)
+        if match and match.group(1) in fields:
+            key = match.group(1)
+            problem = (
+                f"unknown option '{key}': it belongs under architecture.{fields[key]} "
+                f"(architecture.{fields[key]}.{key})"
+            )
+        result.append(problem)
+    return result
 
 
 def _without_generic_gradients(options: Options) -> None:
