@@ -5,13 +5,12 @@ Each folder's ``__init__.py`` exports ``__model__`` (a :class:`mtt.abc.ModelInte
 documentation and the test matrix all derive from the folders.
 """
 
-import difflib
 import importlib
 import pkgutil
 from types import ModuleType
 from typing import List
 
-from mtt.errors import MttError
+from mtt.errors import MttError, did_you_mean
 
 
 def names() -> List[str]:
@@ -23,8 +22,7 @@ def load(name: str) -> ModuleType:
     """The architecture package called ``name``, with a helpful error if there is none."""
     known = names()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(name, known)
         raise MttError(
             f"unknown architecture {name!r} in 'architecture.name'; {hint}"
             f"available: {', '.join(known)}"

@@ -14,7 +14,6 @@ declares, exports (``non_conservative_force``, ``non_conservative_stress``) and 
 """
 
 import copy
-import difflib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import ase
@@ -41,7 +40,7 @@ from .data.graph import (
 )
 from .data.targets import DatasetInfo
 from .direct import declared_outputs, direct_tensormaps, structure_stress
-from .errors import MttError
+from .errors import MttError, did_you_mean
 from .gradients import energies_and_gradients
 from .heads import GenericHead, generic_tensormap, reduce_atoms
 from .hypers import parse, to_dict
@@ -551,8 +550,7 @@ class EnergyModel(ModelInterface):
                     "head; inherit_heads gives a head to a new target of the training set"
                 )
             if name not in new:
-                close = difflib.get_close_matches(name, new, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
+                hint = did_you_mean(name, new)
                 raise MttError(
                     f"{key} names no new energy target of the training set; {hint}its new "
                     f"energy targets are {new}"

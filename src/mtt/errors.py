@@ -5,6 +5,9 @@ Every problem caused by a user's input (options, data files, checkpoints, models
 traceback goes to the run directory's log file (or the terminal with ``--debug``).
 """
 
+import difflib
+from typing import Iterable
+
 
 class MttError(Exception):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
@@ -18,3 +21,9 @@ class OptionsError(MttError):
             problems = [problems]
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``choices`` to a mistyped ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""

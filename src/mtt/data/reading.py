@@ -6,7 +6,6 @@ as calculator results). A frame that lacks a label is masked for that label; a k
 has is an error that lists the keys the file does have.
 """
 
-import difflib
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -14,7 +13,7 @@ import ase
 import ase.io
 import numpy as np
 
-from ..errors import MttError
+from ..errors import MttError, did_you_mean
 
 
 def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
@@ -56,8 +55,7 @@ def check_reader(reader: Optional[str]) -> None:
 
     if reader is None or reader in ioformats:
         return
-    close = difflib.get_close_matches(reader, list(ioformats), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(reader, ioformats)
     raise MttError(
         f"reader {reader!r} is not a format ASE reads; {hint}leave it out to guess the format "
         "from the file name, or give an ASE format name (extxyz, vasp-xml, lammps-data, ...)"
