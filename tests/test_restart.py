@@ -43,6 +43,15 @@ def mtt(*args, cwd):
     return [sys.executable, "-m", "mtt", *args], {"cwd": cwd, "env": env}
 
 
+def wait_for(process, pattern, seconds: float = 300) -> None:
+    """Until a file matching ``pattern`` exists (a checkpoint), while ``process`` trains."""
+    deadline = time.time() + seconds
+    while not glob.glob(str(pattern)):
+        assert process.poll() is None, "training ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
 def final(run_root):
     (run_dir,) = glob.glob(os.path.join(run_root, "*"))
     checkpoint = read_checkpoint(os.path.join(run_dir, "model.ckpt"))
@@ -61,11 +70,7 @@ def test_sigkill_then_restart_auto_is_exact(tmp_path, data_dir):
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
     )
-    deadline = time.time() + 300
-    while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoints" / "epoch_4.ckpt")):
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for(process, tmp_path / "runs" / "*" / "checkpoints" / "epoch_4.ckpt")
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed.pt").exists()
@@ -99,11 +104,7 @@ def test_sigterm_reports_where_to_continue_from(tmp_path, data_dir):
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
     )
-    deadline = time.time() + 300
-    while not glob.glob(str(tmp_path / "outputs" / "*" / "checkpoints" / "epoch_2.ckpt")):
-        assert process.poll() is None, "training ended before it could be stopped"
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for(process, tmp_path / "outputs" / "*" / "checkpoints" / "epoch_2.ckpt")
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
