@@ -1088,3 +1088,12 @@ def test_stress_and_virial_both_read_must_agree(work, capsys, factor):
         "set 'training_set.targets.energy.stress: false' or "
         "'training_set.targets.energy.virial: false' to read only one of them"
     )
+
+
+def test_no_hint_for_a_key_that_another_setting_reads(work, capsys):
+    """Carbon's 'virial' read as the virial is not 'stress under another key'."""
+    ase.io.write("train.xyz", carbon())
+    targets = {"energy": {"forces": "force", "virial": {"key": "virial"}}}
+    write_options(options(training_set__targets=targets, validation_set=0.0))
+    assert main(["train", "options.yaml", "--dry-run"]) == 0
+    assert "looks like them" not in capsys.readouterr().out

@@ -211,6 +211,7 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
             f"'{key_where}.key' to the right one"
         )
     info = TargetInfo(spec.name, spec.unit, description=options.description)
+    unused = []
     for kind, gradient in spec.gradients.items():
         count = _read_gradient(
             spec.name, kind, gradient, source, sources, frames, labels, f"{key_where}.{kind}"
@@ -219,6 +220,12 @@ def _read_target(spec, frames, labels, source, where, sources) -> TargetInfo:
             info.forces = count > 0
         else:
             info.stress = info.stress or count > 0
+        if count == 0 and not gradient.required:
+            unused.append(kind)
+    if "forces" in unused:
+        _hint_other_keys("forces", spec.gradients, label_frames, path, key_where)
+    if "stress" in unused and not info.stress:  # (a virial read instead is no omission)
+        _hint_other_keys("stress", spec.gradients, label_frames, path, key_where)
     return info
 
 
@@ -320,8 +327,6 @@ def _read_gradient(
                 _check_same_stress(labels[index][quantity], value, what, where)
             labels[index][quantity] = value
             found += 1
-    if found == 0 and not gradient.required:
-        _hint_other_keys(kind, gradient.key, label_frames, path, where)
     if found == 0 and gradient.required:
         keys = available_keys(label_frames, per_atom=(kind == "forces"))
         place = misplaced(label_frames, gradient.key, kind == "forces")
@@ -344,12 +349,16 @@ def _check_same_stress(stress: np.ndarray, from_virial: np.ndarray, what: str, w
         )
 
 
-def _hint_other_keys(kind: str, key: str, frames, path: str, where: str) -> None:
+def _hint_other_keys(kind: str, gradients, frames, path: str, target: str) -> None:
     """Forces and stress are read by default only under ``forces`` and ``stress``: when they
-    are absent, keys that look like them (``force``, ``REF_forces``, ``virial``, ...) are
-    named, rather than leaving a file's forces unused without a word."""
-    target = where.rsplit(".", 1)[0]  # where: <set>.targets.<name>.<kind>
+    are absent, keys that look like them (``force``, ``REF_forces``, ``virial``, ...) and that
+    no other setting reads are named, rather than leaving a file's forces unused without a
+    word."""
+    key = gradients[kind].key
+    read = {gradient.key for gradient in gradients.values()}
     for name in gradient_like_keys(frames, key, kind == "forces"):
+        if name in read:
+            continue
         option = "virial" if "virial" in name.lower() else kind
         LOGGER.warning(
             "%s: no %s under %r, but %r looks like them: set '%s.%s: {key: %s}' to learn them "
