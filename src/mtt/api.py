@@ -28,7 +28,7 @@ from .finetune import apply_method, parse_method_config
 from .hypers import OptionsLoader
 from .io import atomic_path, refuse_overwrite
 from .options import Options, raw_target_problems
-from .runs import find_auto_restart, new_run_dir
+from .runs import checkpoint_epoch, find_auto_restart, new_run_dir
 from .training import distributed
 from .training.batches import model_data, refuse_isolated_atoms
 from .training.composition import baseline_rmse, fit_baseline
@@ -275,7 +275,7 @@ def _report_interruption(run_dir: str, output_dir: str) -> None:
             run_dir,
         )
         return
-    last = max(checkpoints, key=lambda path: int(re.sub(r"\D", "", os.path.basename(path))))
+    last = max(checkpoints, key=checkpoint_epoch)
     option = "" if output_dir == "outputs" else f" --output-dir {output_dir}"
     LOGGER.warning(
         "interrupted; the last checkpoint is %s: continue with 'mtt train <options> --restart "

@@ -25,7 +25,8 @@ def new_run_dir(root: str) -> str:
     return path
 
 
-def _epoch(path: str) -> int:
+def checkpoint_epoch(path: str) -> int:
+    """The epoch of a training checkpoint ``epoch_<N>.ckpt`` (-1 for any other file name)."""
     match = re.fullmatch(r"epoch_(\d+)\.ckpt", os.path.basename(path))
     return int(match.group(1)) if match else -1
 
@@ -37,10 +38,10 @@ def find_auto_restart(root: str) -> Optional[str]:
     runs = sorted(glob.glob(os.path.join(root, "*", "checkpoints")), reverse=True)
     for checkpoints in runs:
         candidates = sorted(
-            glob.glob(os.path.join(checkpoints, "epoch_*.ckpt")), key=_epoch, reverse=True
+            glob.glob(os.path.join(checkpoints, "epoch_*.ckpt")), key=checkpoint_epoch, reverse=True
         )
         for path in candidates:
-            if _epoch(path) < 0:
+            if checkpoint_epoch(path) < 0:
                 continue
             try:
                 read_checkpoint(path)
