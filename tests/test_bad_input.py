@@ -1097,3 +1097,17 @@ def test_no_hint_for_a_key_that_another_setting_reads(work, capsys):
     write_options(options(training_set__targets=targets, validation_set=0.0))
     assert main(["train", "options.yaml", "--dry-run"]) == 0
     assert "looks like them" not in capsys.readouterr().out
+
+
+def test_positions_far_from_the_origin_in_float32_are_flagged(work, capsys):
+    """At 1e8 Å float32 keeps no digit of the distances; the non-finite loss that follows
+    blamed the learning rate. The dry run says what is wrong, and what to do."""
+    frames = ethanol()
+    for atoms in frames:
+        atoms.positions += 1e8
+    ase.io.write("train.xyz", frames)
+    write_options(options())
+    main(["train", "options.yaml", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "positions of the training set reach 1e+08 angstrom: float32 keeps ~7 digits" in out
+    assert "or train with base_precision: 64" in out

@@ -30,7 +30,7 @@ from .io import atomic_path, refuse_overwrite
 from .options import Options, raw_target_problems
 from .runs import checkpoint_epoch, find_auto_restart, new_run_dir
 from .training import distributed
-from .training.batches import model_data, refuse_isolated_atoms
+from .training.batches import model_data, refuse_isolated_atoms, warn_far_positions
 from .training.composition import baseline_rmse, fit_baseline
 from .training.hypers import TrainingHypers, target_name_problems
 from .units import conversion
@@ -466,6 +466,7 @@ def _dry_run(settings: Settings, base_dir: str, frames, checkpoint_path: Optiona
             data = [model_data(model, dataset, index) for index in range(len(dataset.frames))]
             if dataset is train_set:
                 refuse_isolated_atoms(data, model)
+                warn_far_positions(data, model)
     if trainer.epoch > 0:  # a restart continues with the checkpoint's references
         LOGGER.info("dry run finished: nothing was trained or written")
         return

@@ -6,6 +6,7 @@ disk (packed directories, :mod:`mtt.data.lazy`), whose structures are read and t
 model data per batch, so that memory does not grow with their size.
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -14,6 +15,8 @@ import torch
 from ..data.dataset import LabelledDataset
 from ..data.lazy import LazySequence
 from ..errors import MttError
+
+LOGGER = logging.getLogger("mtt")
 
 
 @dataclass
@@ -78,6 +81,30 @@ def refuse_isolated_atoms(data: Any, model: Any) -> None:
             f"no atom of the training set has a neighbour within the cutoff "
             f"({getattr(model, 'cutoff', '?')} {model.dataset_info.length_unit}); raise "
             "'architecture.model.cutoff', or check the length unit of the structures"
+        )
+
+
+# float32 keeps ~7 significant digits: beyond this coordinate (in the length unit) an edge
+# vector x_j - x_i, the difference of two large numbers, loses more than ~1e-3 of it
+FLOAT32_FAR = 1.0e4
+
+
+def warn_far_positions(data: Any, model: Any) -> None:
+    """Positions far from the origin in a float32 model: edge vectors come out of the
+    difference of two large coordinates and lose their digits (at 1e6 Å, energies off by
+    ~0.1 eV); the non-finite loss that can follow would blame the learning rate."""
+    graphs = list(data) if isinstance(data, list) else []
+    positions = [g.positions for g in graphs if hasattr(g, "positions") and len(g.positions)]
+    if not positions or positions[0].dtype != torch.float32:
+        return
+    far = max(float(p.abs().max()) for p in positions)
+    if far > FLOAT32_FAR:
+        LOGGER.warning(
+            "positions of the training set reach %.3g %s: float32 keeps ~7 digits of them, too "
+            "few for the distances; move the structures near the origin (or wrap them into "
+            "their cell), or train with base_precision: 64",
+            far,
+            model.dataset_info.length_unit,
         )
 
 

@@ -35,6 +35,7 @@ from .batches import (
     quantity_kind,
     refuse_isolated_atoms,
     to_device,
+    warn_far_positions,
 )
 from .composition import (
     fit_baseline,
@@ -156,6 +157,8 @@ class Trainer(TrainerInterface):
         )
         train = PreparedSet(train_datasets[0], model, quantities)
         refuse_isolated_atoms(train.data, model)
+        if self.epoch == 0:
+            warn_far_positions(train.data, model)
         val = PreparedSet(val_datasets[0], model, quantities) if val_datasets else None
         if self.epoch == 0 and not self.pretrained_targets:
             model.fit_statistics(
