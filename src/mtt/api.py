@@ -30,7 +30,7 @@ from .io import atomic_path, refuse_overwrite
 from .options import Options, raw_target_problems
 from .runs import checkpoint_epoch, find_auto_restart, new_run_dir
 from .training import distributed
-from .training.batches import model_data, refuse_isolated_atoms, warn_far_positions
+from .training.batches import batch_to, model_data, refuse_isolated_atoms, warn_far_positions
 from .training.composition import baseline_rmse, fit_baseline
 from .training.hypers import TrainingHypers, target_name_problems
 from .units import conversion
@@ -496,7 +496,7 @@ def _force_scale_check(model, dataset, device, targets: List[str]) -> List[str]:
         prepared = PreparedSet(dataset, model, [quantity])
         predicted, labelled = [], []
         for batch, labels in prepared.batches(list(range(len(prepared))), 16):
-            batch = type(batch)(*[t.to(device) for t in batch])
+            batch = batch_to(batch, device)
             forces = model.predict(batch, [name, quantity], training=False)[quantity]
             mask = labels.mask[quantity]
             predicted.append(forces.detach().cpu().double()[mask])

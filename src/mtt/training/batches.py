@@ -199,6 +199,14 @@ def _frame_labels(labels: Dict[str, Any], n_atoms: int, quantities: List[str], t
     return result
 
 
+def batch_to(batch: Any, device: torch.device) -> Any:
+    """A model's batch on ``device``: the default Graph (a NamedTuple of tensors) tensor by
+    tensor, an architecture's own batch type by its ``to``."""
+    if hasattr(batch, "_replace"):
+        return type(batch)(*[t.to(device) for t in batch])
+    return batch.to(device) if hasattr(batch, "to") else batch
+
+
 def to_device(labels: LabelBatch, device: torch.device) -> LabelBatch:
     return LabelBatch(
         {q: v.to(device) for q, v in labels.values.items()},

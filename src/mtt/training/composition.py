@@ -14,7 +14,7 @@ import torch
 from ..data.dataset import LabelledDataset
 from ..errors import MttError
 from ..units import conversion
-from .batches import label_key, model_data, quantity_kind
+from .batches import batch_to, label_key, model_data, quantity_kind
 
 
 def composition_matrix(dataset: LabelledDataset, atomic_types: List[int]) -> np.ndarray:
@@ -46,7 +46,7 @@ def interaction_energies(
             for start in range(0, len(dataset), batch_size):
                 indices = range(start, min(start + batch_size, len(dataset)))
                 graph = model.collate_fn([model_data(model, dataset, i) for i in indices])
-                graph = type(graph)(*[t.to(device) for t in graph])
+                graph = batch_to(graph, device)
                 species = model.type_to_index[graph.types]
                 raw, _ = model.per_atom_energies_and_direct(graph, species, False)
                 per_atom = raw[:, columns] * scale.to(raw.dtype)

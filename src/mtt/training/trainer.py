@@ -31,6 +31,7 @@ from . import distributed
 from .batches import (
     LabelBatch,
     PreparedSet,
+    batch_to,
     label_key,
     quantity_kind,
     refuse_isolated_atoms,
@@ -162,7 +163,7 @@ class Trainer(TrainerInterface):
         val = PreparedSet(val_datasets[0], model, quantities) if val_datasets else None
         if self.epoch == 0 and not self.pretrained_targets:
             model.fit_statistics(
-                _batch_to(batch, device)
+                batch_to(batch, device)
                 for batch, _ in train.batches(list(range(len(train))), self.hypers.batch_size)
             )
         distributed.broadcast_state(model, self.world)  # every process starts from the same model
@@ -264,7 +265,7 @@ class Trainer(TrainerInterface):
             # this process's part of the batch's loss (zero when it has no structure in it)
             value = torch.zeros((), dtype=torch.float64, device=device)
             if batch is not None:
-                batch = _batch_to(batch, device)
+                batch = batch_to(batch, device)
                 labels = to_device(labels, device)
                 if training:
                     batch, labels = self.augment(batch, labels, generator)
@@ -595,12 +596,6 @@ def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) ->
             " has" if len(larger) == 1 else "s have",
             max(larger),
         )
-
-
-def _batch_to(batch, device):
-    if hasattr(batch, "_replace"):  # the default Graph (a NamedTuple of tensors)
-        return type(batch)(*[t.to(device) for t in batch])
-    return batch.to(device) if hasattr(batch, "to") else batch
 
 
 def metric_name(quantity: str, per_atom: bool) -> str:
