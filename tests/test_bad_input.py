@@ -599,6 +599,26 @@ def test_export_truncated_checkpoint(work, capsys, trained):
     assert "earlier outputs/<run>/checkpoints/epoch_<n>.ckpt" in message
 
 
+def test_eval_of_a_truncated_model(work, capsys, trained):
+    """An unfinished copy of model.pt: the fix is copying or exporting again, not torch's
+    paragraph about corrupted checkpoints."""
+    content = Path(trained["model"]).read_bytes()
+    Path("half.pt").write_bytes(content[: len(content) // 2])
+    ase.io.write("test.xyz", ethanol(1))
+    message = fail(capsys, "eval", "half.pt", "test.xyz")
+    assert message.startswith("'half.pt' is truncated or damaged")
+    assert "export it again with 'mtt export" in message and "\n" not in message
+
+
+def test_export_of_something_else_saved_by_torch(work, capsys):
+    torch.save({"a": 1}, "plain.ckpt")
+    message = fail(capsys, "export", "plain.ckpt")
+    assert message == (
+        "'plain.ckpt' is not an mtt checkpoint; give a .ckpt file written by 'mtt train' "
+        "(outputs/<run>/model.ckpt)"
+    )
+
+
 def test_export_of_the_intact_checkpoint_works(work, capsys, trained):
     """The control: the checks above do not refuse what mtt itself wrote."""
     status, problems = run(capsys, "export", trained["checkpoint"], "-o", "exported.pt")

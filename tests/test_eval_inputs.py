@@ -174,6 +174,31 @@ def test_predictions_keep_the_structures_own_labels(tmp_path):
     np.testing.assert_array_equal(read.arrays["charges_ref"], [0.4, 0.4, -0.8])
 
 
+def test_predictions_keep_the_labels_ase_read_as_calculator_results(tmp_path):
+    """An extxyz file's energy, forces and stress are read by ASE as calculator results; the
+    predictions take the calculator, and the labels stay next to them as <key>_label."""
+    import ase
+    import ase.io
+    import numpy as np
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mtt.evaluate import write_predictions
+
+    atoms = ase.Atoms("Si2", positions=[[0, 0, 0], [1.3, 1.3, 1.3]], cell=[4, 4, 4], pbc=True)
+    forces = np.arange(6.0).reshape(2, 3)
+    stress = np.array([1.0, 2.0, 3.0, 0.1, 0.2, 0.3])
+    atoms.calc = SinglePointCalculator(atoms, energy=-9.5, forces=forces, stress=stress)
+    ase.io.write(tmp_path / "labels.xyz", atoms)
+    (labelled,) = ase.io.read(tmp_path / "labels.xyz", ":")
+    prediction = {"energy": np.array(-9.0), "forces": np.zeros((2, 3)), "stress": np.zeros(6)}
+    write_predictions(str(tmp_path / "p.xyz"), [labelled], [prediction])
+    (read,) = ase.io.read(tmp_path / "p.xyz", ":")
+    assert read.get_potential_energy() == -9.0 and not read.get_stress().any()
+    assert float(read.info["energy_label"]) == -9.5
+    np.testing.assert_array_equal(read.arrays["forces_label"], forces)
+    np.testing.assert_array_equal(np.ravel(read.info["stress_label"]), stress)
+
+
 def test_extensions_directory_that_does_not_exist(work, capsys, trained):
     message = fail(capsys, "eval", trained["model"], "train.xyz", "-e", "nowhere")
     assert message == "extensions directory not found: 'nowhere'"

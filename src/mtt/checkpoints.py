@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .errors import MttError
-from .io import atomic_path
+from .io import atomic_path, is_truncated_archive
 
 FORMAT = "mtt-checkpoint"
 
@@ -67,7 +67,7 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             "values, so nothing in it was run; only load checkpoints written by 'mtt train'"
         ) from None
     except Exception as error:
-        if _is_truncated_archive(path):
+        if is_truncated_archive(path):
             raise MttError(
                 f"{path!r} is truncated or damaged (a checkpoint archive without its end, e.g. "
                 "an unfinished copy); copy it again, or use another checkpoint such as an "
@@ -80,8 +80,8 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise MttError(
-            f"{path!r} is not an mtt checkpoint (a .ckpt written by 'mtt train'); an exported "
-            "model.pt cannot be used as a checkpoint"
+            f"{path!r} is not an mtt checkpoint; give a .ckpt file written by 'mtt train' "
+            "(outputs/<run>/model.ckpt)"
         )
     return checkpoint
 
@@ -96,13 +96,6 @@ def _is_exported_model(path: str) -> bool:
             return any(name.split("/")[-1] == "constants.pkl" for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
-
-
-def _is_truncated_archive(path: str) -> bool:
-    """Whether ``path`` starts like torch's zip archives but lacks the directory at its end."""
-    with open(path, "rb") as file:
-        start = file.read(4)
-    return start == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def _unpickling_reason(error: Exception) -> str:

@@ -610,7 +610,7 @@ class EnergyModel(ModelInterface):
         extra.update(architecture=self.__architecture__, mtt_version=__version__)
         extra[METADATA_KEY] = verification_metadata(model)
         merged = ModelMetadata(
-            merged.name or f"mtt {self.__architecture__} model",
+            merged.name or f"mtt {self.__architecture__}",  # printed as "This is the <name> model"
             merged.description,
             merged.authors,
             merged.references,

@@ -18,9 +18,10 @@ from metatomic.torch import ModelEvaluationOptions, ModelOutput, System, load_at
 
 from .data.graph import MIN_DISTANCE, check_distances
 from .data.neighbors import attach_neighbor_lists, neighbor_pairs
+from .data.reading import is_per_atom_result
 from .errors import MttError
 from .gradients import symmetric
-from .io import atomic_path
+from .io import atomic_path, is_truncated_archive
 from .units import conversion
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -45,8 +46,14 @@ def load_model(path: str, extensions_directory: Optional[str] = None):
                 "are not loaded; give their directory with -e/--extensions-dir (metatrain "
                 f"exports them to 'extensions/' next to its model){hint}"
             ) from None
+        if is_truncated_archive(path):
+            raise MttError(
+                f"{path!r} is truncated or damaged (a model archive without its end, e.g. an "
+                "unfinished copy); copy it again, or export it again with 'mtt export "
+                "outputs/<run>/model.ckpt'"
+            ) from None
         raise MttError(
-            f"could not load {path!r} as a metatomic model: {first}; export one "
+            f"could not load {path!r} as a metatomic model: {first[:200]}; export one "
             "with 'mtt export model.ckpt'"
         ) from None
 
@@ -273,14 +280,16 @@ def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
     outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
     ``arrays`` (per atom). The structure's own ``info`` and ``arrays`` (labels such as
     ``U0`` or ``REF_energy``) are kept next to the predictions; one whose key a prediction
-    takes is kept as ``<key>_label`` (``mu`` of QM9 next to the predicted ``mtt::mu``); its
-    calculator results (the labelled energy, forces and stress) give way to the predicted
-    ones."""
+    takes is kept as ``<key>_label`` (``mu`` of QM9 next to the predicted ``mtt::mu``). Its
+    calculator results (where ASE puts an extxyz file's ``energy``, ``forces`` and
+    ``stress``) are labels too, and are kept as ``<key>_label``: the calculator's place is
+    the predictions'."""
     copy = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     copy.info.update(atoms.info)
     for key, values in atoms.arrays.items():
         if key not in copy.arrays:
             copy.arrays[key] = values.copy()
+    _keep_calculator_labels(copy, atoms)
     if "energy" in prediction:
         results = {"energy": float(prediction["energy"]), "forces": prediction["forces"]}
         if "stress" in prediction:
@@ -296,6 +305,19 @@ def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
         else:
             copy.info[key] = np.ravel(value)
     return copy
+
+
+def _keep_calculator_labels(copy: ase.Atoms, atoms: ase.Atoms) -> None:
+    """``atoms``' calculator results as ``<key>_label`` in ``copy``'s ``info`` or ``arrays``
+    (a key already there is the structure's own and stays)."""
+    for key, value in (getattr(atoms.calc, "results", None) or {}).items():
+        name = f"{key}_label"
+        if name in copy.info or name in copy.arrays:
+            continue
+        if is_per_atom_result(key, value, len(atoms)):
+            copy.arrays[name] = np.array(value).reshape(len(atoms), -1)
+        else:
+            copy.info[name] = value.copy() if isinstance(value, np.ndarray) else value
 
 
 def _keep_as_label(atoms: ase.Atoms, key: str) -> None:

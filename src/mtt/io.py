@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -82,3 +83,11 @@ def _check_writable(path: str) -> None:
         raise MttError(
             f"cannot write {path!r}: {error.strerror or error} in {directory!r}"
         ) from None
+
+
+def is_truncated_archive(path: str) -> bool:
+    """Whether ``path`` starts like torch's zip archives (checkpoints, exported models) but
+    lacks the directory at its end: an unfinished copy or download."""
+    with open(path, "rb") as file:
+        start = file.read(4)
+    return start == b"PK\x03\x04" and not zipfile.is_zipfile(path)

@@ -15,8 +15,10 @@ energy *detached* plus a zero-valued term whose gradient is that vector gradient
 The second term is exactly zero, and its derivative with respect to anything upstream of the
 edge vectors ``r_e`` (positions, cell, the engine's strain) is ``g_e`` chained through
 ``dr_e/d(...)``: the same first derivatives as the full graph, to rounding. Only *first*
-derivatives are right: the term is linear, so second derivatives through it (an autograd
-Hessian) are zero. ``mtt export --second-derivatives`` keeps the full graph for them.
+derivatives are right: the term is linear in ``r_e``, so forces built from it are constants to
+autograd (an autograd Hessian fails with "element 0 of tensors does not require grad") and
+derivatives of the stress, which holds ``r_e`` itself, miss every term through ``g_e``.
+``mtt export --second-derivatives`` keeps the full graph for them.
 
 One such term is built per system and per energy target, so any combination of systems and
 targets the engine differentiates is exact; per-atom energy outputs (whose gradients would

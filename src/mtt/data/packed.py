@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import MttError
 from ..version import __version__
-from .reading import _as_numbers, check_reader, check_structure, read_as
+from .reading import _as_numbers, check_reader, check_structure, is_per_atom_result, read_as
 
 FORMAT = "mtt-packed"
 VERSION = 1
@@ -130,7 +130,7 @@ def _frame_labels(atoms: ase.Atoms) -> Dict[Tuple[str, bool], np.ndarray]:
     per_structure = dict(atoms.info)
     per_atom = {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}
     for key, value in results.items():
-        if _is_per_atom_result(key, value, len(atoms)):
+        if is_per_atom_result(key, value, len(atoms)):
             per_atom.setdefault(key, value)
         else:
             per_structure.setdefault(key, value)
@@ -141,14 +141,6 @@ def _frame_labels(atoms: ase.Atoms) -> Dict[Tuple[str, bool], np.ndarray]:
             if numbers is not None:
                 found[(key, atom)] = numbers
     return found
-
-
-def _is_per_atom_result(key: str, value, n_atoms: int) -> bool:
-    known = ase.outputs.all_outputs.get(key)
-    if known is not None:
-        return bool(getattr(known, "shapespec", ())[:1] == ("natoms",))
-    shape = np.shape(value)
-    return len(shape) >= 2 and shape[0] == n_atoms
 
 
 class _Packer:

@@ -110,6 +110,16 @@ def _calculator_results(atoms: ase.Atoms) -> Dict[str, object]:
     return dict(results) if results else {}
 
 
+def is_per_atom_result(key: str, value, n_atoms: int) -> bool:
+    """Whether a calculator result holds one row per atom (ASE's own outputs say so; others
+    by their shape)."""
+    known = ase.outputs.all_outputs.get(key)
+    if known is not None:
+        return bool(getattr(known, "shapespec", ())[:1] == ("natoms",))
+    shape = np.shape(value)
+    return len(shape) >= 2 and shape[0] == n_atoms
+
+
 def lookup(
     atoms: ase.Atoms,
     key: str,

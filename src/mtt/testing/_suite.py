@@ -500,6 +500,8 @@ class ArchitectureTests:
         path = str(tmp_path / "model.pt")
         save_model(model.export(), path)
         loaded = load_atomistic_model(path)
+        title = str(loaded.metadata()).splitlines()[0]  # metatomic's words around the name
+        assert title == f"This is the mtt {model.__architecture__} model"
         stored = json.loads(loaded.metadata().extra[METADATA_KEY])
         assert verify(loaded, stored, loaded.capabilities().dtype) == []
         stored["structures"][1]["forces"][0][0] += 1e-2
