@@ -79,6 +79,42 @@ def test_pack_round_trip_equals_the_ase_frames(tmp_path, data_dir):
     assert_same_data(dataset(str(tmp_path / "ethanol"), targets), dataset(files[0], targets))
 
 
+def test_a_pack_takes_the_options_a_file_takes(tmp_path, data_dir):
+    """An explicit virial key with the default stress (absent from carbon) reads the virial,
+    as from the file: the default stress was required in a pack because both give the
+    quantity 'energy/stress'."""
+    carbon = os.path.join(data_dir, CARBON)
+    pack([carbon], tmp_path / "carbon")
+    targets = {"energy": {"forces": "force", "virial": {"key": "virial"}}}
+    packed = dataset(str(tmp_path / "carbon"), targets)
+    assert packed.targets["energy"].stress
+    assert_same_data(packed, dataset(carbon, targets))
+
+
+def carbon_with_stress(tmp_path, data_dir, sign):
+    """Carbon frames (a virial, no stress) given a stress ``sign`` * -virial / volume (right
+    for +1) under 'stress'."""
+    frames = ase.io.read(os.path.join(data_dir, CARBON), ":10")
+    for atoms in frames:
+        virial = np.asarray(atoms.info["virial"]).reshape(3, 3)
+        atoms.info["stress"] = -sign * virial / atoms.get_volume()
+    ase.io.write(tmp_path / "c.xyz", frames)
+    pack([str(tmp_path / "c.xyz")], tmp_path / "c", overwrite=True)
+    return str(tmp_path / "c.xyz"), str(tmp_path / "c")
+
+
+@pytest.mark.parametrize("source", ["file", "pack"])
+def test_a_virial_that_disagrees_with_the_stress_is_refused_in_a_pack_too(
+    tmp_path, data_dir, source
+):
+    targets = {"energy": {"forces": "force", "virial": {"key": "virial"}}}
+    xyz, packed = carbon_with_stress(tmp_path, data_dir, sign=-1.0)
+    with pytest.raises(MttError, match=r"^virial 'virial' of structure 0 of .* disagrees"):
+        dataset(xyz if source == "file" else packed, targets)
+    xyz, packed = carbon_with_stress(tmp_path, data_dir, sign=1.0)
+    assert dataset(xyz if source == "file" else packed, targets).targets["energy"].stress
+
+
 def test_labels_missing_in_some_structures_stay_masked(tmp_path, data_dir):
     """A key absent from some structures is masked there (not dropped, not zero); a key whose
     shape changes between structures is not a label and is left out, with the reason."""
@@ -288,3 +324,23 @@ def test_unit_conversion_of_a_pack_applies_as_labels_are_read(tmp_path, data_dir
     for key in ("energy", "energy/forces"):
         np.testing.assert_array_equal(after[key], 0.5 * before[key])
         np.testing.assert_array_equal(subset[key], after[key])
+
+
+def test_streamed_evaluation_refuses_a_virial_that_disagrees_with_the_stress(tmp_path, data_dir):
+    """``mtt eval`` of a file reads labels one structure at a time: a stress and a virial that
+    disagree are refused there as in training, not scored against whichever came last."""
+    from mtt.data.dataset import _specs
+    from mtt.data.lazy import stream_labelled
+    from mtt.data.packed import stream_structures
+
+    options = parse(DatasetOptions, {"systems": "c.xyz", "targets": CARBON_TARGETS})
+    options.targets["energy"].stress = True
+    specs = _specs(options.targets, "eval")
+    for sign, fails in ((-1.0, True), (1.0, False)):
+        xyz, _ = carbon_with_stress(tmp_path, data_dir, sign)
+        labelled = stream_labelled(stream_structures(xyz), specs, xyz, "eval")
+        if fails:
+            with pytest.raises(MttError, match=r"^virial 'virial' of structure 0 .* disagrees"):
+                next(labelled)
+        else:
+            assert len([labels["energy/stress"] for _, labels in labelled]) == 10

@@ -330,24 +330,19 @@ def _require_labels(path: str, reader: Optional[str], specs, hint: str) -> None:
     from ..data.packed import stream_structures
     from ..data.reading import available_keys, lookup
 
-    missing = {}
+    missing = []  # (spec, quantity): stress and virial share a name, so a list
     for spec in specs:
-        _, quantities, required = resolve(spec, "eval")
-        for quantity in quantities:
-            if quantity.name == spec.name or quantity.name in required:
-                missing[quantity.name] = (spec, quantity)
+        missing += [(spec, q) for q in resolve(spec, "eval")[1] if q.required]
     seen = []
     for _, atoms in stream_structures(path, reader, hint):
         if len(seen) < 20:
             seen.append(atoms)
-        for name, (_, quantity) in list(missing.items()):
-            if lookup(atoms, quantity.key, quantity.per_atom) is not None:
-                del missing[name]
+        missing = [(spec, q) for spec, q in missing if lookup(atoms, q.key, q.per_atom) is None]
         if not missing:
             return
-    for name, (spec, quantity) in missing.items():
+    for spec, quantity in missing:
         keys = available_keys(seen, quantity.per_atom)
-        setting = "key" if name == spec.name else name.rsplit("/", 1)[1]
+        setting = "key" if quantity.name == spec.name else quantity.what.split()[0]
         raise MttError(
             f"no structure of {path!r} has {quantity.what}; keys found: {keys}; set "
             f"'targets.{spec.name}.{setting}' to the right key"

@@ -14,7 +14,7 @@ import ase
 import numpy as np
 
 from ..errors import MttError
-from .dataset import LabelledDataset, Labels, _as_matrix, _check_finite
+from .dataset import LabelledDataset, Labels, _as_matrix, _check_finite, _check_same_stress
 from .packed import PackedArrays, open_arrays
 from .reading import lookup
 from .targets import TargetInfo, TargetSpec
@@ -34,6 +34,7 @@ class Quantity:
     per_atom: bool
     convert: Convert
     what: str  # e.g. "forces 'forces'", for error messages
+    required: bool = False  # the options name it: an error if no structure has it
 
     def read(self, value: Optional[np.ndarray], n: int, pbc, cell, where: str):
         """The label of one structure from its stored ``value`` (``None`` if it has none)."""
@@ -82,8 +83,9 @@ def _generic(info: TargetInfo) -> Convert:
     return convert
 
 
-def resolve(spec: TargetSpec, where: str) -> Tuple[TargetInfo, List[Quantity], List[str]]:
-    """The target of ``spec``, the quantities it reads, and which of them must be present."""
+def resolve(spec: TargetSpec, where: str) -> Tuple[TargetInfo, List[Quantity]]:
+    """The target of ``spec`` and the quantities it reads (the target's own value first,
+    which is always required)."""
     options = spec.options
     key_where = f"{where}.targets.{spec.name}"
     sources = [(options.read_from, key_where)] + [
@@ -98,18 +100,18 @@ def resolve(spec: TargetSpec, where: str) -> Tuple[TargetInfo, List[Quantity], L
     if spec.kind == "generic":
         info = spec.generic_info()
         what = f"{spec.name} ({spec.key!r})"
-        return info, [Quantity(spec.name, spec.key, options.per_atom, _generic(info), what)], []
+        generic = Quantity(spec.name, spec.key, options.per_atom, _generic(info), what, True)
+        return info, [generic]
     info = TargetInfo(spec.name, spec.unit, description=options.description)
-    quantities = [Quantity(spec.name, spec.key, False, _energy, f"energy {spec.key!r}")]
-    required = []
+    quantities = [Quantity(spec.name, spec.key, False, _energy, f"energy {spec.key!r}", True)]
     converts = {"forces": _forces, "stress": _stress, "virial": _virial}
     for kind, gradient in spec.gradients.items():
         name = f"{spec.name}/{'forces' if kind == 'forces' else 'stress'}"
         what = f"{kind} {gradient.key!r}"
-        quantities.append(Quantity(name, gradient.key, kind == "forces", converts[kind], what))
-        if gradient.required:
-            required.append(name)
-    return info, quantities, required
+        quantities.append(
+            Quantity(name, gradient.key, kind == "forces", converts[kind], what, gradient.required)
+        )
+    return info, quantities
 
 
 class PackedDataset(LabelledDataset):
@@ -210,18 +212,45 @@ def open_packed(
     arrays = open_arrays(path)
     quantities, targets = [], {}
     for spec in specs:
-        info, wanted, required = resolve(spec, where)
+        info, wanted = resolve(spec, where)
         key_where = f"{where}.targets.{spec.name}"
+        found = []
         for quantity in wanted:
             count = _check_quantity(arrays, quantity, path, key_where)
-            if count == 0 and (quantity.name == spec.name or quantity.name in required):
+            if count == 0 and quantity.required:
                 raise _missing(arrays, quantity, spec, path, key_where)
             if count:
-                quantities.append(quantity)
+                found.append(quantity)
                 info.forces = info.forces or quantity.name.endswith("/forces")
                 info.stress = info.stress or quantity.name.endswith("/stress")
+        _check_same_stresses(arrays, found, path, key_where)
+        quantities += found
         targets[spec.name] = info
     return PackedDataset(arrays, quantities, targets, length_unit, where)
+
+
+def _check_same_stresses(arrays: PackedArrays, quantities, path: str, where: str) -> None:
+    """Structures with both a stress and a virial must say the same, as in a file
+    (:func:`mtt.data.dataset._check_same_stress`): checked once, over the whole pack."""
+    stress = [q for q in quantities if q.convert is _stress]
+    virial = [q for q in quantities if q.convert is _virial]
+    if not stress or not virial:
+        return
+    (entry_s, values_s, mask_s), (entry_v, values_v, mask_v) = (
+        arrays.labels[(q[0].key, False)] for q in (stress, virial)
+    )
+    both = np.flatnonzero(np.asarray(mask_s) & np.asarray(mask_v) & arrays.pbc.all(axis=1))
+    for block in chunks(both):
+        for i in block:  # 3x3 matrices: the Python loop is cheap next to reading the pack
+            i = int(i)
+            what = f"{virial[0].what} of structure {i} of {path!r}"
+            cell = arrays.cells[i]
+            _check_same_stress(
+                _stress(np.array(values_s[i]), 0, arrays.pbc[i], cell, what),
+                _virial(np.array(values_v[i]), 0, arrays.pbc[i], cell, what),
+                what,
+                f"{where}.virial",
+            )
 
 
 def _check_quantity(arrays: PackedArrays, quantity: Quantity, path: str, where: str) -> int:
@@ -264,7 +293,7 @@ def _missing(arrays, quantity, spec, path, where) -> MttError:
     kind = quantity.what.split()[0]
     return MttError(
         f"no structure of {path!r} has {kind} under the key {quantity.key!r}; keys found: "
-        f"{keys}; set '{where}.{kind}' to the right key, or to false to train without {kind}"
+        f"{keys}; set '{where}.{kind}' to the right key, or to false to leave {kind} out"
     )
 
 
@@ -273,15 +302,21 @@ def stream_labelled(
 ) -> Iterator[Tuple[ase.Atoms, Labels]]:
     """``(atoms, labels)`` of streamed frames, labels read as for a file (missing ones are
     simply absent): evaluation of files too large to read at once."""
-    quantities = [q for spec in specs for q in resolve(spec, where)[1]]
+    quantities = [
+        (q, f"{where}.targets.{spec.name}") for spec in specs for q in resolve(spec, where)[1]
+    ]
     for index, atoms in frames:
         labels = {}
-        for quantity in quantities:
+        for quantity, target in quantities:
             here = f"structure {index} of {source!r}"
             value = lookup(atoms, quantity.key, quantity.per_atom, here)
             label = quantity.read(value, len(atoms), atoms.pbc, atoms.cell[:], here)
-            if label is not None:
-                labels[quantity.name] = label
+            if label is None:
+                continue
+            if quantity.name in labels:  # stress and virial both read: they must agree
+                what = f"{quantity.what} of {here}"
+                _check_same_stress(labels[quantity.name], label, what, f"{target}.virial")
+            labels[quantity.name] = label
         yield atoms, labels
 
 
