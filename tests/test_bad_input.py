@@ -355,7 +355,12 @@ def test_directory_instead_of_structure_file(work, capsys):
     os.mkdir("data")
     write_options(options(training_set__systems="data"))
     message = train(capsys)
-    assert f"{str(work / 'data')!r} is a directory; give a structure file" in message
+    assert (
+        f"{str(work / 'data')!r} is a directory but not one written by 'mtt data pack'" in message
+    )
+    np.save("data/numbers.npy", np.ones(3, dtype=np.int32))  # a pack that lost its manifest
+    message = train(capsys)
+    assert "looks like a packed data set without its manifest.json (damaged, or not" in message
 
 
 def test_energy_key_missing_in_every_structure(work, capsys):
@@ -1086,7 +1091,10 @@ def test_a_key_missing_from_a_validation_file_names_the_training_sets_option(wor
     write_options(options(validation_set="val.xyz"))
     message = train(capsys)
     assert "set 'training_set.targets.energy.key' to the right one" in message
-    assert message.endswith("(validation_set is a file: it takes training_set's targets)")
+    assert message.endswith(
+        "(validation_set is a file, read with training_set's targets; if its keys differ, give "
+        "validation_set its own section with 'systems' and 'targets')"
+    )
 
 
 @pytest.mark.parametrize("factor", [1.0, 10.0])

@@ -8,6 +8,7 @@ damaged. Memory is measured in ``benchmarks/memory.py``, not here.
 import csv
 import json
 import os
+import shutil
 
 import ase
 import ase.io
@@ -126,6 +127,8 @@ def test_labels_missing_in_some_structures_stay_masked(tmp_path, data_dir):
         atoms.info["dipole"] = np.arange(3.0) + index
     manifest = pack_atoms(iter(frames), tmp_path / "pack")
     assert "note" in manifest["dropped_keys"]
+    with pytest.raises(MttError, match=r"^'note' was not packed in .* \(structure 1 of .* has "):
+        dataset(str(tmp_path / "pack"), {"energy": {}, "mtt::note": {}})
     data = dataset(
         str(tmp_path / "pack"), {"energy": {}, "mtt::dipole": {"type": {"cartesian": {"rank": 1}}}}
     )
@@ -214,6 +217,15 @@ def test_eval_streams_the_predictions_of_the_model(trained, data_dir, capsys):
     bare = str(tmp_path / "bare.xyz")
     assert main(["eval", models["xyz"], str(tmp_path / "ethanol"), "-o", bare]) == 0
     assert len(ase.io.read(bare, ":")) == 100 and not os.path.exists(tmp_path / "bare.png")
+    manifest = (tmp_path / "ethanol" / "manifest.json").read_text()
+    inside = str(tmp_path / "ethanol" / "manifest.json")
+    assert main(["eval", models["xyz"], str(tmp_path / "ethanol"), "-o", inside, "-f"]) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("which this command reads; write the output outside it")
+    )
+    assert (tmp_path / "ethanol" / "manifest.json").read_text() == manifest
 
 
 def test_parity_sample_is_bounded_and_reproducible():
@@ -264,6 +276,21 @@ def test_pack_never_overwrites_what_a_user_made(tmp_path, data_dir, capsys, monk
     assert main(["data", "pack", carbon, "-o", "data", "--overwrite"]) == 0
     assert open_arrays("data").manifest["atomic_types"] == [6]
 
+    # files a user put in a packed directory (here the very file being packed) are not
+    # deleted with it
+    shutil.copy(xyz, "data/mine.xyz")
+    (tmp_path / "data" / "labels" / "notes.txt").write_text("keep me")
+    message = fail(capsys, "data", "pack", "data/mine.xyz", "-o", "data", "--overwrite")
+    assert message == (
+        "'data' holds files 'mtt data pack' did not write ('labels/notes.txt', 'mine.xyz'), "
+        "which --overwrite would delete with the directory; move them out, or choose another "
+        "directory"
+    )
+    assert (tmp_path / "data" / "labels" / "notes.txt").read_text() == "keep me"
+    assert open_arrays("data").manifest["atomic_types"] == [6]
+    message = fail(capsys, "data", "pack", "data", "-o", "again")
+    assert message.startswith("'data' is already a packed data set: train or evaluate from it")
+
 
 def test_damaged_pack_is_a_clear_error(tmp_path, data_dir, capsys, monkeypatch):
     """A truncated manifest or array, or a newer format, is one line that says what to do."""
@@ -271,6 +298,8 @@ def test_damaged_pack_is_a_clear_error(tmp_path, data_dir, capsys, monkeypatch):
     assert main(["data", "pack", os.path.join(data_dir, ETHANOL), "-o", "data"]) == 0
     manifest = (tmp_path / "data" / "manifest.json").read_text()
 
+    message = fail(capsys, "data", "info", "nope")
+    assert message == "no such directory: 'nope'; give a directory written by 'mtt data pack'"
     (tmp_path / "data" / "manifest.json").write_text(manifest[: len(manifest) // 2])
     message = fail(capsys, "data", "info", "data")
     assert message.startswith("'data' is a damaged packed data set (manifest.json cannot be read")
@@ -282,6 +311,23 @@ def test_damaged_pack_is_a_clear_error(tmp_path, data_dir, capsys, monkeypatch):
     assert message.startswith("'data' was packed in format version 99, but this mtt reads")
 
     (tmp_path / "data" / "manifest.json").write_text(manifest)
+    for name, edit, expected in (
+        (
+            "numbers",
+            lambda a: a.__setitem__(5, 200),
+            "numbers.npy gives atom 5 the atomic "
+            "number 200, which the manifest's elements [1, 6, 8] do not have",
+        ),
+        ("offsets", lambda a: a.__setitem__(4, a[6]), "offsets.npy does not split the atoms"),
+    ):
+        original = np.load(tmp_path / "data" / f"{name}.npy")
+        edited = original.copy()
+        edit(edited)
+        np.save(tmp_path / "data" / f"{name}.npy", edited)
+        message = fail(capsys, "data", "info", "data")
+        assert message.startswith(f"'data' is a damaged packed data set ({expected}")
+        np.save(tmp_path / "data" / f"{name}.npy", original)
+
     positions = tmp_path / "data" / "positions.npy"
     positions.write_bytes(positions.read_bytes()[:1000])
     with pytest.raises(MttError, match=r"damaged packed data set \(positions.npy: "):

@@ -60,12 +60,21 @@ def refuse_overwrite(
 
 
 def refuse_input_as_output(path: str, inputs: Sequence[str]) -> None:
-    """The output of a command is never a file it reads, even with ``--force``."""
+    """The output of a command is never a file it reads, nor inside a directory it reads (a
+    packed data set), even with ``--force``."""
     for source in inputs:
         if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise MttError(
                 f"{path!r} is the file this command reads; write the output to another path"
             )
+        if os.path.isdir(source):
+            inside = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+            top = os.path.realpath(source)
+            if os.path.commonpath([inside, top]) == top:
+                raise MttError(
+                    f"{path!r} is inside {source!r}, which this command reads; write the "
+                    "output outside it"
+                )
 
 
 def _check_writable(path: str) -> None:

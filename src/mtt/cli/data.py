@@ -10,6 +10,7 @@ targets.
 
 import argparse
 import logging
+import os
 import sys
 
 HELP = "pack structure files for training with constant memory, or describe a pack"
@@ -83,6 +84,8 @@ def _info(path: str) -> None:
     from ..data.packed import is_packed, open_arrays
     from ..errors import MttError
 
+    if not os.path.exists(path):
+        raise MttError(f"no such directory: {path!r}; give a directory written by 'mtt data pack'")
     if not is_packed(path):
         raise MttError(f"{path!r} is not a directory written by 'mtt data pack'")
     arrays = open_arrays(path)  # checks the manifest against the arrays

@@ -101,13 +101,14 @@ def run(args: argparse.Namespace) -> None:
     }
     units.update({name: outputs[name].unit for name in generic})
     for name, values in result.errors.items():
+        unit = f" {units[name]}" if units[name] else ""  # generic targets may have none
         LOGGER.info(
-            "%s: RMSE %.5g %s, MAE %.5g %s (%d structures)",
+            "%s: RMSE %.5g%s, MAE %.5g%s (%d structures)",
             name,
             values["rmse"],
-            units[name],
+            unit,
             values["mae"],
-            units[name],
+            unit,
             values["count"],
         )
     if data.labelled and not result.errors:

@@ -75,7 +75,7 @@ def _generic(info: TargetInfo) -> Convert:
             raise MttError(
                 f"{what} has {value.size} numbers, expected {expected} "
                 f"({'per atom, ' if info.per_atom else ''}{info.num_subtargets} x "
-                f"{info.components})"
+                f"{info.components}); check the target's 'type' and 'num_subtargets'"
             )
         shaped = value.reshape(rows, info.num_subtargets, info.components)
         return np.ascontiguousarray(shaped.transpose(0, 2, 1))
@@ -278,6 +278,12 @@ def _check_quantity(arrays: PackedArrays, quantity: Quantity, path: str, where: 
 
 
 def _missing(arrays, quantity, spec, path, where) -> MttError:
+    why = arrays.manifest.get("dropped_keys", {}).get(quantity.key)
+    if why is not None:
+        return MttError(
+            f"{quantity.key!r} was not packed in {path!r} ({why}): give it one shape in every "
+            "structure and pack the files again"
+        )
     keys = arrays.keys(quantity.per_atom)
     if quantity.name == spec.name and spec.kind == "energy":
         return MttError(

@@ -24,6 +24,7 @@ the model's cutoff, and vesin computes them per batch in a small fraction of a t
 
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -38,7 +39,14 @@ import numpy as np
 
 from ..errors import MttError
 from ..version import __version__
-from .reading import _as_numbers, check_reader, check_structure, is_per_atom_result, read_as
+from .reading import (
+    _as_numbers,
+    check_reader,
+    check_structure,
+    directory_error,
+    is_per_atom_result,
+    read_as,
+)
 
 FORMAT = "mtt-packed"
 VERSION = 1
@@ -229,6 +237,13 @@ def pack(
     all; an existing one is replaced only with ``overwrite``, and only if it is a packed one.
     ``progress`` is called with the number of structures packed so far."""
     for path in paths:
+        if is_packed(path):
+            raise MttError(
+                f"{path!r} is already a packed data set: train or evaluate from it directly "
+                "('read_from' or 'systems' can name the directory)"
+            )
+        if os.path.isdir(path):
+            raise MttError(f"{path!r} is a directory; give the structure files to pack")
         if not os.path.isfile(path):
             raise MttError(f"file not found: {path!r}")
 
@@ -312,6 +327,37 @@ def _check_output(output: str, overwrite: bool) -> None:
             f"{output!r} exists and is not a packed data set; --overwrite only replaces "
             "directories written by 'mtt data pack', so remove it yourself or choose another"
         )
+    foreign = _foreign_files(output)
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise MttError(
+            f"{output!r} holds files 'mtt data pack' did not write ({shown}{more}), which "
+            "--overwrite would delete with the directory; move them out, or choose another "
+            "directory"
+        )
+
+
+_ARRAY_FILES = {MANIFEST} | {
+    f"{name}.npy" for name in ("numbers", "positions", "cells", "pbc", "offsets")
+}
+_LABEL_FILE = re.compile(r"\d+(\.mask)?\.npy")
+
+
+def _foreign_files(root: str) -> List[str]:
+    """Files under the packed directory ``root`` that are not part of a pack's layout (a
+    user's notes, or the very file being packed again), relative to ``root``."""
+    foreign = []
+    for directory, _, files in os.walk(root):
+        relative = os.path.relpath(directory, root)
+        for name in files:
+            if relative == ".":
+                ours = name in _ARRAY_FILES
+            else:
+                ours = relative == "labels" and _LABEL_FILE.fullmatch(name) is not None
+            if not ours:
+                foreign.append(os.path.normpath(os.path.join(relative, name)))
+    return sorted(foreign)
 
 
 def _replace(tmp: str, output: str) -> None:
@@ -341,10 +387,7 @@ def stream_structures(
             "directory of the options file)"
         )
     if os.path.isdir(path):
-        raise MttError(
-            f"{path!r} is a directory but not one written by 'mtt data pack'; give a "
-            "structure file (e.g. an .xyz file) or a packed directory"
-        )
+        raise directory_error(path)
     count = 0
     for index, atoms in _stream(path, reader, format_hint):
         check_structure(atoms, f"structure {index} of {path!r}")
@@ -432,7 +475,28 @@ def open_arrays(path: str) -> PackedArrays:
             _map(path, entry["file"], spec),
             _map(path, entry["mask"], mask),
         )
+    _check_structures(path, manifest, arrays["offsets"], arrays["numbers"])
     return PackedArrays(path, manifest, labels=labels, **arrays)
+
+
+def _check_structures(path: str, manifest: dict, offsets: np.ndarray, numbers: np.ndarray):
+    """The arrays agree with each other and with the manifest (each structure's atoms in
+    order, elements among the manifest's): an array edited or copied over from another pack
+    would otherwise surface as an index error deep in training."""
+    offsets = np.asarray(offsets)
+    if offsets[0] != 0 or offsets[-1] != manifest["atoms"] or (np.diff(offsets) < 1).any():
+        raise _damaged(path, "offsets.npy does not split the atoms into structures in order")
+    known = np.asarray(manifest.get("atomic_types", []), dtype=np.int64)
+    for start in range(0, len(numbers), 1 << 22):
+        chunk = np.asarray(numbers[start : start + (1 << 22)])
+        unknown = ~np.isin(chunk, known)
+        if unknown.any():
+            atom = start + int(np.argmax(unknown))
+            raise _damaged(
+                path,
+                f"numbers.npy gives atom {atom} the atomic number {int(numbers[atom])}, "
+                f"which the manifest's elements {known.tolist()} do not have",
+            )
 
 
 def _damaged(path: str, what: str) -> MttError:

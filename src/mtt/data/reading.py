@@ -30,7 +30,7 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
             "directory of options.yaml)"
         )
     if os.path.isdir(path):
-        raise MttError(f"{path!r} is a directory; give a structure file (e.g. an .xyz file)")
+        raise directory_error(path)
     if reader == "ase":  # metatrain's name for "read with ASE, format from the file name"
         reader = None
     check_reader(reader)
@@ -47,6 +47,20 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
     if len(frames) == 0:
         raise MttError(f"{path!r} holds no structures{read_as(path, reader)}")
     return list(frames)
+
+
+def directory_error(path: str) -> MttError:
+    """What to say about a directory given where structures are read (a packed one, with its
+    manifest, is read before this is reached)."""
+    if any(os.path.exists(os.path.join(path, name)) for name in ("numbers.npy", "labels")):
+        return MttError(
+            f"{path!r} looks like a packed data set without its manifest.json (damaged, or "
+            "not finished); remove it and pack the files again with 'mtt data pack'"
+        )
+    return MttError(
+        f"{path!r} is a directory but not one written by 'mtt data pack'; give a structure "
+        "file (e.g. an .xyz file) or a packed directory"
+    )
 
 
 def check_reader(reader: Optional[str]) -> None:

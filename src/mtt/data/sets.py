@@ -56,7 +56,11 @@ def _load_other(value, options: Options, base_dir: str, name: str) -> LabelledDa
         message = str(error).replace(f"'{name}.targets.", "'training_set.targets.")
         if not isinstance(value, str) or message == str(error):
             raise
-        raise MttError(f"{message} ({name} is a file: it takes training_set's targets)") from None
+        what = "a packed directory" if os.path.isdir(os.path.join(base_dir, value)) else "a file"
+        raise MttError(
+            f"{message} ({name} is {what}, read with training_set's targets; if its keys "
+            f"differ, give {name} its own section with 'systems' and 'targets')"
+        ) from None
 
 
 def _like_training(value: Union[str, DatasetOptions], options: Options) -> DatasetOptions:

@@ -632,5 +632,5 @@ def _format_row(row: Dict[str, float], model) -> str:
             unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
             if unit.lower().startswith("ev"):  # what users read: meV/atom, meV/angstrom
                 value, unit = 1000 * value, "m" + unit
-            parts.append(f"{quantity} RMSE {value:.4g} {unit}")
+            parts.append(f"{quantity} RMSE {value:.4g} {unit}".rstrip())
     return " | ".join(parts)
