@@ -135,6 +135,20 @@ def test_gradients_of_a_generic_target_are_refused_in_any_form(key, value):
     ]
 
 
+@pytest.mark.parametrize(
+    "name, target, why",
+    [
+        ("energy", {"reduction": "mean"}, "energies are sums"),
+        ("mtt::q", {"per_atom": True, "reduction": "max"}, "per-atom targets are not reduced"),
+    ],
+)
+def test_a_reduction_that_would_be_ignored_is_refused(name, target, why):
+    assert problems(with_target(name, target)) == [
+        f"option 'training_set.targets.{name}.reduction' is set, but {why}; remove it"
+    ]
+    validate_options(with_target(name, dict(target, reduction="sum")))  # the default: harmless
+
+
 def test_gradients_of_a_generic_target_may_be_false():
     validate_options(with_target("mtt::alpha", {"forces": False, "stress": False}))
 

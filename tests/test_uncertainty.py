@@ -189,3 +189,18 @@ def test_llpr_is_refused_up_front_for_architectures_without_last_layer_features(
     with pytest.raises(MttError, match="architecture.training.uncertainty"):
         mtt.train(options, output="pet.pt")
     assert not os.path.exists("pet.pt")
+
+
+def test_llpr_without_an_energy_target_is_refused_before_training(tmp_path, data_dir, monkeypatch):
+    """Uncertainties are those of energies: with only generic targets the run stopped after
+    its last epoch, leaving no model; now it stops before the first."""
+    monkeypatch.chdir(tmp_path)
+    frames = ase.io.read(os.path.join(data_dir, "qm9_reduced_100.xyz"), ":8")
+    ase.io.write(tmp_path / "qm9.xyz", frames)
+    options = json.loads(json.dumps(OPTIONS))
+    options["training_set"] = {"systems": "qm9.xyz", "targets": {"mtt::mu": {"unit": "D"}}}
+    options["architecture"]["training"].update(num_epochs=1, uncertainty="llpr")
+    with pytest.raises(MttError, match="^option 'architecture.training.uncertainty': 'llpr' gives"):
+        mtt.train(options, output="mu.pt", output_dir="runs")
+    assert not os.path.exists("mu.pt")
+    assert not [name for _, _, files in os.walk("runs") for name in files if ".ckpt" in name]

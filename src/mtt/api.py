@@ -386,6 +386,11 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
             f"option 'architecture.training.uncertainty': {options.architecture.name} does not "
             "offer last-layer features, so 'llpr' is not available for it; set it to 'none'"
         )
+    if trainer.hypers.uncertainty == "llpr" and not model.target_names:
+        raise MttError(
+            "option 'architecture.training.uncertainty': 'llpr' gives uncertainties of "
+            "energies, and these targets hold none; set it to 'none', or add an energy target"
+        )
     trainer.options = settings.expanded
     return Prepared((train_set, val_set, test_set), model, trainer, device, dtype)
 

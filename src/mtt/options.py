@@ -144,6 +144,12 @@ def raw_target_problems(raw: Any) -> List[str]:
                     "out for eV"
                 )
                 problems.append(f"option '{set_name}.targets.{name}.unit' is null: give {fix}")
+            where = f"option '{set_name}.targets.{name}.reduction' is set, but"
+            if isinstance(target, dict) and target.get("reduction", "sum") != "sum":
+                if not generic:
+                    problems.append(f"{where} energies are sums; remove it")
+                elif target.get("per_atom") is True:
+                    problems.append(f"{where} per-atom targets are not reduced; remove it")
             if not generic:
                 continue
             for key in ("forces", "stress", "virial"):
