@@ -199,6 +199,25 @@ def test_predictions_keep_the_labels_ase_read_as_calculator_results(tmp_path):
     np.testing.assert_array_equal(np.ravel(read.info["stress_label"]), stress)
 
 
+def test_generic_targets_named_like_the_calculator_results_are_written_beside_them(tmp_path):
+    """mtt::energy (a generic target, not the energy) went under 'energy' in info, which
+    extxyz refuses next to the calculator's energy: eval failed after predicting."""
+    import ase
+    import ase.io
+    import numpy as np
+
+    from mtt.evaluate import write_predictions
+
+    atoms = ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    prediction = {"energy": np.array(-1.0), "forces": np.zeros((2, 3))}
+    generic = {"mtt::energy": np.array([4.0]), "mtt::forces": np.ones((2, 1, 1))}
+    write_predictions(str(tmp_path / "p.xyz"), [atoms], [prediction], [generic])
+    (read,) = ase.io.read(tmp_path / "p.xyz", ":")
+    assert read.get_potential_energy() == -1.0
+    assert float(np.ravel(read.info["mtt_energy"])[0]) == 4.0
+    np.testing.assert_array_equal(np.ravel(read.arrays["mtt_forces"]), [1.0, 1.0])
+
+
 def test_extensions_directory_that_does_not_exist(work, capsys, trained):
     message = fail(capsys, "eval", trained["model"], "train.xyz", "-e", "nowhere")
     assert message == "extensions directory not found: 'nowhere'"

@@ -278,8 +278,10 @@ class ParitySample:
 def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
     """A copy of ``atoms`` with the energy predictions as its calculator results and generic
     outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
-    ``arrays`` (per atom). The structure's own ``info`` and ``arrays`` (labels such as
-    ``U0`` or ``REF_energy``) are kept next to the predictions; one whose key a prediction
+    ``arrays`` (per atom); ``mtt::energy``, ``mtt::forces`` and ``mtt::stress`` under
+    ``mtt_<name>``, since the calculator results hold the energy's. The structure's own
+    ``info`` and ``arrays`` (labels such as ``U0`` or ``REF_energy``) are kept next to the
+    predictions; one whose key a prediction
     takes is kept as ``<key>_label`` (``mu`` of QM9 next to the predicted ``mtt::mu``). Its
     calculator results (where ASE puts an extxyz file's ``energy``, ``forces`` and
     ``stress``) are labels too, and are kept as ``<key>_label``: the calculator's place is
@@ -299,6 +301,8 @@ def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
         copy.calc = SinglePointCalculator(copy, **results)
     for name, value in (generic or {}).items():
         key = name.split("::", 1)[1].replace("/", "_")
+        if key in ("energy", "forces", "stress"):  # the calculator results' names
+            key = f"mtt_{key}"
         _keep_as_label(copy, key)
         if value.ndim > 0 and value.shape[0] == len(atoms) and value.ndim >= 2:
             copy.arrays[key] = value.reshape(len(atoms), -1)
