@@ -1010,6 +1010,7 @@ def test_any_structures_are_accepted_or_refused_with_an_mtt_error(frames, target
     [
         (lambda f: f[0], "training_set is a single ase.Atoms; give a list (or Dataset) of them"),
         (lambda f: (a for a in f), "training_set is a generator, which has no length or indexing"),
+        (lambda f: "train.xyz", "training_set is a path ('train.xyz'), where structures are"),
     ],
 )
 def test_python_training_sets_that_are_not_sequences(work, given, message):
@@ -1020,6 +1021,32 @@ def test_python_training_sets_that_are_not_sequences(work, given, message):
     with pytest.raises(MttError) as error:
         train_api("options.yaml", training_set=given(ethanol()), dry_run=True)
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_python_callers_see_the_report_unless_they_configured_logging(work, configured):
+    """mtt.train from a script printed nothing (its messages went to an unconfigured logger),
+    not even the dry run's report; with the caller's own logging set up, the messages go
+    there, once. A fresh interpreter: pytest configures logging itself."""
+    import subprocess
+    import sys
+
+    ase.io.write("train.xyz", ethanol())
+    write_options(options())
+    setup = (
+        "import logging; logging.basicConfig(level=logging.INFO, format='LOGGED %(message)s'); "
+        if configured
+        else ""
+    )
+    script = f"{setup}import mtt; mtt.train('options.yaml', dry_run=True)"
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    lines = (completed.stdout + completed.stderr).splitlines()
+    reports = [line for line in lines if "training_set: 10 structures" in line]
+    assert len(reports) == 1, lines
+    assert reports[0].startswith("LOGGED ") == configured
 
 
 def test_a_quoted_fraction_is_not_taken_for_a_missing_file(work, capsys):

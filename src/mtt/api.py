@@ -20,6 +20,7 @@ from metatomic.torch import ModelMetadata
 from . import hypers as hypers_module
 from . import plots, pretrained
 from .checkpoints import read_checkpoint
+from .console import prints_progress
 from .data.dataset import LabelledDataset, dataset_from_atoms, load_dataset
 from .data.sets import as_dataset_options, load_sets
 from .data.targets import DatasetInfo
@@ -210,6 +211,7 @@ def _log_to(run_dir: str) -> logging.Handler:
     return handler
 
 
+@prints_progress
 def train(
     options: Union[str, Dict[str, Any]],
     training_set: Optional[Sequence[ase.Atoms]] = None,
@@ -793,6 +795,7 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path: str, context: str):
     return architecture, model
 
 
+@prints_progress
 def export(
     checkpoint_path: str,
     output: str = "model.pt",

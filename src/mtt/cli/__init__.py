@@ -6,13 +6,13 @@ An unexpected failure (a bug) exits with status 2 and keeps its traceback in ``m
 """
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 import traceback
 from typing import List, Optional
 
+from ..console import attach_console
 from ..errors import MttError
 from ..version import __version__
 from . import data as data_command
@@ -48,36 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _ConsoleHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is now (it may be swapped, e.g. by pytest)."""
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _console_logging() -> None:
-    logger = logging.getLogger("mtt")
-    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
-        handler = _ConsoleHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.setLevel(logging.INFO)
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)  # handlers filter: the console shows INFO and above
-    logger.propagate = False
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    _console_logging()
+    attach_console()
     # a scheduler's SIGTERM (SLURM's time limit, a killed job) ends a run as Ctrl-C does:
     # partial files removed, and where to continue from reported
     previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None

@@ -118,6 +118,12 @@ def dataset_from_atoms(
     """Labels of any ``Dataset[ase.Atoms]`` (MatterTune's contract), read from each frame."""
     if isinstance(atoms_dataset, ase.Atoms):
         raise MttError(f"{name} is a single ase.Atoms; give a list (or Dataset) of them")
+    if isinstance(atoms_dataset, (str, bytes, os.PathLike)):
+        raise MttError(
+            f"{name} is a path ({os.fsdecode(atoms_dataset)!r}), where structures are expected; "
+            f"name the file in the options ({name}: <path>) instead, or read it with "
+            "ase.io.read(path, ':')"
+        )
     if not (hasattr(atoms_dataset, "__len__") and hasattr(atoms_dataset, "__getitem__")):
         raise MttError(
             f"{name} is a {type(atoms_dataset).__name__}, which has no length or indexing; give "
