@@ -390,3 +390,24 @@ def test_streamed_evaluation_refuses_a_virial_that_disagrees_with_the_stress(tmp
                 next(labelled)
         else:
             assert len([labels["energy/stress"] for _, labels in labelled]) == 10
+
+
+def test_a_closed_pipe_on_stdout_does_not_print_tracebacks(tmp_path, data_dir):
+    """``mtt data pack ... | head -1``: the reader is gone after one line; the pack is still
+    written, and stderr does not fill with logging's tracebacks."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout fails from the first line on
+    completed = subprocess.run(
+        [sys.executable, "-m", "mtt", "data", "pack", os.path.join(data_dir, ETHANOL)]
+        + ["-o", str(tmp_path / "pack")],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
+    os.close(write)
+    assert (completed.returncode, completed.stderr) == (0, "")
+    assert open_arrays(str(tmp_path / "pack")).manifest["structures"] == 100

@@ -3,6 +3,7 @@ Python callers of :func:`mtt.train` and :func:`mtt.export` who have not set up l
 
 import functools
 import logging
+import os
 import sys
 
 LOGGER = logging.getLogger("mtt")
@@ -23,6 +24,19 @@ class ConsoleHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def handleError(self, record):
+        """A reader that went away (``mtt data pack ... | head``) is not an error of the
+        command, which goes on; what it prints goes nowhere from then on (the usual Unix
+        behaviour, without logging's traceback for every later line)."""
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):  # no file descriptor (stdout replaced in-process)
+                pass
+            return
+        super().handleError(record)
 
 
 def attach_console() -> None:
