@@ -125,6 +125,11 @@ def test_qm9_energy_and_scalar_properties(tmp_path, data_dir, monkeypatch):
         ({"forces": "force"}, "only energies have forces"),
         ({"type": {"cartesian": {"rank": 1}}, "reduction": "max"}, "max is only for scalars"),
         ({"key": "nothere"}, "has 'nothere' in atoms.info"),
+        (
+            {"per_atom": True},
+            "has 'mu' in atoms.arrays, but it is in atoms.info, per structure: "
+            "set 'training_set.targets.mtt::mu.per_atom: false'",
+        ),
     ],
 )
 def test_bad_generic_targets(tmp_path, data_dir, monkeypatch, capsys, target, message):

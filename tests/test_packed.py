@@ -129,6 +129,8 @@ def test_labels_missing_in_some_structures_stay_masked(tmp_path, data_dir):
     assert "note" in manifest["dropped_keys"]
     with pytest.raises(MttError, match=r"^'note' was not packed in .* \(structure 1 of .* has "):
         dataset(str(tmp_path / "pack"), {"energy": {}, "mtt::note": {}})
+    with pytest.raises(MttError, match=r"but it is in atoms.info, per structure: set '.*per_atom"):
+        dataset(str(tmp_path / "pack"), {"energy": {}, "mtt::dipole": {"per_atom": True}})
     data = dataset(
         str(tmp_path / "pack"), {"energy": {}, "mtt::dipole": {"type": {"cartesian": {"rank": 1}}}}
     )

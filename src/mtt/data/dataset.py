@@ -265,6 +265,12 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
     if found == 0:
         keys = available_keys(frames, per_atom=options.per_atom)
         place = "atoms.arrays" if options.per_atom else "atoms.info"
+        if misplaced(frames, spec.key, options.per_atom):  # the fix is per_atom, not the key
+            other = "atoms.info, per structure" if options.per_atom else "atoms.arrays, per atom"
+            raise MttError(
+                f"no structure of {path!r} has {spec.key!r} in {place}, but it is in {other}: "
+                f"set '{where}.per_atom: {str(not options.per_atom).lower()}'"
+            )
         raise MttError(
             f"no structure of {path!r} has {spec.key!r} in {place}; keys found: {keys}; set "
             f"'{where}.key' (and 'per_atom' if the labels are per atom)"

@@ -292,6 +292,12 @@ def _missing(arrays, quantity, spec, path, where) -> MttError:
         )
     if quantity.name == spec.name:
         place = "atoms.arrays" if quantity.per_atom else "atoms.info"
+        if quantity.key in arrays.keys(not quantity.per_atom):
+            other = "atoms.info, per structure" if quantity.per_atom else "atoms.arrays, per atom"
+            return MttError(
+                f"no structure of {path!r} has {spec.key!r} in {place}, but it is in {other}: "
+                f"set '{where}.per_atom: {str(not quantity.per_atom).lower()}'"
+            )
         return MttError(
             f"no structure of {path!r} has {spec.key!r} in {place}; keys found: {keys}; set "
             f"'{where}.key' (and 'per_atom' if the labels are per atom)"
