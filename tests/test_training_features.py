@@ -206,3 +206,27 @@ def test_energy_scale_is_at_least_a_tenth_of_an_angstrom_of_force(
     # per-structure energies: the same scale times the atoms of a structure
     per_structure = quantity_scales(dataset, quantities, {"energy": fitted_spread}, {"energy"})
     assert per_structure["energy"] == pytest.approx(9 * expected, rel=1e-6)
+
+
+def test_exported_outputs_are_described_even_without_a_description_option():
+    """metatomic warns at export and at every load about output variants without a
+    description ('energy' defines 2 output variants and 'energy' has an empty description):
+    outputs are described from their names unless the options describe them."""
+    import architectures
+    from mtt.data.targets import DatasetInfo, TargetInfo
+    from mtt.hypers import parse
+
+    targets = {
+        "energy": TargetInfo("energy", "eV", forces=True),
+        "energy/pbe0": TargetInfo("energy/pbe0", "eV", description="PBE0, def2-TZVP"),
+        "mtt::mu": TargetInfo("mtt::mu", "D", kind="generic", rank=1),
+    }
+    model_class = architectures.load("soap_bpnn").__model__
+    hypers = parse(model_class.__hypers__, TINY_MODEL, "architecture.model")
+    model = model_class(hypers, DatasetInfo("angstrom", [1, 6], targets))
+    described = {name: output.description for name, output in model.supported_outputs().items()}
+    assert described == {
+        "energy": "total energy",
+        "energy/pbe0": "PBE0, def2-TZVP",
+        "mtt::mu": "learnt target mtt::mu",
+    }

@@ -348,7 +348,7 @@ class EnergyModel(ModelInterface):
             name: ModelOutput(
                 unit=unit,
                 sample_kind="atom",
-                description=self.dataset_info.targets[name].description,
+                description=_described(self.dataset_info.targets[name].description, name),
             )
             for name, unit in zip(self.target_names, self.energy_units)
         }
@@ -363,7 +363,7 @@ class EnergyModel(ModelInterface):
             target = self.dataset_info.targets[name]
             outputs[name] = ModelOutput(
                 unit=target.unit,
-                description=target.description,
+                description=_described(target.description, name),
                 sample_kind="atom" if per_atom else "system",
             )
         units = dict(zip(self.target_names, self.energy_units))
@@ -617,6 +617,16 @@ class EnergyModel(ModelInterface):
             extra,
         )
         return AtomisticModel(model, merged, capabilities)
+
+
+def _described(description: str, name: str) -> str:
+    """The user's description of an output, or one from its name: metatomic warns on every
+    load about variants of an output without descriptions."""
+    if description:
+        return description
+    base, _, variant = name.partition("/")
+    what = "total energy" if base == "energy" else f"learnt target {base}"
+    return f"{what} ({variant})" if variant else what
 
 
 def _replace_module(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
