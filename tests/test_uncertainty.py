@@ -4,6 +4,7 @@ larger uncertainties, and the exported model serves them to ASE without mtt."""
 
 import json
 import os
+import re
 import textwrap
 
 import ase.io
@@ -134,6 +135,27 @@ def test_uncertainties_are_calibrated_and_grow_away_from_the_data(calibrated_run
     assert block.values.detach().reshape(-1).tolist() == pytest.approx(
         [float(every[2]), float(every[0])]
     )
+
+
+def test_the_log_names_a_threshold_above_the_validation_atoms_uncertainties(calibrated_run):
+    """Per-atom uncertainties exceed a structure's, so the ASE calculator's default threshold
+    can warn on training data: the log reports the largest per-atom value on the validation
+    set (the model's own per-atom output, in eV) and a threshold above it."""
+    from mtt.uncertainty import atom_uncertainties
+
+    _, run_dir, frames = calibrated_run
+    checkpoint = read_checkpoint(str(run_dir / "model.ckpt"))
+    model = architectures.load("soap_bpnn").__model__.load_checkpoint(checkpoint, "export")
+    model.eval()
+    sigmas = atom_uncertainties(model, [(atoms, {}) for atoms in frames[:3]])[:, 0]
+    served = _uncertainties(model, frames[:3], per_atom=True).values.detach().reshape(-1)
+    np.testing.assert_allclose(sigmas, served.double().numpy(), rtol=1e-5)
+    log = (run_dir / "train.log").read_text()
+    match = re.search(r"validation_set: energy per-atom uncertainties up to ([0-9.e-]+) eV", log)
+    assert match is not None, log[-2000:]
+    if float(match.group(1)) > 0.1:
+        suggested = float(re.search(r"uncertainty_threshold=([0-9.e-]+) to warn", log).group(1))
+        assert float(match.group(1)) <= suggested < 1.1 * float(match.group(1)) + 1e-12
 
 
 def _report_on_frames(model, frames):

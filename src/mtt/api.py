@@ -6,6 +6,7 @@ contract) in place of the ``training_set`` file.
 
 import glob
 import logging
+import math
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import ase
+import numpy as np
 import torch
 import yaml
 from metatomic.torch import ModelMetadata
@@ -458,6 +460,39 @@ def _calibrate_uncertainty(model, sets) -> None:
                 unit,
                 100 * row["within_2_sigma"],
             )
+    _report_atom_uncertainties(
+        model, val_set if val_set is not None and len(val_set) else train_set
+    )
+
+
+def _report_atom_uncertainties(model, dataset) -> None:
+    """The per-atom uncertainties an engine will see on data like ``dataset``, next to the
+    ASE calculator's warning threshold (0.1 eV by default). They are larger than a structure's
+    (local energies are never observed, and their errors cancel in the sum), so the default
+    can warn on the training data itself; the log says which threshold would not."""
+    from .uncertainty import atom_uncertainties
+
+    sigmas = atom_uncertainties(model, dataset)
+    for t, name in enumerate(model.target_names):
+        to_ev = conversion(model.energy_units[t], "eV")
+        largest, typical = to_ev * sigmas[:, t].max(), to_ev * np.percentile(sigmas[:, t], 99)
+        LOGGER.info(
+            "%s: %s per-atom uncertainties up to %.3g eV (99%% below %.3g eV); metatomic's ASE "
+            "calculator warns above its uncertainty_threshold (0.1 eV by default)%s",
+            dataset.name,
+            name,
+            largest,
+            typical,
+            f": pass uncertainty_threshold={_round_up(largest)} to warn only beyond these"
+            if largest > 0.1
+            else "",
+        )
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to two significant digits (a threshold to pass on)."""
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return round(math.ceil(value / scale) * scale, 12)
 
 
 def _dry_run(settings: Settings, base_dir: str, frames, checkpoint_path: Optional[str]) -> None:

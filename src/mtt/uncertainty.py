@@ -115,12 +115,9 @@ def uncertainty_name(target: str) -> str:
     return f"{base}_uncertainty/{variant}" if variant else f"{base}_uncertainty"
 
 
-def _structure_features(
-    model, dataset, batch_size: int = 16
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-structure summed last-layer features ``[S, D]``, predicted energies ``[S, T]`` and
-    reference energies ``[S, T]`` (NaN where a frame lacks the label)."""
-    features, predicted, reference = [], [], []
+def _batches(model, dataset, batch_size: int = 16):
+    """``(items, per-atom last-layer features [A, D], per-atom energies [A, T], system index
+    [A])`` of consecutive batches of ``dataset``, in float64 on the CPU."""
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         graph = model.collate_fn([model.atoms_to_data(atoms) for atoms, _ in items])
@@ -130,6 +127,14 @@ def _structure_features(
             species = model.type_to_index[graph.types]
             per_atom = model.last_layer_features(graph, species).to(torch.float64).cpu()
             energies = model.atomic_energies(graph).to(torch.float64).cpu()
+        yield items, per_atom, energies, system_index
+
+
+def _structure_features(model, dataset) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-structure summed last-layer features ``[S, D]``, predicted energies ``[S, T]`` and
+    reference energies ``[S, T]`` (NaN where a frame lacks the label)."""
+    features, predicted, reference = [], [], []
+    for items, per_atom, energies, system_index in _batches(model, dataset):
         n_systems = len(items)
         summed = torch.zeros(n_systems, per_atom.shape[1], dtype=torch.float64)
         features.append(summed.index_add(0, system_index, per_atom).numpy())
@@ -143,6 +148,18 @@ def _structure_features(
                 ]
             )
     return np.concatenate(features), np.concatenate(predicted), np.asarray(reference)
+
+
+def atom_uncertainties(model, dataset) -> np.ndarray:
+    """Per-atom standard deviations ``[A, T]`` of a calibrated model on ``dataset``, as the
+    exported model gives them to an engine (each atom's own features)."""
+    whitening = model.uncertainty.whitening.detach().cpu().double().numpy()
+    alpha2 = model.uncertainty.alpha2.detach().cpu().double().numpy()
+    q = [
+        _quadratic_forms(per_atom.numpy(), whitening)
+        for _, per_atom, _, _ in _batches(model, dataset)
+    ]
+    return np.sqrt(np.concatenate(q)[:, None] * alpha2[None, :])
 
 
 def _quadratic_forms(features: np.ndarray, whitening: np.ndarray) -> np.ndarray:
