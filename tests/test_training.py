@@ -191,6 +191,37 @@ def test_restart_auto_trains_a_finished_run_further_in_a_new_directory(
     assert rates[0][2:] == pytest.approx(rates[1][2:], rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["architecture.training.learning_rate=0.01"],  # the checkpoint's 0.001 came back
+        ["architecture.training.batch_size=2"],  # twice the steps: the old count ended cosine
+    ],
+)
+def test_a_restart_follows_the_options_schedule(tmp_path, data_dir, monkeypatch, change):
+    """A restart with another learning rate or batch size continues on the schedule those
+    options give (as a run with them from the start would be at that epoch), and says when
+    the rate is not the one the checkpoint's run would have gone on with."""
+    monkeypatch.chdir(tmp_path)
+    options = tiny_run_options(tmp_path, data_dir, epochs=2, interval=1)
+    assert main(["train", options, "--output-dir", "a", "-o", "a.pt"]) == 0
+    (first,) = os.listdir("a")
+    checkpoint = os.path.join("a", first, "checkpoints", "epoch_1.ckpt")
+    overrides = [item for c in change for item in ("-r", c)]
+    args = ["train", options, "--output-dir", "b", "-o", "b.pt", "--restart", checkpoint]
+    assert main(args + overrides) == 0
+    assert main(["train", options, "--output-dir", "c", "-o", "c.pt", *overrides]) == 0
+    (second,), (fresh,) = os.listdir("b"), os.listdir("c")
+    rates = [
+        [row["learning_rate"] for row in final_state(os.path.join(root, run))[1]]
+        for root, run in (("b", second), ("c", fresh))
+    ]
+    assert rates[0][1] == pytest.approx(rates[1][1], rel=1e-12)
+    log = (tmp_path / "b" / second / "train.log").read_text()
+    said = "on this run's schedule (the checkpoint's run would go on at" in log
+    assert said == ("learning_rate" in change[0])  # the same fraction of 2 epochs: same rate
+
+
 def test_fused_optimizer_resumes_a_checkpoint_of_the_unfused_one(tmp_path, data_dir, monkeypatch):
     """Adam updates in fused kernels where torch has them (CPU here); a checkpoint whose
     optimizer state torch's per-parameter loop wrote (mtt before fusing, or a device without

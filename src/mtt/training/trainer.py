@@ -176,23 +176,44 @@ class Trainer(TrainerInterface):
         scheduler = make_scheduler(optimizer, self.hypers, steps, self.plateau)
         self.ema = WeightAverage(model, self.hypers.ema_decay) if self.hypers.ema_decay else None
         if "optimizer" in self.state:
-            optimizer.load_state_dict(self.state["optimizer"])
-            scheduler.load_state_dict(self.state["scheduler"])
-            self.plateau.load_state_dict(self.state["plateau"])
-            # the rate of this run's schedule at the restored step: the saved one unless
-            # num_epochs changed (a finished run trained further), whose first step would
-            # otherwise take the old schedule's last rate
-            for group, base, factor in zip(
-                optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
-            ):
-                group["lr"] = base * factor(scheduler.last_epoch)
+            self._restore_optimizer(optimizer, scheduler, steps)
             if self.ema is not None:
                 self.ema.load_state_dict(self.state["ema"])
+        self.state["steps_per_epoch"] = steps
         for epoch in range(self.epoch, self.hypers.num_epochs):
             row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
             if self._end_epoch(model, row, optimizer, scheduler):
                 break
         self.world = distributed.World()  # evaluations after training run in one process
+
+    def _restore_optimizer(self, optimizer, scheduler, steps: int) -> None:
+        """The optimizer's moments and the schedule's position from the checkpoint, on this
+        run's schedule: the options' learning rate (the checkpoint's comes back with its
+        state), at the same fraction of the epochs (steps per epoch change with the data or
+        the batch size; the schedule counts this run's steps). The restored step's rate is
+        the checkpoint's unless these, or num_epochs, changed, which the log then says."""
+        bases = list(scheduler.base_lrs)  # the options' rates, per parameter group
+        optimizer.load_state_dict(self.state["optimizer"])
+        scheduler.load_state_dict(self.state["scheduler"])
+        self.plateau.load_state_dict(self.state["plateau"])
+        saved = [group["lr"] for group in optimizer.param_groups]
+        scheduler.base_lrs = bases
+        previous = self.state.get("steps_per_epoch", steps)  # (older checkpoints lack it)
+        if previous != steps:
+            scheduler.last_epoch = round(scheduler.last_epoch * steps / previous)
+        for group, base, factor in zip(optimizer.param_groups, bases, scheduler.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(scheduler.last_epoch)
+        now = [group["lr"] for group in optimizer.param_groups]
+        if saved and not math.isclose(now[0], saved[0], rel_tol=1e-6):
+            LOGGER.info(
+                "learning rate %.3g after epoch %d on this run's schedule (the checkpoint's "
+                "run would go on at %.3g): learning_rate, num_epochs, the data or the batch "
+                "size changed",
+                now[0],
+                self.epoch,
+                saved[0],
+            )
 
     def _averaged(self, model):
         """The weight average in ``model`` while validating and keeping the best model."""
