@@ -222,6 +222,36 @@ def test_a_restart_follows_the_options_schedule(tmp_path, data_dir, monkeypatch,
     assert said == ("learning_rate" in change[0])  # the same fraction of 2 epochs: same rate
 
 
+def test_a_restart_on_other_validation_data_chooses_the_best_model_afresh(
+    tmp_path, data_dir, monkeypatch
+):
+    """The best model has the lowest validation loss: after a restart that changes the
+    validation data (here another split), the checkpoint's best epoch was measured by
+    another loss and must not win or lose by it."""
+    monkeypatch.chdir(tmp_path)
+    options = tiny_run_options(tmp_path, data_dir, epochs=2, interval=1)
+    assert main(["train", options, "--output-dir", "a", "-o", "a.pt"]) == 0
+    (first,) = os.listdir("a")
+    checkpoint = os.path.join("a", first, "checkpoints", "epoch_1.ckpt")
+    args = ["train", options, "--output-dir", "b", "-o", "b.pt", "--restart", checkpoint]
+    assert main(args) == 0  # the same data: no warning
+    changed = ["-r", "validation_set=0.5", "-r", "architecture.training.num_epochs=3"]
+    assert (
+        main(
+            ["train", options, "--output-dir", "c", "-o", "c.pt", "--restart", checkpoint, *changed]
+        )
+        == 0
+    )
+    logs = {
+        root: (tmp_path / root / os.listdir(root)[0] / "train.log").read_text()
+        for root in ("b", "c")
+    }
+    warning = "the validation data, targets or loss differ from the checkpoint's run"
+    assert warning not in logs["b"] and warning in logs["c"]
+    best = read_checkpoint(os.path.join("c", os.listdir("c")[0], "model.ckpt"))
+    assert best["trainer_state"]["best_epoch"] >= 2  # an epoch of this run
+
+
 def test_fused_optimizer_resumes_a_checkpoint_of_the_unfused_one(tmp_path, data_dir, monkeypatch):
     """Adam updates in fused kernels where torch has them (CPU here); a checkpoint whose
     optimizer state torch's per-parameter loop wrote (mtt before fusing, or a device without

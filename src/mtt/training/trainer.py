@@ -13,6 +13,7 @@ resumed run ends bitwise like an uninterrupted one on the CPU.
 import contextlib
 import copy
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -180,11 +181,28 @@ class Trainer(TrainerInterface):
             if self.ema is not None:
                 self.ema.load_state_dict(self.state["ema"])
         self.state["steps_per_epoch"] = steps
+        self._check_comparable_metric(_metric_basis(loss, val_datasets, train_datasets[0]))
         for epoch in range(self.epoch, self.hypers.num_epochs):
             row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
             if self._end_epoch(model, row, optimizer, scheduler):
                 break
         self.world = distributed.World()  # evaluations after training run in one process
+
+    def _check_comparable_metric(self, basis: str) -> None:
+        """The best model is the one with the lowest validation loss: a restart with other
+        validation data, targets or loss weights measures another loss, so the checkpoint's
+        best is no longer comparable and is chosen afresh (as early stopping's count)."""
+        previous = self.state.get("metric_basis")
+        if previous is not None and previous != basis and self.best is not None:
+            LOGGER.warning(
+                "the validation data, targets or loss differ from the checkpoint's run: its "
+                "best model (epoch %d) was chosen by another loss, so the best model is chosen "
+                "among the epochs of this run",
+                self.best["epoch"],
+            )
+            self.best = None
+            self.plateau.best, self.plateau.bad_epochs, self.plateau.stale = math.inf, 0, 0
+        self.state["metric_basis"] = basis
 
     def _restore_optimizer(self, optimizer, scheduler, steps: int) -> None:
         """The optimizer's moments and the schedule's position from the checkpoint, on this
@@ -559,6 +577,28 @@ class Trainer(TrainerInterface):
             }
         trainer.state = state
         return trainer
+
+
+def _metric_basis(loss: Loss, val_datasets, train: LabelledDataset) -> str:
+    """What the best-model metric depends on, as a digest: the loss (quantities, weights,
+    scales) and the validation structures and labels (without a validation set, the training
+    loss, of which the training set's size stands for the data: hashing a large training set
+    would cost a pass over it)."""
+    digest = hashlib.sha256()
+    settings = {q: (loss.weights[q], loss.scales.get(q), loss.per_atom(q)) for q in loss.quantities}
+    digest.update(
+        repr((sorted(settings.items()), loss.hypers.type, loss.hypers.huber_delta)).encode()
+    )
+    if not val_datasets:
+        digest.update(f"training set of {len(train)} structures".encode())
+        return digest.hexdigest()
+    for atoms, labels in val_datasets[0]:
+        digest.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+        digest.update(np.round(np.asarray(atoms.positions, dtype=np.float64), 6).tobytes())
+        for key in sorted(labels):
+            digest.update(key.encode())
+            digest.update(np.round(np.asarray(labels[key], dtype=np.float64), 8).tobytes())
+    return digest.hexdigest()
 
 
 def _labelled_quantities(model, dataset: LabelledDataset) -> List[str]:
