@@ -691,6 +691,18 @@ def test_restart_with_a_changed_model_option(work, capsys, trained):
     assert main(["train", "options.yaml", "--restart", str(trained["checkpoint"])]) == 0
 
 
+def test_restart_with_a_new_target(work, capsys, trained):
+    """A target the checkpoint's model lacks was an internal KeyError after the set-up."""
+    targets = {"energy": {"unit": "kcal/mol"}, "energy/b": {"key": "energy", "unit": "kcal/mol"}}
+    write_options(options(architecture__training__num_epochs=2, training_set__targets=targets))
+    message = fail(capsys, "train", "options.yaml", "--restart", trained["checkpoint"])
+    assert message.startswith(
+        "the options declare targets ['energy/b'] that the model of "
+        f"'{trained['checkpoint']}' does not have (it has ['energy']); a restart continues"
+    )
+    assert not Path("model.pt").exists() and not list(Path("outputs").glob("*"))
+
+
 def test_dry_run_checks_the_restart(work, capsys, trained):
     """``--dry-run --restart`` refuses what the restart would refuse, and writes nothing."""
     write_options(options(architecture__model__cutoff=5.0))

@@ -587,6 +587,7 @@ def _model_and_trainer(
     _, model = model_from_checkpoint(checkpoint, checkpoint_path, "restart")
     if finetune is None:
         _check_same_model(settings.model_hypers, model.hypers, checkpoint_path)
+        _check_same_targets(info, model.dataset_info, checkpoint_path)
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
     if trainer.epoch >= settings.train_hypers.num_epochs:
         raise MttError(
@@ -615,6 +616,19 @@ def _check_same_model(wanted: Any, restarted: Any, checkpoint_path: str) -> None
                 "same model: set it back, or start a new run (finetune.read_from starts one "
                 "from these weights)"
             )
+
+
+def _check_same_targets(info: DatasetInfo, restarted: DatasetInfo, checkpoint_path: str):
+    """Refuse a restart whose data declare targets the checkpoint's model lacks: its loss
+    and normalisation were fitted without them (adding targets is fine-tuning's job)."""
+    new = [name for name in info.targets if name not in restarted.targets]
+    if new:
+        raise MttError(
+            f"the options declare targets {new} that the model of {checkpoint_path!r} does "
+            f"not have (it has {list(restarted.targets)}); a restart continues the same "
+            "model: remove them, or start a new run from these weights with "
+            "'architecture.training.finetune' (read_from), which can add targets"
+        )
 
 
 def _read_pretrained(settings: Settings, base_dir: str):
