@@ -2,6 +2,7 @@
 
 import glob
 import os
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -461,3 +462,66 @@ def test_dry_run_does_not_check_the_force_units_of_a_new_head(
     out = capsys.readouterr().out
     assert "zero-shot errors" in out and "energy/dft/forces: spread" not in out
     assert "check the energy and length units" not in out
+
+
+def _error(capsys, *argv) -> str:
+    assert main(list(argv)) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    return line.removeprefix("mtt: error: ")
+
+
+def test_fine_tuning_records_the_pretrained_model_and_refuses_other_hypers(
+    pretrained, tmp_path, monkeypatch, capsys
+):
+    """The pretrained model keeps its hypers: a model option that differs was ignored
+    without a word, and options.yaml recorded the defaults instead of the model trained."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    section = {"read_from": pretrained["checkpoint"], "method": "heads"}
+    path = run(tmp_path, "ft", {"finetune": section, "num_epochs": 1}, "dft_small.xyz")
+    options = yaml.safe_load(Path(path).read_text())
+    options["architecture"]["model"] = {"num_neurons_per_layer": 32}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(options))
+    message = _error(capsys, "train", "other.yaml", "-o", "other.pt")
+    assert message.startswith(
+        "option 'architecture.model.num_neurons_per_layer': the pretrained model "
+        f"({pretrained['checkpoint']!r}) has 8, the options ask for 32; fine-tuning keeps"
+    )
+    del options["architecture"]["model"]  # the defaults (32 neurons) are not a request
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(options))
+    assert main(["train", "bare.yaml", "-o", "bare.pt"]) == 0
+    (recorded,) = glob.glob(str(tmp_path / "outputs" / "*" / "options.yaml"))
+    model = yaml.safe_load(Path(recorded).read_text())["architecture"]["model"]
+    assert (model["num_neurons_per_layer"], model["max_radial"]) == (8, 3)
+
+
+def test_a_restart_continues_the_fine_tuning_it_was(pretrained, tmp_path, monkeypatch, capsys):
+    """Without its finetune section a LoRA run would restart as plain training of the adapted
+    model (the error was about a default cutoff); a changed rank was silently kept; a
+    finetune section added to a run that was not one was accepted."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    section = {"read_from": pretrained["checkpoint"], "method": "lora", "config": {"rank": 2}}
+    path = run(tmp_path, "ft", {"finetune": section, "num_epochs": 1}, "dft_small.xyz")
+    assert main(["train", path, "-o", "ft.pt"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    longer = ["-r", "architecture.training.num_epochs=2", "--restart", checkpoint]
+    message = _error(capsys, "train", path, *longer, "-r", "architecture.training.finetune=null")
+    assert message.startswith(f"{checkpoint!r} is a checkpoint of a fine-tuning run (lora from")
+    rank = "architecture.training.finetune.config={rank: 4}"
+    message = _error(capsys, "train", path, *longer, "-r", rank)
+    assert message.startswith(
+        "option 'architecture.training.finetune.config': the run of "
+        f"{checkpoint!r} fine-tuned with {{'rank': 2"
+    )
+    pretraining = [
+        "--restart",
+        pretrained["checkpoint"],
+        "-r",
+        "architecture.training.num_epochs=20",
+    ]
+    message = _error(capsys, "train", path, *pretraining)
+    assert message.startswith(
+        f"{pretrained['checkpoint']!r} is a checkpoint of a run that did not fine-tune"
+    )
+    assert main(["train", path, *longer, "-o", "more.pt"]) == 0  # the same section continues

@@ -4,6 +4,7 @@
 contract) in place of the ``training_set`` file.
 """
 
+import copy
 import glob
 import logging
 import math
@@ -395,8 +396,17 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
             "option 'architecture.training.uncertainty': 'llpr' gives uncertainties of "
             "energies, and these targets hold none; set it to 'none', or add an energy target"
         )
-    trainer.options = settings.expanded
+    trainer.options = _record_model(settings.expanded, model)
     return Prepared((train_set, val_set, test_set), model, trainer, device, dtype)
+
+
+def _record_model(expanded: Dict[str, Any], model) -> Dict[str, Any]:
+    """The options as the run will record them (options.yaml, checkpoints), with the model
+    hypers of the model that trains: a restart's or a pretrained model's own, not the
+    defaults the options would give a new one."""
+    recorded = copy.deepcopy(expanded)
+    recorded["architecture"]["model"] = hypers_module.to_dict(model.hypers)
+    return recorded
 
 
 def _train_in(
@@ -409,6 +419,9 @@ def _train_in(
     LOGGER.info("run directory: %s", run_dir)
     run = _prepare(settings, base_dir, frames, checkpoint_path)
     model, trainer = run.model, run.trainer
+    if main and trainer.options != settings.expanded:  # the model's own hypers (restarts)
+        with open(os.path.join(run_dir, "options.yaml"), "w") as file:
+            yaml.safe_dump(trainer.options, file, sort_keys=False)
     train_set, val_set, _ = run.sets
     forgetting = _forgetting_report(settings, base_dir, run)
     trainer.train(
@@ -585,8 +598,9 @@ def _model_and_trainer(
             f"the options ask for {name!r}; set architecture.name to match"
         )
     _, model = model_from_checkpoint(checkpoint, checkpoint_path, "restart")
+    _check_same_finetune(settings, checkpoint, checkpoint_path)
     if finetune is None:
-        _check_same_model(settings.model_hypers, model.hypers, checkpoint_path)
+        _check_same_model(settings, model.hypers, checkpoint_path)
         _check_same_targets(info, model.dataset_info, checkpoint_path)
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
     if trainer.epoch >= settings.train_hypers.num_epochs:
@@ -604,18 +618,60 @@ def _model_and_trainer(
     return model, trainer
 
 
-def _check_same_model(wanted: Any, restarted: Any, checkpoint_path: str) -> None:
-    """Refuse a restart whose options change the model: the checkpoint's model continues
-    as it is, and the run's options.yaml would record hypers it does not have."""
-    wanted, restarted = hypers_module.to_dict(wanted), hypers_module.to_dict(restarted)
-    for key, value in wanted.items():
-        if key in restarted and restarted[key] != value:
+def _check_same_model(
+    settings: Settings, restarted: Any, checkpoint_path: str, pretrained: bool = False
+) -> None:
+    """Refuse options that change a model which continues as it is (a restart's, a
+    pretrained one): the change would be ignored. Only the keys the options give count; the
+    run's options.yaml records the model's own hypers (:func:`_record_model`)."""
+    wanted = hypers_module.to_dict(settings.model_hypers)
+    restarted = hypers_module.to_dict(restarted)
+    for key in settings.options.architecture.model:
+        if key in restarted and key in wanted and restarted[key] != wanted[key]:
+            if pretrained:
+                raise MttError(
+                    f"option 'architecture.model.{key}': the pretrained model "
+                    f"({checkpoint_path!r}) has {restarted[key]!r}, the options ask for "
+                    f"{wanted[key]!r}; fine-tuning keeps the pretrained model's hypers: "
+                    "remove the option (or the 'architecture.model' section)"
+                )
             raise MttError(
                 f"option 'architecture.model.{key}': the model of {checkpoint_path!r} has "
-                f"{restarted[key]!r}, the options ask for {value!r}; a restart continues the "
-                "same model: set it back, or start a new run (finetune.read_from starts one "
-                "from these weights)"
+                f"{restarted[key]!r}, the options ask for {wanted[key]!r}; a restart continues "
+                "the same model: set it back, or start a new run (finetune.read_from starts "
+                "one from these weights)"
             )
+
+
+def _check_same_finetune(settings: Settings, checkpoint: Dict[str, Any], path: str) -> None:
+    """A restart continues the checkpoint's run as it was: fine-tuning or not, with the same
+    method (which decides the trainable parameters and adapters). Without the checkpoint's
+    finetune section a LoRA run would restart as plain training of its adapted model."""
+    finetune = settings.train_hypers.finetune
+    section = "'architecture.training.finetune'"
+    was = ((checkpoint.get("options") or {}).get("architecture") or {}).get("training") or {}
+    was = was.get("finetune")
+    if was is None and finetune is not None:
+        raise MttError(
+            f"{path!r} is a checkpoint of a run that did not fine-tune, and the options have "
+            f"{section}: remove it to continue that run, or start a new fine-tuning run "
+            "without --restart"
+        )
+    if was is not None and finetune is None:
+        raise MttError(
+            f"{path!r} is a checkpoint of a fine-tuning run ({was.get('method')} from "
+            f"{was.get('read_from')!r}); give the options the same {section} section to "
+            "continue it"
+        )
+    if was is not None:
+        now = hypers_module.to_dict(finetune)
+        for key in ("method", "config", "inherit_heads"):
+            if key in was and now.get(key) != was[key]:
+                raise MttError(
+                    f"option {section[:-1]}.{key}': the run of {path!r} fine-tuned with "
+                    f"{was[key]!r}, the options give {now.get(key)!r}; a restart continues "
+                    "with the same one: set it back, or start a new fine-tuning run"
+                )
 
 
 def _check_same_targets(info: DatasetInfo, restarted: DatasetInfo, checkpoint_path: str):
@@ -738,6 +794,7 @@ def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
     """The pretrained model, adapted to the new data and with the chosen weights trainable."""
     finetune = settings.train_hypers.finetune
     model = _read_pretrained(settings, base_dir)
+    _check_same_model(settings, model.hypers, finetune.read_from, pretrained=True)
     _remember_pretrained(trainer, model, finetune)
     LOGGER.info("fine-tuning %s from %s", settings.options.architecture.name, finetune.read_from)
     model = model.restart(info, finetune.inherit_heads)
