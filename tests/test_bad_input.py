@@ -548,7 +548,18 @@ def test_export_random_bytes(work, capsys):
 def test_export_empty_file(work, capsys):
     Path("empty.ckpt").write_bytes(b"")
     message = fail(capsys, "export", "empty.ckpt")
-    assert message.startswith("'empty.ckpt' is not a readable mtt checkpoint")
+    assert message.startswith("'empty.ckpt' is empty (an unfinished copy?); give a .ckpt")
+
+
+def test_export_a_text_file(work, capsys):
+    """Not a file torch wrote: named as such, not with pickle's opcodes ('Unsupported
+    operand 103') or torch's KeyError."""
+    Path("notes.ckpt").write_text("hello world\n")
+    message = fail(capsys, "export", "notes.ckpt")
+    assert message == (
+        "'notes.ckpt' is not a checkpoint (not a file written by torch: a text or other file?); "
+        "give a .ckpt file written by 'mtt train'"
+    )
 
 
 def test_export_an_exported_model(work, capsys, trained):

@@ -48,6 +48,15 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             f"{path!r} is an exported model, not a checkpoint; give the .ckpt file "
             "written by 'mtt train' (outputs/<run>/model.ckpt)"
         )
+    if os.path.getsize(path) == 0:
+        raise MttError(
+            f"{path!r} is empty (an unfinished copy?); give a .ckpt file written by 'mtt train'"
+        )
+    if not _written_by_torch(path):
+        raise MttError(
+            f"{path!r} is not a checkpoint (not a file written by torch: a text or other "
+            "file?); give a .ckpt file written by 'mtt train'"
+        )
     try:
         with warnings.catch_warnings():  # e.g. on pickle protocols: the error below says it all
             warnings.simplefilter("ignore")
@@ -96,6 +105,14 @@ def _is_exported_model(path: str) -> bool:
             return any(name.split("/")[-1] == "constants.pkl" for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def _written_by_torch(path: str) -> bool:
+    """Whether ``path`` starts as torch's files do: a zip archive (also a truncated one) or,
+    in torch's legacy format and plain pickles, a pickle's protocol opcode."""
+    with open(path, "rb") as file:
+        start = file.read(4)
+    return start[:4] == b"PK\x03\x04" or start[:1] == b"\x80"
 
 
 def _unpickling_reason(error: Exception) -> str:
