@@ -384,6 +384,32 @@ def test_refit_fits_what_the_pretrained_network_leaves_of_the_labels():
         assert float(energy_of(model, atoms)[0]) == pytest.approx(atoms.info["energy"], abs=1e-8)
 
 
+def test_the_energy_scale_of_fine_tuning_is_the_datas_own():
+    """The loss divides energy errors by the per-atom spread of the labels beyond their
+    composition fit, as when training from scratch. Measured after references fitted next to
+    a network that predicts most of the energy, it held the network's cohesive energies: ten
+    times larger on mixed compositions (SevenNet on ethanol and SiGe), and fine-tuning
+    neglected the energies."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.options import EnergyTargetOptions
+    from mtt.training.composition import fit_baseline
+
+    frames = []
+    for n, atoms in enumerate(ase.io.read(os.path.join(DATA, "qm9_reduced_100.xyz"), ":30")):
+        atoms.info["E"] = -4.0 * len(atoms) + 0.05 * np.sin(n)  # composition + a small rest
+        frames.append(atoms)
+    dataset = dataset_from_atoms(frames, {"energy": EnergyTargetOptions(key="E", forces=False)})
+    types = dataset.atomic_types
+    network = np.array([-3.0 * len(a) + 1.0 * (a.numbers == 6).sum() for a in frames])
+    _, alone = fit_baseline(dataset, "energy", types, {}, "x")
+    weights, spread = fit_baseline(dataset, "energy", types, {}, "x", np.zeros(len(types)), network)
+    assert spread == pytest.approx(alone, rel=1e-9)
+    assert 0.0 < alone < 0.01  # the small rest per atom, not the network's energies
+    counts = np.array([[(a.numbers == z).sum() for z in types] for a in frames])
+    labels = np.array([a.info["E"] for a in frames])
+    np.testing.assert_allclose(counts @ weights + network, labels, atol=0.2)  # fits the rest
+
+
 def test_an_inherited_head_starts_as_its_source_in_the_new_unit():
     """A new target inheriting the pretrained energy's head keeps that head's output scale
     (converted to its unit) and gets references fitted to what the inherited network leaves

@@ -78,8 +78,11 @@ def fit_baseline(
     """Reference energies per element and the spread (std) of the per-atom remainder.
 
     With ``offsets`` (one energy per structure of the data set: what a pretrained network
-    predicts of it), the references fit the labels minus the offsets; the spread is still
-    that of what the network has to represent, the labels minus the references.
+    predicts of it), the references fit the labels minus the offsets. The spread is the
+    data's own either way, that of the labels minus their own composition fit (what a model
+    trained from scratch would have to represent): minus references fitted next to a network
+    that predicts most of the energy it would hold the network's cohesive energies, ten times
+    the spread on mixed data, and the loss would all but ignore the energies.
 
     With ``prior`` (a pretrained model's references, when fine-tuning) the fit is the
     smallest change of the prior that fits the data: where the data cannot tell elements
@@ -106,9 +109,20 @@ def fit_baseline(
         # when all structures share one composition (then only the sum is determined)
         solution, *_ = np.linalg.lstsq(counts[:, free], remainder, rcond=None)
         weights[free] += solution
-    per_atom = (energies - counts @ weights) / counts.sum(axis=1)
+    own = weights if offsets is None else _composition_fit(counts, energies, weights, free)
+    per_atom = (energies - counts @ own) / counts.sum(axis=1)
     spread = float(np.std(per_atom)) if len(per_atom) > 1 else 0.0
     return weights, spread
+
+
+def _composition_fit(counts, energies, fixed, free) -> np.ndarray:
+    """References fitted to the labels alone (``fixed`` where not ``free``)."""
+    weights = np.where(free, 0.0, fixed)
+    if free.any():
+        remainder = energies - counts @ weights
+        solution, *_ = np.linalg.lstsq(counts[:, free], remainder, rcond=None)
+        weights[free] += solution
+    return weights
 
 
 # An energy per atom is not weighed as if known more finely than the forces' RMS times this
