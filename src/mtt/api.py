@@ -588,7 +588,14 @@ def _model_and_trainer(
         trainer = trainer_class(settings.train_hypers)
         trainer.seed = settings.options.seed
         if finetune is None:
-            return model_class(settings.model_hypers, info), trainer
+            model = model_class(settings.model_hypers, info)
+            implied = trainer.hypers.finetune  # an architecture that always fine-tunes
+            if implied is not None and getattr(model, "pretrained_targets", None):
+                # built from pretrained weights (sevenn): remembered as a pretrained model
+                # is, so that the dry run, the reference energies and the loss's scales are
+                # those of 'finetune: {method: full}', which this is
+                _remember_pretrained(trainer, model, implied)
+            return model, trainer
         model = _pretrained(settings, info, base_dir, trainer)
         return model, trainer
     checkpoint = read_checkpoint(checkpoint_path)
@@ -763,7 +770,7 @@ def _forgetting_report(settings: Settings, base_dir: str, run: Prepared):
     trainer.teacher.to(device=run.device, dtype=run.dtype)
     if trainer.distillation is not None:
         trainer.distillation.fit_scales(run.sets[0], run.device)
-    old_task = settings.train_hypers.finetune.old_task_set
+    old_task = trainer.hypers.finetune.old_task_set  # (sevenn's implied one included)
     old_set = None
     if old_task is not None:
         old_set = load_dataset(as_dataset_options(old_task), base_dir, "old_task_set")

@@ -7,6 +7,7 @@ exactly the intended weights."""
 import copy
 import os
 import warnings
+from pathlib import Path
 
 import ase
 import ase.build
@@ -206,3 +207,34 @@ def test_without_finetune_section_starts_from_sevennet(tmp_path):
     assert float(model.scale[0]) == 1.0
     carbon = model.atomic_types.index(6)
     assert abs(float(model.baseline[0, carbon] - baseline[0, carbon])) > 1.0
+
+
+def test_the_dry_run_without_finetune_section_is_that_of_full_fine_tuning(
+    tmp_path, monkeypatch, capsys
+):
+    """sevenn without a finetune section fine-tunes SevenNet-0 fully; its dry run reported a
+    training from scratch (a composition-only energy scale, no reference energies, no
+    zero-shot errors) and the old task's section was read from an absent finetune."""
+    import yaml
+
+    from mtt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("xtb.xyz", ase.io.read(XTB_ETHANOL, ":8"))
+    options = {
+        "architecture": {"name": "sevenn"},
+        "training_set": {"systems": "xtb.xyz", "targets": {"energy": {"unit": "eV"}}},
+        "validation_set": 0.25,
+    }
+    reports = []
+    for section in (None, {"read_from": "sevennet-0"}):
+        if section is not None:
+            options["architecture"]["training"] = {"finetune": section}
+        Path("options.yaml").write_text(yaml.safe_dump(options))
+        capsys.readouterr()
+        assert main(["train", "options.yaml", "--dry-run"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        reports.append([line for line in lines if not line.startswith(("dry run", "fine-tun"))])
+    assert reports[0] == reports[1]
+    assert "zero-shot errors of the pretrained model on the new training set:" in reports[0]
+    assert any(line.startswith("reference energies") for line in reports[0])
