@@ -1,8 +1,10 @@
 """Hypers of ``sevenn``: the single source of their defaults, types and documentation."""
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
+from mtt.errors import did_you_mean
 from mtt.training.hypers import TrainingHypers
 
 
@@ -22,12 +24,58 @@ class ModelHypers:
     ``lmax``, ``num_convolution_layer``, ``chemical_species``...). Left empty, it is filled
     from ``checkpoint`` and stored in mtt checkpoints, which are then rebuilt from it without
     the ``.pth`` file. Given, the network is built from it with random weights: SevenNet
-    trained from scratch."""
+    trained from scratch, with sevenn's defaults for the keys it leaves out, except that
+    ``conv_denominator`` (by default ``avg_num_neigh``) is the training data's mean number of
+    neighbours and ``self_connection_type`` is ``linear`` (the one mtt converts)."""
 
     def validate(self) -> List[Tuple[str, str]]:
         if not self.checkpoint and not self.sevennet_config:
             return [("checkpoint", "give a SevenNet checkpoint or a sevennet_config")]
-        return []
+        return _config_problems(self.sevennet_config)
+
+
+def _config_problems(config: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """The keys of a from-scratch SevenNet config that sevenn would reject deep inside its
+    model builder (as an internal error), checked here, one line each."""
+    from .modules.convert import CONFIG_KEYS
+
+    problems = []
+    for key in config:
+        if key not in CONFIG_KEYS:
+            hint = did_you_mean(key, CONFIG_KEYS)
+            problems.append(
+                (f"sevennet_config.{key}", f"is not a SevenNet network setting; {hint}remove it")
+            )
+    cutoff = config.get("cutoff")
+    if "cutoff" in config and not (_is_number(cutoff) and math.isfinite(cutoff) and cutoff > 0):
+        problems.append(("sevennet_config.cutoff", f"must be a positive number, got {cutoff!r}"))
+    # (-1: lmax_edge and lmax_node as lmax, SevenNet's default)
+    least = {"channel": 1, "num_convolution_layer": 1, "lmax": 0, "lmax_edge": -1, "lmax_node": -1}
+    for name, smallest in least.items():
+        value = config.get(name)
+        if name in config and not (type(value) is int and value >= smallest):
+            problems.append(
+                (f"sevennet_config.{name}", f"must be an integer >= {smallest}, got {value!r}")
+            )
+    kind = config.get("self_connection_type", "linear")
+    if kind != "linear":
+        problems.append(
+            ("sevennet_config.self_connection_type", f"only 'linear' is supported, got {kind!r}")
+        )
+    denominator = config.get("conv_denominator", "avg_num_neigh")
+    numbers = denominator if isinstance(denominator, list) else [denominator]
+    if denominator != "avg_num_neigh" and not all(_is_number(v) and v > 0 for v in numbers):
+        problems.append(
+            (
+                "sevennet_config.conv_denominator",
+                f"must be 'avg_num_neigh' (from the data) or positive numbers, got {denominator!r}",
+            )
+        )
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass

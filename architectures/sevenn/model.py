@@ -13,7 +13,7 @@ neighbour vectors. Needs ``pip install 'mtt[sevenn]'`` to train or export.
 """
 
 import dataclasses
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import ase.data
 import torch
@@ -52,7 +52,10 @@ class SevenNet(EnergyModel):
     ):
         if hypers.sevennet_config:
             config = _with_species(dict(hypers.sevennet_config), dataset_info)
-            network, pretrained = convert.build_from_config(config), False
+            built = dict(config)
+            if built["conv_denominator"] == AVERAGE_NEIGHBOURS:  # until fit_statistics
+                built["conv_denominator"] = 1.0
+            network, pretrained = convert.build_from_config(built), False
         else:
             network, config = convert.load_checkpoint(hypers.checkpoint, hypers.trust_checkpoint)
             pretrained = True
@@ -78,10 +81,31 @@ class SevenNet(EnergyModel):
         """The last Linear layer, one output per energy target."""
         return ["core.readout"]
 
+    def fit_statistics(self, batches: Iterable[Graph]) -> None:
+        """A from-scratch network whose config asks for ``avg_num_neigh`` divides each
+        convolution's sum by the training data's mean number of neighbours (as SevenNet
+        does); the number goes into the config, so checkpoints rebuild the same network."""
+        config = self.hypers.sevennet_config
+        if config.get("conv_denominator") != AVERAGE_NEIGHBOURS:
+            return
+        edges, atoms = 0, 0
+        for graph in batches:
+            edges += int(graph.edge_i.shape[0])
+            atoms += int(graph.types.shape[0])
+        # (rounded as sevenn's network, which holds it in float32, gives it back when rebuilt)
+        average = float(torch.tensor(max(edges / max(atoms, 1), 1.0), dtype=torch.float32))
+        config["conv_denominator"] = [average] * int(config["num_convolution_layer"])
+        for layer in self.core.layers:
+            layer.convolution.denominator = average
+
     def per_atom_energies(self, graph: Graph, species: Tensor) -> Tensor:
         vectors = edge_vectors(graph)
         raw = self.core(self.sevenn_species[species], vectors, graph.edge_i, graph.edge_j)
         return raw * self.species_scale[species].to(raw.dtype).unsqueeze(1)
+
+
+# SevenNet's name for the convolutions' denominator taken from the data
+AVERAGE_NEIGHBOURS = "avg_num_neigh"
 
 
 def _numbers(symbols: List[str]) -> List[int]:
@@ -90,13 +114,19 @@ def _numbers(symbols: List[str]) -> List[int]:
 
 
 def _with_species(config: dict, info: DatasetInfo) -> dict:
-    """A from-scratch config: the data's elements, zero shift and unit scale by default."""
+    """A from-scratch config: the data's elements, zero shift and unit scale by default, the
+    self-connection mtt converts (SevenNet's default is NequIP's), and the convolutions'
+    denominator as SevenNet's ``avg_num_neigh`` means it: a placeholder here, set from the
+    training data by :meth:`SevenNet.fit_statistics`."""
     if "chemical_species" not in config:
         config["chemical_species"] = [ase.data.chemical_symbols[z] for z in info.atomic_types]
     n = len(set(config["chemical_species"]))
     config.setdefault("_number_of_species", n)
     config.setdefault("shift", [0.0] * n)
     config.setdefault("scale", [1.0] * n)
+    config.setdefault("self_connection_type", "linear")
+    if config.get("conv_denominator", AVERAGE_NEIGHBOURS) == AVERAGE_NEIGHBOURS:
+        config["conv_denominator"] = AVERAGE_NEIGHBOURS
     return config
 
 

@@ -24,6 +24,7 @@ from mtt import pretrained  # noqa: E402
 from mtt.api import save_model  # noqa: E402
 from mtt.checkpoints import read_checkpoint, save_checkpoint  # noqa: E402
 from mtt.data.dataset import dataset_from_atoms  # noqa: E402
+from mtt.data.targets import DatasetInfo  # noqa: E402
 from mtt.errors import MttError  # noqa: E402
 from mtt.finetune import FinetuneHypers, apply_method  # noqa: E402
 from mtt.hypers import parse  # noqa: E402
@@ -238,3 +239,46 @@ def test_the_dry_run_without_finetune_section_is_that_of_full_fine_tuning(
     assert reports[0] == reports[1]
     assert "zero-shot errors of the pretrained model on the new training set:" in reports[0]
     assert any(line.startswith("reference energies") for line in reports[0])
+
+
+def test_a_config_with_sevenns_defaults_builds_and_divides_by_the_mean_neighbours(tmp_path):
+    """A plain config (sevenn's defaults: 'avg_num_neigh' as the denominator, NequIP's
+    self-connection) was an internal error; the denominator is now the training data's mean
+    number of neighbours, kept in the checkpoint's config so that the network rebuilds."""
+    config = {"cutoff": 3.0, "channel": 4, "lmax": 1, "num_convolution_layer": 2}
+    dataset = _xtb_dataset(4)
+    info = DatasetInfo("angstrom", dataset.atomic_types, dataset.targets)
+    model = SevenNet(parse(ModelHypers, {"sevennet_config": config}, "architecture.model"), info)
+    graphs = [model.atoms_to_data(atoms) for atoms, _ in dataset]
+    model.fit_statistics([model.collate_fn(graphs)])
+    edges = sum(int(g.edge_i.shape[0]) for g in graphs)
+    atoms = sum(int(g.types.shape[0]) for g in graphs)
+    mean = pytest.approx(edges / atoms, rel=1e-7)
+    assert model.hypers.sevennet_config["conv_denominator"] == [mean] * 2
+    assert [layer.convolution.denominator for layer in model.core.layers] == [mean] * 2
+    path = str(tmp_path / "model.ckpt")
+    save_checkpoint(model.get_checkpoint(), path)
+    rebuilt = SevenNet.load_checkpoint(read_checkpoint(path), "export")
+    assert [layer.convolution.denominator for layer in rebuilt.core.layers] == [
+        layer.convolution.denominator for layer in model.core.layers
+    ]
+    torch.testing.assert_close(
+        energy_of(rebuilt.double().eval(), molecule()), energy_of(model.double().eval(), molecule())
+    )
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"cutoff": -1.0}, "sevennet_config.cutoff' must be a positive number, got -1.0"),
+        ({"channel": 0}, "sevennet_config.channel' must be an integer >= 1, got 0"),
+        ({"lmax": "two"}, "sevennet_config.lmax' must be an integer >= 0, got 'two'"),
+        ({"chanel": 8}, "sevennet_config.chanel' is not a SevenNet network setting; did you"),
+        ({"self_connection_type": "nequip"}, "only 'linear' is supported, got 'nequip'"),
+    ],
+)
+def test_bad_sevennet_configs_are_refused_with_the_key(config, message):
+    from mtt.errors import MttError as Error
+
+    with pytest.raises(Error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(ModelHypers, {"sevennet_config": config}, "architecture.model")
