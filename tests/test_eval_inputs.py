@@ -10,9 +10,12 @@ tiny model is trained for this module.
 import shutil
 from pathlib import Path
 
+import ase.io
 import pytest
 import test_bad_input
 from test_bad_input import fail, run, write_options
+
+from mtt.cli import main
 
 work = test_bad_input.work
 trained = test_bad_input.trained  # module scope: trained once for this file
@@ -135,6 +138,29 @@ def test_target_the_model_does_not_have(work, capsys, trained):
     assert message.startswith("eval.targets.mtt::dipole: the model has no output 'mtt::dipole'")
     assert "(its outputs are ['energy'])" in message
     assert not Path("predictions.xyz").exists()
+
+
+def test_the_declared_energy_variant_is_the_output_compared(work, capsys):
+    """A model with 'energy' (kcal/mol) and 'energy/ev' (eV), evaluated on labels declared as
+    'energy/ev' only: without --output-name the default 'energy' output was compared with
+    them (an RMSE of ~4000 eV/atom, reported without a word)."""
+    frames = ase.io.read("train.xyz", ":")
+    for atoms in frames:  # the same energies in eV
+        atoms.info["e_ev"] = atoms.get_potential_energy() * 0.0433641042
+    ase.io.write("ev.xyz", frames)
+    ev = {"key": "e_ev", "unit": "eV", "forces": False}
+    targets = {"energy": {"unit": "kcal/mol"}, "energy/ev": ev}
+    options = test_bad_input.options(training_set__systems="ev.xyz", training_set__targets=targets)
+    write_options(options)
+    assert main(["train", "options.yaml", "-o", "two.pt"]) == 0
+    declared = {"energy/ev": ev}
+    write_options({"systems": "ev.xyz", "targets": declared}, "eval.yaml")
+    capsys.readouterr()
+    assert main(["eval", "two.pt", "eval.yaml", "-o", "p.xyz"]) == 0
+    out = capsys.readouterr().out
+    assert "comparing the model's output 'energy/ev', the energy eval.targets declares" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("energy_per_atom: RMSE")]
+    assert float(line.split()[2]) < 1.0, line  # eV per atom: the same model's two heads
 
 
 def test_two_energies_declared_for_one_energy_output(work, capsys, trained):

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> None:
     model = load_model(args.model, args.extensions_dir)
     outputs = model.capabilities().outputs
     generic = [name for name in outputs if name.startswith("mtt::")]
-    energy = _energy_output(model, args.output_name, generic)
+    requested = args.output_name or _declared_energy(args.data, outputs)
+    energy = _energy_output(model, requested, generic)
     data = _open(args.data, energy, generic, model, args.reader)
     refuse_input_as_output(args.output, [data.source])
     if data.plotted:  # known only now, still before anything is evaluated
@@ -152,6 +153,23 @@ def _format_hint(data: str) -> str:
 
 def _is_yaml(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in (".yaml", ".yml")
+
+
+def _declared_energy(path: str, outputs) -> Optional[str]:
+    """The energy output a data set YAML's labels are for, when it declares one energy that
+    the model predicts (``energy/pbe0``): without --output-name that output is compared, not
+    the model's default energy."""
+    from ..api import read_options
+
+    if not _is_yaml(path):
+        return None
+    raw = read_options(path)
+    targets = raw.get("targets") if isinstance(raw, dict) else None
+    names = [n for n in (targets or {}) if isinstance(n, str) and not n.startswith("mtt::")]
+    if len(names) == 1 and names[0] in outputs and names[0] != "energy":
+        LOGGER.info("comparing the model's output %r, the energy eval.targets declares", names[0])
+        return names[0]
+    return None
 
 
 def _energy_output(model, requested, generic):
@@ -250,6 +268,12 @@ def _open(
     options.targets = targets
     pairs = _labelled(options, path, full, reader)
     if name is not None and name != energy:
+        LOGGER.info(
+            "eval.targets.%s is compared with the model's output %r (--output-name picks "
+            "another)",
+            name,
+            energy,
+        )
         pairs = _renamed(pairs, name, energy)
     compare = [n for n in targets if n.startswith("mtt::")]
     return _Data(
