@@ -211,6 +211,15 @@ def test_llpr_is_refused_up_front_for_architectures_without_last_layer_features(
     with pytest.raises(MttError, match="architecture.training.uncertainty"):
         mtt.train(options, output="pet.pt")
     assert not os.path.exists("pet.pt")
+    # with the other option errors, before any data is read (the file need not exist)
+    from mtt.api import validate_options
+
+    options["training_set"] = "nowhere.xyz"
+    options["architecture"]["training"]["num_epochs"] = -1
+    with pytest.raises(MttError) as error:
+        validate_options(options)
+    assert "'llpr' is not available for it" in str(error.value)
+    assert "num_epochs" in str(error.value)
 
 
 def test_llpr_without_an_energy_target_is_refused_before_training(tmp_path, data_dir, monkeypatch):

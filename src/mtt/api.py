@@ -89,7 +89,7 @@ def validate_options(raw: Dict[str, Any]) -> Settings:
         problems += error.problems
     architecture, parsed = _architecture_sections(raw, problems)
     if options is not None:
-        problems += _declared_name_problems(raw, options, parsed)
+        problems += _declared_name_problems(raw, options, parsed, architecture)
     if problems:
         raise OptionsError(_with_sections_named(problems, architecture))
     _without_generic_gradients(options)
@@ -137,9 +137,12 @@ def _without_generic_gradients(options: Options) -> None:
                 target.forces, target.stress, target.virial = False, False, False
 
 
-def _declared_name_problems(raw: Dict[str, Any], options: Options, parsed) -> List[str]:
+def _declared_name_problems(
+    raw: Dict[str, Any], options: Options, parsed, architecture
+) -> List[str]:
     """Names of targets in the training hypers that the training set does not declare, null
-    units and gradients given to generic targets: caught here, before any data is read."""
+    units, gradients given to generic targets and uncertainties the architecture cannot
+    give: caught here, before any data is read."""
     problems = raw_target_problems(raw)
     training, model = parsed.get("training"), parsed.get("model")
     if isinstance(training, TrainingHypers) and model is not None:
@@ -147,7 +150,15 @@ def _declared_name_problems(raw: Dict[str, Any], options: Options, parsed) -> Li
         direct_heads = getattr(model, "direct_forces", False) is True
         for key, message in target_name_problems(training, targets, direct_heads):
             problems.append(f"option 'architecture.training.{key}' {message}")
+        if training.uncertainty == "llpr" and not _offers_last_layer(architecture.__model__):
+            problems.append(_NO_LAST_LAYER.format(name=options.architecture.name))
     return problems
+
+
+_NO_LAST_LAYER = (
+    "option 'architecture.training.uncertainty': {name} does not offer last-layer features, "
+    "so 'llpr' is not available for it; set it to 'none'"
+)
 
 
 def _architecture_sections(raw: Any, problems: List[str]):
@@ -386,11 +397,6 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
             f"{options.architecture.name} does not offer generic targets such as "
             f"{model.generic_names[0]!r}; use soap_bpnn or painn for them, or remove them"
         )
-    if trainer.hypers.uncertainty == "llpr" and not _offers_last_layer(model):
-        raise MttError(
-            f"option 'architecture.training.uncertainty': {options.architecture.name} does not "
-            "offer last-layer features, so 'llpr' is not available for it; set it to 'none'"
-        )
     if trainer.hypers.uncertainty == "llpr" and not model.target_names:
         raise MttError(
             "option 'architecture.training.uncertainty': 'llpr' gives uncertainties of "
@@ -445,10 +451,10 @@ def _train_in(
     return output
 
 
-def _offers_last_layer(model) -> bool:
+def _offers_last_layer(model_class) -> bool:
     from .energy_model import EnergyModel
 
-    method = getattr(type(model), "last_layer_features", None)
+    method = getattr(model_class, "last_layer_features", None)
     return method is not None and method is not EnergyModel.last_layer_features
 
 
