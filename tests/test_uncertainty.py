@@ -215,11 +215,11 @@ def test_llpr_is_refused_up_front_for_architectures_without_last_layer_features(
     from mtt.api import validate_options
 
     options["training_set"] = "nowhere.xyz"
-    options["architecture"]["training"]["num_epochs"] = -1
+    options["sed"] = 3
     with pytest.raises(MttError) as error:
         validate_options(options)
     assert "'llpr' is not available for it" in str(error.value)
-    assert "num_epochs" in str(error.value)
+    assert "'sed'" in str(error.value)
 
 
 def test_llpr_without_an_energy_target_is_refused_before_training(tmp_path, data_dir, monkeypatch):

@@ -88,8 +88,12 @@ def validate_options(raw: Dict[str, Any]) -> Settings:
     except OptionsError as error:
         problems += error.problems
     architecture, parsed = _architecture_sections(raw, problems)
+    training = parsed.get("training")
+    if getattr(training, "uncertainty", None) == "llpr":
+        if not _offers_last_layer(architecture.__model__):
+            problems.append(_NO_LAST_LAYER.format(name=raw["architecture"]["name"]))
     if options is not None:
-        problems += _declared_name_problems(raw, options, parsed, architecture)
+        problems += _declared_name_problems(raw, options, parsed)
     if problems:
         raise OptionsError(_with_sections_named(problems, architecture))
     _without_generic_gradients(options)
@@ -137,12 +141,9 @@ def _without_generic_gradients(options: Options) -> None:
                 target.forces, target.stress, target.virial = False, False, False
 
 
-def _declared_name_problems(
-    raw: Dict[str, Any], options: Options, parsed, architecture
-) -> List[str]:
+def _declared_name_problems(raw: Dict[str, Any], options: Options, parsed) -> List[str]:
     """Names of targets in the training hypers that the training set does not declare, null
-    units, gradients given to generic targets and uncertainties the architecture cannot
-    give: caught here, before any data is read."""
+    units and gradients given to generic targets: caught here, before any data is read."""
     problems = raw_target_problems(raw)
     training, model = parsed.get("training"), parsed.get("model")
     if isinstance(training, TrainingHypers) and model is not None:
@@ -150,8 +151,6 @@ def _declared_name_problems(
         direct_heads = getattr(model, "direct_forces", False) is True
         for key, message in target_name_problems(training, targets, direct_heads):
             problems.append(f"option 'architecture.training.{key}' {message}")
-        if training.uncertainty == "llpr" and not _offers_last_layer(architecture.__model__):
-            problems.append(_NO_LAST_LAYER.format(name=options.architecture.name))
     return problems
 
 
