@@ -341,6 +341,10 @@ def test_missing_structure_file(work, capsys):
     message = train(capsys)
     assert f"file not found: {str(work / 'missing.xyz')!r}" in message
     assert "check the path" in message
+    assert not Path("outputs").exists()  # made for the run, and empty once it is removed
+    Path("outputs").mkdir()  # the user's own, even empty, stays
+    train(capsys)
+    assert Path("outputs").is_dir() and not list(Path("outputs").iterdir())
 
 
 def test_unreadable_structure_file(work, capsys):

@@ -32,7 +32,7 @@ from .finetune import apply_method, parse_method_config
 from .hypers import OptionsLoader
 from .io import atomic_path, refuse_overwrite
 from .options import Options, raw_target_problems
-from .runs import checkpoint_epoch, find_auto_restart, new_run_dir
+from .runs import CREATED_ROOTS, checkpoint_epoch, find_auto_restart, new_run_dir
 from .training import distributed
 from .training.batches import batch_to, model_data, refuse_isolated_atoms, warn_far_positions
 from .training.composition import baseline_rmse, fit_baseline
@@ -312,6 +312,9 @@ def _remove_if_unused(run_dir: str) -> bool:
     if not set(os.listdir(run_dir)) <= {"options.yaml", "train.log"}:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
+    root = os.path.dirname(os.path.abspath(run_dir))
+    if root in CREATED_ROOTS and not os.listdir(root):  # (outputs/, made for this run)
+        os.rmdir(root)
     return True
 
 

@@ -13,8 +13,15 @@ from .errors import MttError
 LOGGER = logging.getLogger("mtt")
 
 
+#: output directories that :func:`new_run_dir` created (a refused run removes its run
+#: directory, and such a directory too when nothing else is in it)
+CREATED_ROOTS = set()
+
+
 def new_run_dir(root: str) -> str:
     """``root/<date>_<time>``, made unique with a suffix if two runs start in one second."""
+    if not os.path.exists(root):
+        CREATED_ROOTS.add(os.path.abspath(root))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     path = os.path.join(root, stamp)
     suffix = 1
