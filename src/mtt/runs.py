@@ -20,7 +20,9 @@ CREATED_ROOTS = set()
 
 def new_run_dir(root: str) -> str:
     """``root/<date>_<time>``, made unique with a suffix if two runs start in one second."""
-    if not os.path.exists(root):
+    if os.path.exists(root):
+        CREATED_ROOTS.discard(os.path.abspath(root))
+    else:
         CREATED_ROOTS.add(os.path.abspath(root))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     path = os.path.join(root, stamp)
