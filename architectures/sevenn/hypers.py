@@ -28,6 +28,10 @@ class ModelHypers:
     ``conv_denominator`` (by default ``avg_num_neigh``) is the training data's mean number of
     neighbours and ``self_connection_type`` is ``linear`` (the one mtt converts)."""
 
+    # filled from the checkpoint (see above): a run's options.yaml keeps the options' value,
+    # since a given config means a network trained from scratch
+    __filled_from_weights__ = ("sevennet_config",)
+
     def validate(self) -> List[Tuple[str, str]]:
         if not self.checkpoint and not self.sevennet_config:
             return [("checkpoint", "give a SevenNet checkpoint or a sevennet_config")]

@@ -413,7 +413,12 @@ def _record_model(expanded: Dict[str, Any], model) -> Dict[str, Any]:
     hypers of the model that trains: a restart's or a pretrained model's own, not the
     defaults the options would give a new one."""
     recorded = copy.deepcopy(expanded)
-    recorded["architecture"]["model"] = hypers_module.to_dict(model.hypers)
+    own = hypers_module.to_dict(model.hypers)
+    # hypers a model fills in from the weights it starts from (sevenn's sevennet_config)
+    # keep the options' value: given, they would mean another model (SevenNet from scratch)
+    for key in getattr(type(model.hypers), "__filled_from_weights__", ()):
+        own[key] = recorded["architecture"]["model"].get(key, own[key])
+    recorded["architecture"]["model"] = own
     return recorded
 
 

@@ -282,3 +282,15 @@ def test_bad_sevennet_configs_are_refused_with_the_key(config, message):
 
     with pytest.raises(Error, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse(ModelHypers, {"sevennet_config": config}, "architecture.model")
+
+
+def test_a_runs_options_keep_the_sevennet_config_the_user_gave(sevennet_0):
+    """The model fills sevennet_config from its checkpoint (its own checkpoints rebuild from
+    it); the run's options.yaml keeps the options' empty one: reused, a filled config would
+    train SevenNet from scratch."""
+    from mtt.api import _record_model
+
+    model = {"checkpoint": "sevennet-0", "trust_checkpoint": False, "sevennet_config": {}}
+    recorded = _record_model({"architecture": {"name": "sevenn", "model": model}}, sevennet_0)
+    assert recorded["architecture"]["model"]["sevennet_config"] == {}
+    assert sevennet_0.hypers.sevennet_config["num_convolution_layer"] == 5
