@@ -217,3 +217,19 @@ def test_distillation_scales_follow_the_loss_rule(pretrained, tmp_path):
     scales = run.trainer.distillation.scales
     assert scales["energy/forces"] > 0.3  # eV/Å, the teacher's on the DFT frames
     assert scales["energy"] == pytest.approx(0.1 * scales["energy/forces"])
+
+
+def test_an_old_task_set_in_the_wrong_unit_is_named_by_the_dry_run(pretrained, tmp_path, capsys):
+    """The old task's xTB labels are in eV; declared as kcal/mol (converted to eV by 1/23)
+    their forces spread 23 times less than the pretrained model's: the dry run says so,
+    where its forgetting report would just show large errors."""
+    root, checkpoint = pretrained
+    old = {"systems": str(root / "old_task.xyz"), "targets": {"energy": {"unit": "kcal/mol"}}}
+    for section, warned in ((str(root / "old_task.xyz"), False), (old, True)):
+        finetune = {"read_from": checkpoint, "old_task_set": section}
+        training = dict(FINETUNE, finetune=finetune)
+        path = options(tmp_path / "ft.yaml", training, str(root / "dft.xyz"), "kcal/mol")
+        capsys.readouterr()
+        assert main(["train", path, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert ("old_task_set: energy/forces: the labels spread" in out) == warned, out[-3000:]

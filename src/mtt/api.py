@@ -571,15 +571,16 @@ def _force_scale_check(model, dataset, device, targets: List[str]) -> List[str]:
             labelled.append(labels.values[quantity][mask])
         ratio = float(torch.cat(labelled).std() / torch.cat(predicted).std().clamp(min=1e-12))
         LOGGER.info(
-            "%s: spread of the labels / spread of the pretrained predictions = %.3g",
+            "%s: %s: spread of the labels / spread of the pretrained predictions = %.3g",
+            dataset.name,
             quantity,
             ratio,
         )
         if not 1 / 3 < ratio < 3:
             warnings.append(
-                f"{quantity}: the labels spread {ratio:.3g} times as much as the pretrained "
-                "model's predictions; check the energy and length units of the new data (eV "
-                "vs kcal/mol is a factor 23)"
+                f"{dataset.name}: {quantity}: the labels spread {ratio:.3g} times as much as "
+                "the pretrained model's predictions; check the energy and length units of "
+                f"the {dataset.name} (eV vs kcal/mol is a factor 23)"
             )
     return warnings
 
@@ -789,6 +790,9 @@ def _forgetting_report(settings: Settings, base_dir: str, run: Prepared):
         old_set = load_dataset(as_dataset_options(old_task), base_dir, "old_task_set")
         _check_old_task(old_set, trainer.teacher)
         _to_model_units(old_set, trainer.teacher.dataset_info)
+        known = [name for name in old_set.targets if name in trainer.teacher.target_names]
+        for line in _force_scale_check(trainer.teacher, old_set, run.device, known):
+            LOGGER.warning(line)  # the old task's errors would be reported in wrong units
     report = ForgettingReport(trainer.teacher, old_set, run.device)
     report.start()
     return report
