@@ -176,3 +176,41 @@ def test_launch_environment_of_torchrun_and_srun():
     assert launch_environment({}) is None
     assert first_host("node1") == "node1"
     assert first_host("rack[2-3]-n[5,7],x") == "rack2-n5"
+
+
+def test_a_process_whose_partner_never_starts_stops_on_sigterm(tmp_path, data_dir):
+    """srun's task 0 of 2, with task 1 never started, waits in torch's rendezvous: it says
+    where, and SIGTERM (a scheduler's time limit, `timeout`) ends it at once. Python's own
+    handler would run only when the C++ wait returned, after the 30-minute limit."""
+    import select
+    import signal
+    import time
+
+    options = options_file(tmp_path, data_dir)
+    slurm = {"SLURM_JOB_ID": "4243", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    slurm.update(SLURM_STEP_NUM_TASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    command = [sys.executable, "-m", "mtt", "train", options, "-o", "lonely.pt"]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=dict(environment(), **slurm),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "joining the others" not in line and time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 1.0)
+            line = process.stdout.readline() if ready else line
+        assert "process 0 of 2: joining the others at 127.0.0.1:" in line
+        time.sleep(1.0)  # inside the rendezvous
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()  # (closes the pipes)
+    assert process.returncode == -signal.SIGTERM
+    assert not (tmp_path / "lonely.pt").exists()

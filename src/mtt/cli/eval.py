@@ -269,8 +269,7 @@ def _open(
     pairs = _labelled(options, path, full, reader)
     if name is not None and name != energy:
         LOGGER.info(
-            "eval.targets.%s is compared with the model's output %r (--output-name picks "
-            "another)",
+            "eval.targets.%s is compared with the model's output %r (--output-name picks another)",
             name,
             energy,
         )

@@ -18,6 +18,8 @@ else the first host of ``SLURM_JOB_NODELIST`` (where ``srun`` places task 0), el
 import logging
 import os
 import re
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -113,9 +115,7 @@ def session(mode: str = "auto", cuda: bool = False) -> Iterator[World]:
         torch.cuda.set_device(gpu_index(world))
     logger = logging.getLogger("mtt")
     level = logger.level
-    dist.init_process_group(
-        "nccl" if cuda else "gloo", init_method="env://", rank=world.rank, world_size=world.size
-    )
+    _join(world, cuda, logger)
     # for the final wait below: the main process's evaluation and export after training can
     # outlast the default group's time limit (10 minutes with NCCL)
     finish = dist.new_group(backend="gloo", timeout=FINAL_WAIT)
@@ -130,6 +130,43 @@ def session(mode: str = "auto", cuda: bool = False) -> Iterator[World]:
     finally:
         logger.setLevel(level)
         dist.destroy_process_group()
+
+
+def _join(world: World, cuda: bool, logger: logging.Logger) -> None:
+    """Form the process group, saying what this process waits for. Until the others join,
+    SIGTERM and Ctrl-C act at once (Python's handlers wait for torch's C++ rendezvous to
+    return, which with a task that never started is the group's 30-minute time limit)."""
+    address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    logger.info("process %d of %d: joining the others at %s", world.rank, world.size, address)
+    previous = _default_signals()
+    try:
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", init_method="env://", rank=world.rank, world_size=world.size
+        )
+    except (RuntimeError, ValueError) as error:  # torch's DistStoreError and time-outs
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MttError(
+            f"process {world.rank} of {world.size} could not join the others at {address} "
+            f"({first[:160]}); check that every task started (torchrun --nproc_per_node, srun "
+            "-n) and that MASTER_ADDR/MASTER_PORT are reachable"
+        ) from None
+    finally:
+        _restore_signals(previous)
+
+
+def _default_signals():
+    """SIGTERM and SIGINT back to the operating system's default (terminate), as they were."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, signal.SIG_DFL)
+    return previous
+
+
+def _restore_signals(previous) -> None:
+    for sig, handler in (previous or {}).items():
+        signal.signal(sig, handler)
 
 
 def gpu_index(world: World) -> int:
