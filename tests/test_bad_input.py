@@ -1193,3 +1193,14 @@ def test_positions_far_from_the_origin_in_float32_are_flagged(work, capsys):
     out = capsys.readouterr().out
     assert "positions of the training set reach 1e+08 angstrom: float32 keeps ~7 digits" in out
     assert "or train with base_precision: 64" in out
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_prints_the_traceback_wherever_it_is_written(work, capsys, where):
+    """`mtt --debug export x` (as `mtt --help` shows it) was overridden by the command's own
+    --debug default."""
+    Path("notes.ckpt").write_text("not a checkpoint\n")
+    argv = ["export", "notes.ckpt", "-o", "x.pt"]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    assert main(argv) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__)
-        sub.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        # (SUPPRESS: absent after the command, 'mtt --debug train' keeps the top level's)
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         module.add_arguments(sub)
     return parser
 
