@@ -6,6 +6,7 @@ stress ``(1/V) dE/dε`` through the strain trick.
 """
 
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -30,8 +31,17 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def load_model(path: str, extensions_directory: Optional[str] = None):
     """An exported model, with one-line errors for missing or foreign files; models of other
     tools that need compiled TorchScript extensions load them from ``extensions_directory``."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "model.pt")
+        hint = f" ({inside!r} is one)" if os.path.isfile(inside) else ""
+        raise MttError(f"{path!r} is a directory; give an exported model file{hint}")
     if not os.path.isfile(path):
         raise MttError(f"model file not found: {path!r}")
+    if not zipfile.is_zipfile(path) and not is_truncated_archive(path):
+        raise MttError(
+            f"{path!r} is not a model (not an archive written by torch); give an exported "
+            "model, e.g. the model.pt of 'mtt train' or 'mtt export'"
+        )
     if extensions_directory is not None and not os.path.isdir(extensions_directory):
         raise MttError(f"extensions directory not found: {extensions_directory!r}")
     try:

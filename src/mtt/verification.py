@@ -109,6 +109,35 @@ def verification_metadata(model) -> str:
     )
 
 
+def read_stored(text: str, outputs) -> Dict[str, Any]:
+    """The reference results stored in a model's metadata, checked to be what
+    :func:`verification_metadata` writes (``outputs``: the model's); a ``ValueError`` saying
+    what is wrong otherwise (a model whose metadata was edited or damaged)."""
+    try:
+        stored = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("structures"), list):
+        raise ValueError("no list of structures")
+    if not stored["structures"]:
+        raise ValueError("the list of structures is empty")
+    if stored.get("output") is not None and stored["output"] not in outputs:
+        raise ValueError(f"the model has no output {stored['output']!r}")
+    for index, entry in enumerate(stored["structures"]):
+        try:
+            n = len(entry["numbers"])
+            shapes = {"positions": (n, 3), "cell": (3, 3), "pbc": (3,), "forces": (n, 3)}
+            shapes.update(energy=(), stress=(3, 3))
+            for key, shape in shapes.items():
+                if (key in entry or key in ("positions", "cell", "pbc")) and np.shape(
+                    entry[key]
+                ) != shape:
+                    raise ValueError(f"{key} has the shape {np.shape(entry[key])}, not {shape}")
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"structure {index}: {error}") from None
+    return stored
+
+
 def verify(model, stored: Dict[str, Any], dtype: str) -> List[str]:
     """Recompute the stored structures with an exported model; the mismatches, as lines."""
     from .evaluate import generic_outputs, predict

@@ -1,7 +1,6 @@
 """Check an exported model: recompute the reference structures stored in it at export."""
 
 import argparse
-import json
 
 HELP = "check that an exported model (.pt) still gives the results stored in it"
 
@@ -13,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..errors import MttError
     from ..evaluate import load_model
-    from ..verification import METADATA_KEY, verify
+    from ..verification import METADATA_KEY, read_stored, verify
 
     model = load_model(args.model)
     stored = model.metadata().extra.get(METADATA_KEY)
@@ -22,10 +21,17 @@ def run(args: argparse.Namespace) -> None:
             f"{args.model!r} holds no reference results (it was not exported by this version "
             "of mtt); nothing to verify"
         )
-    problems = verify(model, json.loads(stored), model.capabilities().dtype)
+    try:
+        stored = read_stored(stored, model.capabilities().outputs)
+    except ValueError as error:
+        raise MttError(
+            f"the reference results stored in {args.model!r} are damaged ({error}); export "
+            "the model again from its checkpoint (mtt export)"
+        ) from None
+    problems = verify(model, stored, model.capabilities().dtype)
     if problems:
         raise MttError(
             f"{args.model!r} does not reproduce its reference results: " + "; ".join(problems)
         )
-    count = len(json.loads(stored)["structures"])
+    count = len(stored["structures"])
     print(f"{args.model}: all {count} reference structures reproduced")
