@@ -215,6 +215,24 @@ def test_literal_message():
     ]
 
 
+def test_yaml_off_is_the_word_off_where_it_is_a_choice():
+    """YAML 1.1 reads an unquoted `off` as false: `distributed: off`, as the documentation
+    writes it, was refused as a bool."""
+
+    @dataclass
+    class Launch:
+        distributed: Literal["auto", "off"] = "auto"
+        switch: Literal["on", "off"] = "on"
+        loss: Literal["mse", "mae"] = "mse"
+
+    parsed = parse(Launch, yaml.safe_load("distributed: off\nswitch: on"))
+    assert (parsed.distributed, parsed.switch) == ("off", "on")
+    with pytest.raises(OptionsError, match="must be one of 'auto', 'off', got True"):
+        parse(Launch, {"distributed": True})  # no word for true among the choices
+    with pytest.raises(OptionsError, match="must be one of 'mse', 'mae', got False"):
+        parse(Launch, {"loss": False})
+
+
 def test_list_messages():
     assert training_problems({"layers": [1, "a", 3.5]}) == [
         "option 'architecture.training.layers[1]' must be an integer, got 'a' (str)",

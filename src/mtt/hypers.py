@@ -312,6 +312,12 @@ def _convert_literal(tp: Any, value: Any, path: str, problems: List[str]) -> Any
     # Compare types too: 1 == True in Python, but not in the options.
     if any(type(value) is type(a) and value == a for a in allowed):
         return value
+    # YAML 1.1 reads an unquoted off/no (on/yes) as false (true): a choice spelt that way
+    # means the word, as the documentation writes it (distributed: off)
+    if isinstance(value, bool):
+        words = [w for w in (("on", "yes") if value else ("off", "no")) if w in allowed]
+        if len(words) == 1:
+            return words[0]
     message = _expected(tp, value, path)
     if isinstance(value, str):
         close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
