@@ -237,7 +237,8 @@ def _open(
                 "'mtt data pack' or a data set YAML (relative paths start at the current "
                 "directory)"
             )
-        return _Data(_unlabelled(path, reader, _format_hint(path)), "angstrom", model_unit)
+        structures = _noting_labels(_unlabelled(path, reader, _format_hint(path)), path)
+        return _Data(structures, "angstrom", model_unit)
     raw = read_options(path)
     if isinstance(raw, dict) and ({"architecture", "training_set"} & set(raw)):
         raise MttError(
@@ -313,6 +314,26 @@ def _require_output(name: str, energy: Optional[str], generic: List[str], model)
             f"eval.targets.{name}: the model has no output {name!r} (its outputs are "
             f"{outputs}); remove this target or evaluate a model trained on it"
         )
+
+
+def _noting_labels(pairs, path: str):
+    """``pairs``, saying when the first structure of a file given directly has an energy or
+    forces: those labels are not compared (their units are not declared), which a user who
+    sees no errors printed would not guess."""
+    for index, (atoms, labels) in enumerate(pairs):
+        if index == 0:
+            results = getattr(atoms.calc, "results", None) or {}
+            found = [key for key in ("energy", "forces", "stress") if key in results]
+            if found:
+                LOGGER.info(
+                    "%s has labels (%s), not compared: a structure file given directly has "
+                    "no declared units; give a data set YAML (systems: %s, targets: {energy: "
+                    "{unit: ...}}) for errors",
+                    path,
+                    ", ".join(found),
+                    path,
+                )
+        yield atoms, labels
 
 
 def _unlabelled(path: str, reader: Optional[str], hint: str):
