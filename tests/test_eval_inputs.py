@@ -313,7 +313,7 @@ def test_a_labelled_file_given_directly_says_its_labels_are_not_compared(work, c
     """No errors were printed and nothing said why: a file given directly has no declared
     units, so its labels are not compared, and the log says so with the way to compare."""
     capsys.readouterr()
-    assert main(["eval", trained["model"], "train.xyz", "-o", "p.xyz"]) == 0
+    assert main(["eval", str(trained["model"]), "train.xyz", "-o", "p.xyz"]) == 0
     out = capsys.readouterr().out
     assert "train.xyz has labels (energy, forces), not compared: a structure file" in out
     assert "RMSE" not in out
