@@ -10,5 +10,5 @@ venv="${MTT_VENV:-$root/.venv}"
 "$venv/bin/python" -m pip install -q -c "$root/constraints.txt" -e "$root[ase]"
 cd "$root/examples/ethanol"
 "$venv/bin/mtt" train options.yaml --force
-"$venv/bin/mtt" eval model.pt ../data/ethanol_reduced_100.xyz -o predictions.xyz --force
+"$venv/bin/mtt" eval model.pt eval.yaml -o predictions.xyz --force
 "$venv/bin/python" md.py model.pt

@@ -34,6 +34,15 @@ def test_ethanol_example_trains_exports_and_runs_md(tmp_path):
     )
     assert train.returncode == 0, train.stderr
     assert (cwd / "model.pt").exists()
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "mtt", "eval", "model.pt", "eval.yaml", "-o", "predictions.xyz"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "energy_per_atom: RMSE" in evaluated.stdout and "forces: RMSE" in evaluated.stdout
     md = subprocess.run(
         [sys.executable, "md.py", "model.pt", "20"],
         cwd=cwd,
