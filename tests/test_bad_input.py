@@ -1204,3 +1204,23 @@ def test_debug_prints_the_traceback_wherever_it_is_written(work, capsys, where):
     argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
     assert main(argv) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_import_mtt_is_cheap_and_its_functions_show_their_signatures():
+    """`import mtt` imports no torch; mtt.train is the API's function itself (help() showed
+    (*args, **kwargs) of a wrapper)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import inspect, sys, mtt; print('torch' in sys.modules); "
+        "print(list(inspect.signature(mtt.train).parameters)[:3]); "
+        "print(list(inspect.signature(mtt.export).parameters)[:2])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "False",
+        "['options', 'training_set', 'output']",
+        "['checkpoint_path', 'output']",
+    ]

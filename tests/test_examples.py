@@ -17,38 +17,16 @@ def test_ethanol_example_trains_exports_and_runs_md(tmp_path):
     shutil.copytree(os.path.join(EXAMPLES, "data"), tmp_path / "data")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cwd = tmp_path / "ethanol"
-    train = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mtt",
-            "train",
-            "options.yaml",
-            "-r",
-            "architecture.training.num_epochs=1",
-        ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert train.returncode == 0, train.stderr
+
+    def run(*argv):
+        done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    one_epoch = ["-r", "architecture.training.num_epochs=1"]
+    run(sys.executable, "-m", "mtt", "train", "options.yaml", *one_epoch)
     assert (cwd / "model.pt").exists()
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "mtt", "eval", "model.pt", "eval.yaml", "-o", "predictions.xyz"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert "energy_per_atom: RMSE" in evaluated.stdout and "forces: RMSE" in evaluated.stdout
-    md = subprocess.run(
-        [sys.executable, "md.py", "model.pt", "20"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert md.returncode == 0, md.stderr
-    assert "ran 20 steps" in md.stdout and "drift" in md.stdout
+    evaluated = run(sys.executable, "-m", "mtt", "eval", "model.pt", "eval.yaml", "-o", "p.xyz")
+    assert "energy_per_atom: RMSE" in evaluated and "forces: RMSE" in evaluated
+    md = run(sys.executable, "md.py", "model.pt", "20")
+    assert "ran 20 steps" in md and "drift" in md
