@@ -23,6 +23,7 @@ from .reading import (
     gradient_like_keys,
     lookup,
     misplaced,
+    missing_target_error,
     read_structures,
 )
 from .targets import GradientSource, TargetInfo, TargetSpec
@@ -264,17 +265,8 @@ def _read_generic(spec, frames, labels, path, where) -> TargetInfo:
         _warn_if_not_symmetric(spec.name, labels, path)
     if found == 0:
         keys = available_keys(frames, per_atom=options.per_atom)
-        place = "atoms.arrays" if options.per_atom else "atoms.info"
-        if misplaced(frames, spec.key, options.per_atom):  # the fix is per_atom, not the key
-            other = "atoms.info, per structure" if options.per_atom else "atoms.arrays, per atom"
-            raise MttError(
-                f"no structure of {path!r} has {spec.key!r} in {place}, but it is in {other}: "
-                f"set '{where}.per_atom: {str(not options.per_atom).lower()}'"
-            )
-        raise MttError(
-            f"no structure of {path!r} has {spec.key!r} in {place}; keys found: {keys}; set "
-            f"'{where}.key' (and 'per_atom' if the labels are per atom)"
-        )
+        elsewhere = bool(misplaced(frames, spec.key, options.per_atom))
+        raise missing_target_error(path, spec.key, options.per_atom, where, keys, elsewhere)
     return info
 
 

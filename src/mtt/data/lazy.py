@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import MttError
 from .dataset import LabelledDataset, Labels, _as_matrix, _check_finite, _check_same_stress
 from .packed import PackedArrays, open_arrays
-from .reading import lookup
+from .reading import lookup, missing_target_error
 from .targets import TargetInfo, TargetSpec
 
 _CHUNK = 1 << 20  # rows per step of the checks that scan a whole array
@@ -291,17 +291,8 @@ def _missing(arrays, quantity, spec, path, where) -> MttError:
             f"set '{where}.key' to the right one"
         )
     if quantity.name == spec.name:
-        place = "atoms.arrays" if quantity.per_atom else "atoms.info"
-        if quantity.key in arrays.keys(not quantity.per_atom):
-            other = "atoms.info, per structure" if quantity.per_atom else "atoms.arrays, per atom"
-            return MttError(
-                f"no structure of {path!r} has {spec.key!r} in {place}, but it is in {other}: "
-                f"set '{where}.per_atom: {str(not quantity.per_atom).lower()}'"
-            )
-        return MttError(
-            f"no structure of {path!r} has {spec.key!r} in {place}; keys found: {keys}; set "
-            f"'{where}.key' (and 'per_atom' if the labels are per atom)"
-        )
+        elsewhere = quantity.key in arrays.keys(not quantity.per_atom)
+        return missing_target_error(path, spec.key, quantity.per_atom, where, keys, elsewhere)
     kind = quantity.what.split()[0]
     return MttError(
         f"no structure of {path!r} has {kind} under the key {quantity.key!r}; keys found: "

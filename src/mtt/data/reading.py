@@ -164,6 +164,24 @@ def lookup(
     return numbers
 
 
+def missing_target_error(
+    path: str, key: str, per_atom: bool, where: str, keys: List[str], elsewhere: bool
+) -> MttError:
+    """No structure of ``path`` has a generic target's ``key`` where ``per_atom`` says;
+    ``elsewhere``: it is in the other place, so the fix is ``per_atom``, not the key."""
+    place = "atoms.arrays" if per_atom else "atoms.info"
+    if elsewhere:
+        other = "atoms.info, per structure" if per_atom else "atoms.arrays, per atom"
+        return MttError(
+            f"no structure of {path!r} has {key!r} in {place}, but it is in {other}: set "
+            f"'{where}.per_atom: {str(not per_atom).lower()}'"
+        )
+    return MttError(
+        f"no structure of {path!r} has {key!r} in {place}; keys found: {keys}; set "
+        f"'{where}.key' (and 'per_atom' if the labels are per atom)"
+    )
+
+
 def misplaced(frames: Sequence[ase.Atoms], key: str, per_atom: bool) -> str:
     """``'; ...'`` when ``key`` is in the other place of the first frames (per structure in
     ``atoms.info`` where per-atom values were expected, or the reverse), else ''."""
