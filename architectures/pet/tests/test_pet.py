@@ -183,21 +183,6 @@ def test_lean_gradients_equal_full_graph_in_every_chunking(tokens_per_chunk):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
 
 
-def test_lean_gradients_under_no_grad():
-    """Positions that require gradients but a forward under ``torch.no_grad()`` (no graph
-    wanted): energies come back, without autograd graph."""
-    from metatomic.torch import ModelOutput
-
-    from mtt.testing import energy_of, molecule, systems_with_neighbors
-
-    model = random_model("pet", HYPERS, torch.float64, generic=False)
-    systems = systems_with_neighbors(model, [molecule()], torch.float64, positions_grad=True)
-    with torch.no_grad():
-        energy = model(systems, {"energy": ModelOutput(unit="eV")})["energy"].block().values
-    assert energy.grad_fn is None
-    torch.testing.assert_close(energy.reshape(-1), energy_of(model, molecule()))
-
-
 def test_second_derivatives_export_keeps_the_hessian(tmp_path):
     """``mtt export --second-derivatives``: the autograd Hessian of the exported model
     matches finite differences of its forces, which equal the default (lean) export's."""

@@ -1,6 +1,7 @@
 """Smooth cutoff function and radial basis for the SOAP density expansion."""
 
 import math
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -23,6 +24,14 @@ def cosine_cutoff(r: Tensor, cutoff: float, width: float) -> Tensor:
     # `where` makes the value (and its gradient) exactly zero at and beyond the cutoff, whatever
     # the rounding of cos(pi) is
     return torch.where(r < cutoff, switch, torch.zeros_like(switch))
+
+
+def cosine_cutoff_derivative(r: Tensor, cutoff: float, width: float) -> Tensor:
+    """``d f / d r`` of :func:`cosine_cutoff`: ``-pi / (2 width) sin(pi t)`` inside the switching
+    region, exactly 0 elsewhere (``sin(pi t)`` vanishes at both of its ends)."""
+    t = ((r - (cutoff - width)) / width).clamp(0.0, 1.0)
+    slope = (-0.5 * math.pi / width) * torch.sin(math.pi * t)
+    return torch.where(r < cutoff, slope, torch.zeros_like(slope))
 
 
 class RadialBasis(torch.nn.Module):
@@ -62,3 +71,20 @@ class RadialBasis(torch.nn.Module):
         per-edge factor ``normalisation * envelope / r`` is formed on ``[E]`` first."""
         k = self.n.to(r.dtype) * (math.pi / self.cutoff)
         return torch.sin(r.unsqueeze(-1) * k) * (self.normalisation * envelope / r).unsqueeze(-1)
+
+    def times_with_derivative(
+        self, r: Tensor, envelope: Tensor, envelope_derivative: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """``R_n(r) * envelope`` and its derivative with respect to ``r`` (``[E, max_radial]``
+        each), for gradients computed without autograd. With ``f = normalisation * envelope /
+        r``: ``d/dr (sin(k r) f) = k cos(k r) f + sin(k r) f'``."""
+        k = self.n.to(r.dtype) * (math.pi / self.cutoff)
+        factor = self.normalisation * envelope / r
+        factor_derivative = self.normalisation * envelope_derivative / r - factor / r
+        phase = r.unsqueeze(-1) * k
+        sine = torch.sin(phase)
+        values = sine * factor.unsqueeze(-1)
+        derivative = torch.cos(phase) * (k * factor.unsqueeze(-1)) + sine * (
+            factor_derivative.unsqueeze(-1)
+        )
+        return values, derivative

@@ -79,6 +79,28 @@ def _homogeneous(p: Polynomial, degree: int) -> Polynomial:
     return out
 
 
+def monomial_derivatives(max_angular: int) -> Tensor:
+    """``D`` (float64, ``[(L + 1)^2, 3 Ml]``) with the derivatives of the monomials::
+
+        d monomial_m / d u_axis = sum_q lower_q(u) D[m, axis * Ml + q]
+
+    where ``lower`` are the monomials one degree lower than those of :func:`monomial_degrees`
+    (``Ml`` of them, see :meth:`SphericalHarmonics.monomials_and_lower`): the derivative of
+    ``x^a y^b z^c`` with respect to ``x`` is ``a x^(a-1) y^b z^c``, and so on."""
+    monomials = [m for d in monomial_degrees(max_angular) for m in monomials_of_degree(d)]
+    lower = [m for d in monomial_degrees(max_angular) if d >= 1 for m in monomials_of_degree(d - 1)]
+    index = {monomial: q for q, monomial in enumerate(lower)}
+    derivatives = torch.zeros(len(monomials), 3 * len(lower), dtype=torch.float64)
+    for row, monomial in enumerate(monomials):
+        for axis in range(3):
+            if monomial[axis] > 0:
+                reduced = list(monomial)
+                reduced[axis] -= 1
+                column = axis * len(lower) + index[(reduced[0], reduced[1], reduced[2])]
+                derivatives[row, column] = float(monomial[axis])
+    return derivatives
+
+
 def _legendre_polynomials(max_angular: int) -> List[List[Polynomial]]:
     """``Qbar_l^m(z) = N_lm P_l^m(z) / sin^m(t)`` as polynomials in z, stored as ``q[m][l - m]``.
 
@@ -173,6 +195,8 @@ class SphericalHarmonics(torch.nn.Module):
         self.max_angular = max_angular
         self.n_monomials = (max_angular + 1) ** 2
         self.register_buffer("coefficients", harmonic_coefficients(max_angular), persistent=False)
+        # integer-valued: exact in any float dtype
+        self.register_buffer("derivatives", monomial_derivatives(max_angular), persistent=False)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SphericalHarmonics":
         # constants stay float64 whatever the module's dtype: `.to(float32)` would round them,
@@ -181,29 +205,45 @@ class SphericalHarmonics(torch.nn.Module):
         module = super()._apply(fn, recurse)
         exact = harmonic_coefficients(self.max_angular)
         self.coefficients = exact.to(self.coefficients.device)
+        self.derivatives = monomial_derivatives(self.max_angular).to(self.coefficients.device)
         return module
 
-    def monomials(self, unit_vectors: Tensor) -> Tensor:
-        """``[E, (max_angular + 1) ** 2]``: ``x^a y^b z^c`` of degrees ``L - 1`` and ``L``.
-
-        In the order of :func:`monomials_of_degree`, the monomials of degree ``d`` are ``x``
-        times all those of degree ``d - 1``, then ``y`` times the last ``d`` of them (those without
-        ``x``), then ``z`` times the last one (``z^(d - 1)``): three broadcast products.
-        """
-        ones = torch.ones_like(unit_vectors[:, :1])
-        if self.max_angular == 0:
-            return ones
+    def _by_degree(self, unit_vectors: Tensor) -> List[Tensor]:
+        """Monomials of each degree ``0..L``, in the order of :func:`monomials_of_degree`: those
+        of degree ``d`` are ``x`` times all those of degree ``d - 1``, then ``y`` times the last
+        ``d`` of them (those without ``x``), then ``z`` times the last one (``z^(d - 1)``):
+        three broadcast products."""
+        blocks = [torch.ones_like(unit_vectors[:, :1])]
+        if self.max_angular > 0:
+            blocks.append(unit_vectors)
         x = unit_vectors[:, 0:1]
         y = unit_vectors[:, 1:2]
         z = unit_vectors[:, 2:3]
-        previous = ones
-        current = unit_vectors
         for degree in range(2, self.max_angular + 1):
-            previous = current
-            current = torch.cat(
-                [x * previous, y * previous[:, -degree:], z * previous[:, -1:]], dim=1
+            previous = blocks[-1]
+            blocks.append(
+                torch.cat([x * previous, y * previous[:, -degree:], z * previous[:, -1:]], dim=1)
             )
-        return torch.cat([previous, current], dim=1)
+        return blocks
+
+    def monomials(self, unit_vectors: Tensor) -> Tensor:
+        """``[E, (max_angular + 1) ** 2]``: ``x^a y^b z^c`` of degrees ``L - 1`` and ``L``."""
+        blocks = self._by_degree(unit_vectors)
+        return torch.cat(blocks[-2:], dim=1)
+
+    def monomials_and_lower(self, unit_vectors: Tensor) -> Tuple[Tensor, Tensor]:
+        """The monomials and those one degree lower (``L - 2`` and ``L - 1``; the rows of
+        ``derivatives``), ``[E, Ml]``, empty for ``L = 0``: two views of one ``[E, ...]``
+        tensor of the degrees ``L - 2..L``, which shares degree ``L - 1``."""
+        blocks = self._by_degree(unit_vectors)
+        if self.max_angular == 0:
+            return blocks[0], unit_vectors[:, :0]
+        kept = blocks[-3:] if self.max_angular > 1 else blocks
+        joined = torch.cat(kept, dim=1)
+        if self.max_angular == 1:
+            return joined, joined[:, :1]
+        n_lowest = kept[0].shape[1]
+        return joined[:, n_lowest:], joined[:, : n_lowest + kept[1].shape[1]]
 
     def forward(self, unit_vectors: Tensor) -> Tensor:
         return self.monomials(unit_vectors) @ self.coefficients.to(unit_vectors.dtype)

@@ -503,6 +503,38 @@ def test_gradient_matches_finite_differences():
     torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "max_radial, max_angular, n_species, gram_per_atom",
+    [(3, 4, 2, True), (4, 4, 2, False), (1, 0, 1, True), (5, 1, 3, False), (2, 6, 1, True)],
+)
+def test_written_out_gradient_equals_autograd(max_radial, max_angular, n_species, gram_per_atom):
+    """``forward_saving`` gives ``forward``'s features and ``vector_gradient`` autograd's
+    gradient (float64, both m contractions, l = 0 and 1 without and with direction
+    derivatives, edges in the switching region and beyond the cutoff, an atom without edges,
+    edges not grouped by centre, TorchScript). A failure means engines get wrong forces from
+    soap_bpnn (its exported models compute them this way)."""
+    vectors, centers, species = _environment(
+        seed=21, n_atoms=5, n_edges=60, n_species=n_species, empty_atom=2
+    )
+    soap = _soap(max_radial, max_angular, n_species)
+    assert soap.gram_per_atom == gram_per_atom
+    assert not bool((centers[1:] >= centers[:-1]).all())
+    r = vectors.norm(dim=1)
+    assert bool(((r > CUTOFF - WIDTH) & (r < CUTOFF)).any()) and bool((r > CUTOFF).any())
+    weights = torch.randn(
+        5, soap.n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    v = vectors.clone().requires_grad_(True)
+    features = soap(v, centers, species, 5)
+    (expected,) = torch.autograd.grad((features * weights).sum(), v)
+    for module in (soap, torch.jit.script(soap)):
+        saved_features, parts = module.forward_saving(vectors, centers, species, 5)
+        assert torch.equal(saved_features, features.detach())
+        gradient = module.vector_gradient(parts, weights)
+        torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-14)
+    assert expected.abs().max() > 1e-3  # not a comparison of zeros
+
+
 @pytest.mark.parametrize("max_radial", [2, 5])
 def test_gradcheck_and_gradgradcheck(max_radial):
     """torch.autograd.gradcheck and gradgradcheck pass on a tiny system, with the m contraction

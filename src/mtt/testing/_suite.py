@@ -334,6 +334,17 @@ class ArchitectureTests:
             for a, b in zip(got, expected):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
+    def test_energies_under_no_grad(self):
+        """Positions that require gradients but a forward under ``torch.no_grad()`` (an
+        engine wanting energies only): the energies, without autograd graph (architectures
+        with lean gradients must not differentiate then)."""
+        model = self.model()
+        systems = systems_with_neighbors(model, [molecule()], torch.float64, positions_grad=True)
+        with torch.no_grad():
+            energy = model(systems, {"energy": ModelOutput(unit="eV")})["energy"].block().values
+        assert energy.grad_fn is None
+        torch.testing.assert_close(energy.reshape(-1), energy_of(model, molecule()))
+
     # --- TorchScript and engines ------------------------------------------------------------
     def test_export_save_load(self, dtype, tmp_path):
         """The exported model scripts, saves and loads, and gives the eager model's energies
