@@ -29,7 +29,7 @@ from mtt.api import validate_options
 from mtt.cli import main
 from mtt.data.dataset import dataset_from_atoms, load_dataset
 from mtt.errors import MttError, OptionsError
-from mtt.options import DatasetOptions, EnergyTargetOptions
+from mtt.options import DatasetOptions, EnergyTargetOptions, GradientOptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -394,6 +394,30 @@ def test_energy_missing_in_some_structures_is_masked(work):
     assert [i for i, labels in enumerate(dataset.labels) if "energy" not in labels] == [2, 5]
     assert all("energy/forces" in labels for labels in dataset.labels)
     assert dataset.targets["energy"].forces
+
+
+def test_forces_are_read_from_the_energy_file_by_default(work):
+    """As in metatrain: an energy read from another file takes its forces from there too
+    (they used to come from the systems' file, so energies and forces of two different
+    label sets trained together); a forces section naming the systems' file still can."""
+    frames = ethanol()
+    labels = [
+        with_labels(a, energy=2 * a.get_potential_energy(), forces=2 * a.get_forces())
+        for a in frames
+    ]
+    ase.io.write("labels.xyz", labels)
+    energy = EnergyTargetOptions(unit="kcal/mol", read_from="labels.xyz")
+    dataset = load_dataset(
+        DatasetOptions(systems="train.xyz", targets={"energy": energy}), str(work), "training_set"
+    )
+    for atoms, label in zip(frames, dataset.labels):
+        np.testing.assert_allclose(label["energy"], [2 * atoms.get_potential_energy()])
+        np.testing.assert_allclose(label["energy/forces"], 2 * atoms.get_forces(), atol=1e-6)
+    energy.forces = GradientOptions(read_from="train.xyz")
+    dataset = load_dataset(
+        DatasetOptions(systems="train.xyz", targets={"energy": energy}), str(work), "training_set"
+    )
+    np.testing.assert_allclose(dataset.labels[0]["energy/forces"], frames[0].get_forces())
 
 
 def test_explicit_forces_key_that_does_not_exist(work, capsys):

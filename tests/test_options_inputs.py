@@ -149,6 +149,21 @@ def test_a_reduction_that_would_be_ignored_is_refused(name, target, why):
     validate_options(with_target(name, dict(target, reduction="sum")))  # the default: harmless
 
 
+def test_metatrain_energy_quantity_on_a_generic_target_is_refused():
+    """metatrain trains ``mtt::U0`` with ``quantity: energy`` as an energy (reference energies
+    per element); mtt would train a bare number, ~300x worse on QM9: refused, with the name
+    that makes it an energy here. Other quantities are free text."""
+    target = {"quantity": "energy", "key": "U0", "unit": "Hartree", "forces": False}
+    assert problems(with_target("mtt::U0", target)) == [
+        "option 'training_set.targets.mtt::U0.quantity' is energy, which makes it an energy "
+        "in metatrain; mtt trains energies (per-element reference energies, forces, stress) "
+        "as the targets 'energy' and 'energy/<variant>': name it 'energy/U0', or remove "
+        "quantity to train a generic number without reference energies"
+    ]
+    validate_options(with_target("mtt::U0", dict(target, quantity="dipole")))
+    validate_options(with_target("energy/U0", dict(target, quantity="energy")))
+
+
 def test_gradients_of_a_generic_target_may_be_false():
     validate_options(with_target("mtt::alpha", {"forces": False, "stress": False}))
 

@@ -29,9 +29,11 @@ class GradientOptions:
     """Key in ``atoms.arrays`` (forces) or ``atoms.info`` (stress, virial), or a calculator
     result. Empty means the default: ``forces``, ``stress`` or ``virial``."""
     read_from: Optional[str] = None
-    """File to read the labels from; by default the systems' file."""
+    """File to read the labels from; by default the energy's (its ``read_from``, else the
+    systems' file), as in metatrain."""
     reader: Optional[str] = None
-    """ASE format name for ``read_from``; by default guessed from the file name."""
+    """ASE format name for ``read_from``; by default the energy's ``reader``, else guessed
+    from the file name."""
     conservative: bool = True
     """``true``: exact gradients of the energy (forces -dE/dx, stress (1/V) dE/dε), the only
     choice of the shipped architectures; ``false`` (labels learnt by direct heads only) is
@@ -73,7 +75,8 @@ class TargetOptions:
     ``{cartesian: {rank: 2}}`` (a symmetric tensor, e.g. a polarizability: 9 numbers,
     row-major). Energies are scalars."""
     quantity: str = ""
-    """Kept for metatrain compatibility (ignored)."""
+    """Kept for metatrain compatibility: free text, except ``energy`` on an ``mtt::<name>``
+    target, which is refused (mtt's energies are the targets named ``energy``)."""
     per_atom: bool = False
     """Labels per atom (``atoms.arrays``) instead of per structure; not for energies."""
     num_subtargets: int = 1
@@ -129,7 +132,8 @@ def raw_target_problems(raw: Any) -> List[str]:
     """What the parsed options cannot tell from a default, one line each: a target's ``unit:
     null`` (metatrain's way to leave it unset; the default would silently be eV), and a
     ``forces``, ``stress`` or ``virial`` key that the raw options give a generic target
-    (``mtt::<name>``) with any value but ``false`` (``true`` is the energies' default)."""
+    (``mtt::<name>``) with any value but ``false`` (``true`` is the energies' default), and
+    metatrain's ``quantity: energy`` on a generic target (an energy there, a number here)."""
     problems = []
     for set_name in ("training_set", "validation_set", "test_set"):
         section = raw.get(set_name) if isinstance(raw, dict) else None
@@ -152,6 +156,16 @@ def raw_target_problems(raw: Any) -> List[str]:
                     problems.append(f"{where} per-atom targets are not reduced; remove it")
             if not generic:
                 continue
+            quantity = target.get("quantity") if isinstance(target, dict) else None
+            if isinstance(quantity, str) and quantity.strip().lower() == "energy":
+                variant = name.split("::", 1)[1].replace("/", "_")
+                problems.append(
+                    f"option '{set_name}.targets.{name}.quantity' is energy, which makes it an "
+                    f"energy in metatrain; mtt trains energies (per-element reference energies, "
+                    f"forces, stress) as the targets 'energy' and 'energy/<variant>': name it "
+                    f"'energy/{variant}', or remove quantity to train a generic number without "
+                    "reference energies"
+                )
             for key in ("forces", "stress", "virial"):
                 if isinstance(target, dict) and key in target and target[key] is not False:
                     problems.append(

@@ -163,6 +163,8 @@ class TargetSpec:
         for kind in ("forces", "stress", "virial"):
             source = resolve_gradient(getattr(options, kind), kind)
             if source is not None:
+                if source.read_from is None:  # as in metatrain: the energy's own file
+                    source.read_from, source.reader = options.read_from, options.reader
                 gradients[kind] = source
         return cls(name, options, gradients, "energy", options.key or "energy", unit)
 
