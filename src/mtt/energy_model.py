@@ -296,7 +296,8 @@ class EnergyModel(ModelInterface):
                         graph.system_index,
                         graph.n_atoms,
                         self.generic_ranks[index],
-                        self.generic_per_atom[index],
+                        # a per-atom target asked per structure: reduced (the total charge)
+                        self.generic_per_atom[index] and outputs[name].sample_kind == "atom",
                         self.generic_reduction[index],
                         selected_atoms,
                     )

@@ -135,10 +135,27 @@ class Evaluator:
             results.append(result)
         return results
 
-    def generic(self, frames: Sequence[ase.Atoms], names: List[str]) -> List[Dict[str, np.ndarray]]:
+    def generic(
+        self,
+        frames: Sequence[ase.Atoms],
+        names: List[str],
+        per_atom: Optional[Dict[str, bool]] = None,
+    ) -> List[Dict[str, np.ndarray]]:
         """Values of non-energy outputs for each frame, in the model's units: per structure
-        ``[components..., k]`` or per atom ``[n_atoms, components..., k]``."""
+        ``[components..., k]`` or per atom ``[n_atoms, components..., k]``, as the model
+        declares them or, for the names in ``per_atom``, as asked there (metatrain's models
+        offer every output per atom, summed per structure when asked so)."""
         outputs = {name: self.capabilities.outputs[name] for name in names}
+        for name, atom in (per_atom or {}).items():
+            if name in outputs and not atom and outputs[name].sample_kind == "atom":
+                declared = outputs[name]
+                outputs[name] = ModelOutput(
+                    quantity=declared.quantity,
+                    unit=declared.unit,
+                    sample_kind="system",
+                    explicit_gradients=declared.explicit_gradients,
+                    description=declared.description,
+                )
         options = ModelEvaluationOptions(length_unit=self.length_unit, outputs=outputs)
         zero = torch.zeros(3, 3, dtype=self.dtype)
         systems = [_system(atoms, self.dtype, zero)[0] for atoms in frames]
@@ -285,7 +302,9 @@ class ParitySample:
         )
 
 
-def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
+def prediction_atoms(
+    atoms: ase.Atoms, prediction, generic=None, units: Optional[Tuple[str, str]] = None
+) -> ase.Atoms:
     """A copy of ``atoms`` with the energy predictions as its calculator results and generic
     outputs ``mtt::<name>`` under ``<name>`` in ``info`` (per structure, flattened) or
     ``arrays`` (per atom); ``mtt::energy``, ``mtt::forces`` and ``mtt::stress`` under
@@ -295,7 +314,9 @@ def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
     takes is kept as ``<key>_label`` (``mu`` of QM9 next to the predicted ``mtt::mu``). Its
     calculator results (where ASE puts an extxyz file's ``energy``, ``forces`` and
     ``stress``) are labels too, and are kept as ``<key>_label``: the calculator's place is
-    the predictions'."""
+    the predictions'. ``units`` (energy, length) of the energy predictions are written as
+    ``energy_unit`` and ``length_unit`` in ``info``: ASE takes calculator results for eV and
+    Å, which they are only when the labels (or the model) are."""
     copy = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     copy.info.update(atoms.info)
     for key, values in atoms.arrays.items():
@@ -309,8 +330,13 @@ def prediction_atoms(atoms: ase.Atoms, prediction, generic=None) -> ase.Atoms:
         for key in results:  # extxyz refuses a key both in info/arrays and in the results
             _keep_as_label(copy, key)
         copy.calc = SinglePointCalculator(copy, **results)
+        if units is not None:
+            for key, unit in zip(("energy_unit", "length_unit"), units):
+                _keep_as_label(copy, key)
+                copy.info[key] = unit
     for name, value in (generic or {}).items():
-        key = name.split("::", 1)[1].replace("/", "_")
+        key = name.split("::", 1)[1].replace("/", "_").replace(":", "_")  # extxyz: no ':'
+
         if key in ("energy", "forces", "stress"):  # the calculator results' names
             key = f"mtt_{key}"
         _keep_as_label(copy, key)
@@ -372,6 +398,7 @@ def evaluate_stream(
     compare: Sequence[str] = (),
     batch_size: int = 16,
     parity_size: int = 2000,
+    per_atom: Optional[Dict[str, bool]] = None,
 ) -> Streamed:
     """Evaluate ``(atoms, labels)`` pairs batch by batch: predictions are appended to the
     extxyz file ``output`` (moved into place at the end, so a failure leaves none), errors
@@ -385,7 +412,7 @@ def evaluate_stream(
             predictions = (
                 evaluator.energies(frames, energy, energy_unit) if energy else [{} for _ in frames]
             )
-            values = evaluator.generic(frames, list(generic)) if generic else None
+            values = evaluator.generic(frames, list(generic), per_atom) if generic else None
             for k, (atoms, labels) in enumerate(batch):
                 pairs = {}
                 if energy:
@@ -398,7 +425,12 @@ def evaluate_stream(
                 if pairs:
                     parity.offer(pairs)
             out = [
-                prediction_atoms(atoms, prediction, values[k] if values else None)
+                prediction_atoms(
+                    atoms,
+                    prediction,
+                    values[k] if values else None,
+                    (energy_unit, evaluator.length_unit),
+                )
                 for k, (atoms, prediction) in enumerate(zip(frames, predictions))
             ]
             ase.io.write(file, out, format="extxyz")

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> None:
     refuse_overwrite(args.output, args.force, inputs=[args.data, args.model])
     model = load_model(args.model, args.extensions_dir)
     outputs = model.capabilities().outputs
-    generic = [name for name in outputs if name.startswith("mtt::")]
+    # metatrain's models also offer mtt::aux::<...> outputs (last-layer features, ...)
+    generic = [n for n in outputs if n.startswith("mtt::") and not n.startswith("mtt::aux::")]
     requested = args.output_name or _declared_energy(args.data, outputs)
     energy = _energy_output(model, requested, generic)
     data = _open(args.data, energy, generic, model, args.reader)
@@ -93,8 +94,14 @@ def run(args: argparse.Namespace) -> None:
         data.compare,
         args.batch_size,
         MAX_PARITY_STRUCTURES,
+        data.per_atom,
     )
-    LOGGER.info("predictions for %d structures written to %s", result.structures, args.output)
+    LOGGER.info(
+        "predictions for %d structures written to %s%s",
+        result.structures,
+        args.output,
+        f" (energies in {data.energy_unit}, lengths in {data.length_unit})" if energy else "",
+    )
     units = {
         "energy_per_atom": f"{data.energy_unit}/atom",
         "forces": f"{data.energy_unit}/{data.length_unit}",
@@ -209,6 +216,7 @@ class _Data:
     length_unit: str
     energy_unit: str
     compare: List[str] = field(default_factory=list)  # generic outputs with labels to compare
+    per_atom: Dict[str, bool] = field(default_factory=dict)  # how their labels are given
     labelled: bool = False
     plotted: bool = False  # energy labels are compared: a parity plot will be drawn
     source: str = ""  # the structure file a data set YAML names
@@ -265,7 +273,15 @@ def _open(
             "its labels, and evaluate each energy in its own run"
         )
     name = energies[0] if energies else None
-    energy_unit = targets[name].unit or "eV" if name else model_unit
+    if name is not None and targets[name].unit is None:
+        # as metatrain's eval: labels without a declared unit are in the model's
+        LOGGER.info(
+            "eval.targets.%s.unit is not given: labels read in %s, the model's unit",
+            name,
+            model_unit,
+        )
+        targets[name].unit = model_unit
+    energy_unit = targets[name].unit if name else model_unit
     options.targets = targets
     pairs = _labelled(options, path, full, reader)
     if name is not None and name != energy:
@@ -277,7 +293,14 @@ def _open(
         pairs = _renamed(pairs, name, energy)
     compare = [n for n in targets if n.startswith("mtt::")]
     return _Data(
-        pairs, unit, energy_unit, compare, labelled=True, plotted=name is not None, source=full
+        pairs,
+        unit,
+        energy_unit,
+        compare,
+        {n: targets[n].per_atom for n in compare},
+        labelled=True,
+        plotted=name is not None,
+        source=full,
     )
 
 
@@ -291,7 +314,16 @@ def _compared_targets(targets, energy, generic, model):
         if not name.startswith("mtt::"):
             chosen[name] = target
         else:
-            unit = model.capabilities().outputs[name].unit
+            output = model.capabilities().outputs[name]
+            if target.per_atom and output.sample_kind != "atom":
+                raise MttError(
+                    f"eval.targets.{name}.per_atom: the labels are per atom but the model "
+                    f"predicts {name!r} per structure; set per_atom: false with labels per "
+                    "structure"
+                )
+            unit = output.unit
+            if target.unit is None:  # as for energies: the model's unit
+                target.unit = unit
             if (target.unit or "") != unit:
                 LOGGER.warning(
                     "%s: labels are in %r but the model predicts %r; not compared",
