@@ -230,3 +230,56 @@ def test_exported_outputs_are_described_even_without_a_description_option():
         "energy/pbe0": "PBE0, def2-TZVP",
         "mtt::mu": "learnt target mtt::mu",
     }
+
+
+def test_composition_baseline_line_follows_per_structure_targets(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    """With ``per_structure_targets`` the final report's energy errors are per structure, and
+    so is the baseline line next to them (it stayed per atom, so the model looked worse than
+    the baseline): for 4-atom cells, exactly 4x the per-atom value, in eV, not eV/atom."""
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    found = {}
+    for per_structure in ([], ["energy"]):
+        path = options(tmp_path, data_dir, num_epochs=1, per_structure_targets=per_structure)
+        assert main(["train", path, "-o", f"m{len(per_structure)}.pt"]) == 0
+        out = capsys.readouterr().out
+        (match,) = re.findall(
+            r"training_set: energy RMSE of the composition baseline alone = (\S+) (\S+)", out
+        )
+        found[bool(per_structure)] = (float(match[0]), match[1])
+    assert found[False][1] == "eV/atom" and found[True][1] == "eV"
+    assert found[True][0] == pytest.approx(4 * found[False][0], rel=1e-4)
+
+
+def test_metric_units_of_direct_heads_and_variants():
+    """The final report's units come from the quantity's target, direct heads included (it
+    printed '/angstrom' without the energy unit for energy/direct_forces)."""
+    from types import SimpleNamespace
+
+    from mtt.data.targets import DatasetInfo, TargetInfo
+    from mtt.training.trainer import quantity_unit
+
+    info = DatasetInfo(
+        "angstrom",
+        [1],
+        {
+            "energy": TargetInfo("energy", "meV"),
+            "energy/pbe0": TargetInfo("energy/pbe0", "eV"),
+            "mtt::mu": TargetInfo("mtt::mu", "D", kind="generic"),
+        },
+    )
+    model = SimpleNamespace(dataset_info=info)
+    expected = {
+        "energy_per_atom": "meV/atom",
+        "energy/forces": "meV/angstrom",
+        "energy/direct_forces": "meV/angstrom",
+        "energy/direct_stress": "meV/angstrom^3",
+        "energy/pbe0/direct_forces": "eV/angstrom",
+        "energy/pbe0_per_atom": "eV/atom",
+        "energy": "meV",
+        "mtt::mu": "D",
+    }
+    assert {q: quantity_unit(q, model) for q in expected} == expected

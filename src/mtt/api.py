@@ -838,17 +838,17 @@ def _log_sets(*sets) -> None:
 
 
 def _final_report(trainer, model, sets, device) -> None:
-    from .training.trainer import metric_unit
+    from .training.trainer import quantity_unit
 
     units = {name: target.unit for name, target in model.dataset_info.targets.items()}
+    per_structure = set(trainer.hypers.per_structure_targets)
     references = _composition_only(trainer, model, sets[0])
     for dataset in [s for s in sets if s is not None]:
         metrics = trainer.evaluate(model, dataset, device)
         for key, value in metrics.items():
             if key.endswith("_rmse") or key.endswith("_mae"):
                 quantity = key[len(dataset.name) + 1 :].rsplit("_", 1)[0]
-                target = quantity.replace("_per_atom", "").split("/forces")[0].split("/stress")[0]
-                unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
+                unit = quantity_unit(quantity, model)
                 LOGGER.info(
                     "%s: %s %s = %.5g %s",
                     dataset.name,
@@ -858,14 +858,16 @@ def _final_report(trainer, model, sets, device) -> None:
                     unit,
                 )
         for index, name in enumerate(model.target_names):
-            rmse = baseline_rmse(dataset, name, model.atomic_types, references[index])
+            whole = name in per_structure  # compared per structure, like its errors above
+            rmse = baseline_rmse(dataset, name, model.atomic_types, references[index], whole)
             if rmse is not None:
                 LOGGER.info(
-                    "%s: %s RMSE of the composition baseline alone = %.5g %s/atom",
+                    "%s: %s RMSE of the composition baseline alone = %.5g %s%s",
                     dataset.name,
                     name,
                     rmse,
                     units[name],
+                    "" if whole else "/atom",
                 )
 
 

@@ -43,11 +43,12 @@ def quantity_units(
 ) -> Dict[str, str]:
     """The unit of each quantity, from its target's unit (``{"energy": "eV"}``); unknown
     targets are left out."""
+    from .training.batches import metric_target
     from .training.trainer import metric_unit
 
     units = {}
     for quantity in quantities:
-        target = re.sub(r"(_per_atom|/forces|/stress)$", "", quantity)
+        target = metric_target(quantity)
         if target in energy_units:
             units[quantity] = metric_unit(quantity, energy_units[target], length_unit)
     return units

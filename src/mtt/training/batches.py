@@ -42,6 +42,14 @@ def label_key(quantity: str) -> str:
     return quantity
 
 
+def metric_target(quantity: str) -> str:
+    """The target a metric's quantity belongs to: ``energy/pbe0_per_atom``,
+    ``energy/pbe0/forces`` and ``energy/pbe0/direct_stress`` -> ``energy/pbe0``."""
+    return (
+        label_key(quantity.replace("_per_atom", "")).removesuffix("/forces").removesuffix("/stress")
+    )
+
+
 def quantity_kind(quantity: str) -> str:
     """``energy``, ``forces``, ``stress`` (for names like ``energy/pbe0/forces``, and the
     direct heads' ``energy/direct_forces``) or ``generic`` (``mtt::<name>``)."""

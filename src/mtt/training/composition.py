@@ -231,15 +231,22 @@ def model_scales(
 
 
 def baseline_rmse(
-    dataset: LabelledDataset, target: str, atomic_types: List[int], weights: np.ndarray
+    dataset: LabelledDataset,
+    target: str,
+    atomic_types: List[int],
+    weights: np.ndarray,
+    per_structure: bool = False,
 ):
-    """Per-atom energy RMSE of the composition baseline alone: what a model must beat."""
+    """Per-atom (or, ``per_structure``, per-structure) energy RMSE of the composition
+    baseline alone: what a model must beat."""
     rows = [i for i, labels in enumerate(dataset.labels) if target in labels]
     if not rows:
         return None
     counts = composition_matrix(dataset, atomic_types)[rows]
     energies = np.array([dataset.labels[i][target][0] for i in rows])
-    residual = (energies - counts @ weights) / counts.sum(axis=1)
+    residual = energies - counts @ weights
+    if not per_structure:
+        residual = residual / counts.sum(axis=1)
     return float(np.sqrt(np.mean(residual**2)))
 
 

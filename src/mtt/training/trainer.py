@@ -34,6 +34,7 @@ from .batches import (
     PreparedSet,
     batch_to,
     label_key,
+    metric_target,
     quantity_kind,
     refuse_isolated_atoms,
     to_device,
@@ -664,6 +665,15 @@ def metric_name(quantity: str, per_atom: bool) -> str:
     return f"{quantity}_per_atom" if per_atom and quantity_kind(quantity) == "energy" else quantity
 
 
+def quantity_unit(quantity: str, model) -> str:
+    """The unit of a metric's quantity (``energy_per_atom``, ``energy/direct_forces``,
+    ``mtt::dipole``, ...) for ``model``'s targets and length unit."""
+    target = metric_target(quantity)
+    info = model.dataset_info
+    energy_unit = info.targets[target].unit if target in info.targets else ""
+    return metric_unit(quantity, energy_unit, info.length_unit)
+
+
 def metric_unit(quantity: str, energy_unit: str, length_unit: str) -> str:
     kind = quantity_kind(quantity)
     if kind == "forces":
@@ -681,16 +691,10 @@ def _format_row(row: Dict[str, float], model) -> str:
     ]
     if "validation_loss" in row:
         parts.append(f"val loss {row['validation_loss']:.4g}")
-    units = {name: target.unit for name, target in model.dataset_info.targets.items()}
     for key, value in row.items():
         if key.startswith("validation_") and key.endswith("_rmse"):
             quantity = key[len("validation_") : -len("_rmse")]
-            target = (
-                label_key(quantity.replace("_per_atom", ""))
-                .removesuffix("/forces")
-                .removesuffix("/stress")
-            )
-            unit = metric_unit(quantity, units.get(target, ""), model.dataset_info.length_unit)
+            unit = quantity_unit(quantity, model)
             if unit.lower().startswith("ev"):  # what users read: meV/atom, meV/angstrom
                 value, unit = 1000 * value, "m" + unit
             parts.append(f"{quantity} RMSE {value:.4g} {unit}".rstrip())
