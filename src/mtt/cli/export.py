@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--second-derivatives",
         action="store_true",
         help="keep the whole autograd graph, so that second derivatives of the energy "
-        "(Hessians by autograd) are exact; pet otherwise computes forces and stress layer by "
-        "layer in much less memory, exact only to first order",
+        "(Hessians by autograd) are exact; pet and soap_bpnn otherwise compute forces and "
+        "stress with their own gradient code (pet layer by layer in much less memory, "
+        "soap_bpnn faster), exact only to first order",
     )
 
 
