@@ -283,3 +283,39 @@ def test_metric_units_of_direct_heads_and_variants():
         "mtt::mu": "D",
     }
     assert {q: quantity_unit(q, model) for q in expected} == expected
+
+
+def test_float32_energy_rounding_is_warned_about(tmp_path, data_dir, monkeypatch, capsys):
+    """Total energies near a million eV (all-electron codes, heavy elements) are rounded by
+    float32 in steps of 0.06-0.12 eV: the exported model's energy changed in 0.0625 eV stairs
+    along a smooth displacement, without a word. The dry run says so, naming a structure;
+    not for the usual magnitudes, nor in float64."""
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.options import EnergyTargetOptions
+    from mtt.training.composition import warn_float32_energies
+
+    monkeypatch.chdir(tmp_path)
+    path = options(tmp_path, data_dir)
+    frames = ase.io.read("carbon.xyz", ":")
+    shifted = []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.info["energy"] = atoms.get_potential_energy() - 1.0e6
+        copy.arrays["force"] = atoms.arrays["force"]
+        shifted.append(copy)
+    ase.io.write("carbon.xyz", shifted)
+    assert main(["train", path, "--dry-run"]) == 0
+    (warning,) = [line for line in capsys.readouterr().out.splitlines() if "float32" in line]
+    # 2^-4 eV steps at 1e6 eV, per 4 atoms
+    assert warning.startswith(
+        "training_set: float32 rounds the energies 'energy' in steps of up to 16 meV/atom "
+        "(structure "
+    )
+    assert warning.endswith(
+        "train with base_precision: 64, or subtract reference energies from the labels "
+        "(forces are unaffected)"
+    )
+    targets = {"energy": EnergyTargetOptions(forces="force", stress=False)}
+    warn_float32_energies(dataset_from_atoms(frames, targets), torch.float32)
+    warn_float32_energies(dataset_from_atoms(shifted, targets), torch.float64)
+    assert "float32" not in capsys.readouterr().out

@@ -35,7 +35,7 @@ from .options import Options, raw_target_problems
 from .runs import CREATED_ROOTS, checkpoint_epoch, find_auto_restart, new_run_dir
 from .training import distributed
 from .training.batches import batch_to, model_data, refuse_isolated_atoms, warn_far_positions
-from .training.composition import baseline_rmse, fit_baseline
+from .training.composition import baseline_rmse, fit_baseline, warn_float32_energies
 from .training.hypers import TrainingHypers, target_name_problems
 from .units import conversion
 
@@ -391,6 +391,7 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
             f"option 'base_precision': {options.base_precision} bits is not supported "
             f"by {options.architecture.name}"
         )
+    warn_float32_energies(train_set, dtype)
     device = pick_device(options.device, model_class.__supported_devices__)
     device = distributed.local_device(device, distributed.current())
     model, trainer = _model_and_trainer(settings, info, checkpoint_path, base_dir)

@@ -5,6 +5,7 @@ molecule). They are fitted by least squares on the training set, or fixed by han
 the model, which then only learns the small remainder: ``E = sum_i (scale * NN_i + e_Z(i))``.
 """
 
+import logging
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import ase.data
@@ -15,6 +16,8 @@ from ..data.dataset import LabelledDataset
 from ..errors import MttError
 from ..units import conversion
 from .batches import batch_to, label_key, model_data, quantity_kind
+
+LOGGER = logging.getLogger(__name__)
 
 
 def composition_matrix(dataset: LabelledDataset, atomic_types: List[int]) -> np.ndarray:
@@ -265,3 +268,41 @@ def generic_normalization(dataset: LabelledDataset, target) -> Tuple[float, floa
     shift = per_atom.mean if target.rank == 0 else 0.0
     spread = per_atom.std if target.rank == 0 else per_atom.rms
     return shift, spread if spread > 1e-10 else 1.0
+
+
+#: Largest float32 rounding step of total energies, per atom, that training keeps quiet about
+FLOAT32_ENERGY_STEP = 1e-3  # eV/atom
+
+
+def warn_float32_energies(dataset: LabelledDataset, dtype: torch.dtype, sample: int = 2000):
+    """Total energies so large (all-electron codes, heavy elements) that float32, in which the
+    model computes and returns them, rounds them in steps above 1 meV/atom: energies and their
+    loss get a noise floor the model cannot go below (forces are unaffected). Checked on up to
+    ``sample`` structures spread over the set (magnitudes hardly vary within a data set)."""
+    if dtype != torch.float32:
+        return
+    rows = np.unique(np.linspace(0, len(dataset) - 1, min(sample, len(dataset))).astype(int))
+    for name, target in dataset.targets.items():
+        if target.kind != "energy":
+            continue
+        to_ev = conversion(target.unit, "eV")
+        worst, where = 0.0, -1
+        for row in rows:
+            labels = dataset.labels[int(row)]
+            if name in labels:
+                energy = abs(float(labels[name][0]))
+                step = float(np.spacing(np.float32(energy))) * to_ev / len(dataset.frames[row])
+                if step > worst:
+                    worst, where = step, int(row)
+        if worst > FLOAT32_ENERGY_STEP:
+            LOGGER.warning(
+                "%s: float32 rounds the energies %r in steps of up to %.2g meV/atom (%s: "
+                "%.10g %s); train with base_precision: 64, or subtract reference energies "
+                "from the labels (forces are unaffected)",
+                dataset.name,
+                name,
+                worst * 1000,
+                dataset.describe(where),
+                float(dataset.labels[where][name][0]),
+                target.unit,
+            )
