@@ -116,6 +116,21 @@ def test_a_virial_that_disagrees_with_the_stress_is_refused_in_a_pack_too(
     assert dataset(xyz if source == "file" else packed, targets).targets["energy"].stress
 
 
+def test_default_forces_dropped_at_packing_are_refused_not_left_out(tmp_path, data_dir):
+    """One structure whose forces have the wrong shape: read from the file, training is
+    refused with that structure named; packed, the key was dropped from every structure and
+    training went on without forces, the pack's info line alone saying so. Now refused too,
+    with the reason; forces: false still trains on energies."""
+    frames = ase.io.read(os.path.join(data_dir, ETHANOL), ":6")
+    frames[3].calc.results["forces"] = frames[3].get_forces()[:, :2]
+    manifest = pack_atoms(iter(frames), tmp_path / "pack")
+    assert "forces" in manifest["dropped_keys"]
+    with pytest.raises(MttError, match=r"^'forces' was not packed in .* \(structure 3 of .* has "):
+        dataset(str(tmp_path / "pack"), {"energy": {"unit": "kcal/mol"}})
+    data = dataset(str(tmp_path / "pack"), {"energy": {"unit": "kcal/mol", "forces": False}})
+    assert not data.targets["energy"].forces
+
+
 def test_labels_missing_in_some_structures_stay_masked(tmp_path, data_dir):
     """A key absent from some structures is masked there (not dropped, not zero); a key whose
     shape changes between structures is not a label and is left out, with the reason."""

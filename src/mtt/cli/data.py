@@ -112,4 +112,9 @@ def _describe(manifest: dict) -> None:
             "label %r: %s, %s, in %d structures", entry["key"], where, shape, entry["count"]
         )
     for key, why in manifest.get("dropped_keys", {}).items():
-        LOGGER.info("not packed: %r (%s)", key, why)
+        LOGGER.warning(
+            "not packed: %r (%s); a target reading it from this pack will be refused: fix "
+            "that structure and pack again",
+            key,
+            why,
+        )

@@ -217,7 +217,10 @@ def open_packed(
         found = []
         for quantity in wanted:
             count = _check_quantity(arrays, quantity, path, key_where)
-            if count == 0 and quantity.required:
+            # a default key that packing dropped (shapes that differ) is not "absent": the
+            # file read directly would have refused the malformed structure
+            dropped = quantity.key in arrays.manifest.get("dropped_keys", {})
+            if count == 0 and (quantity.required or dropped):
                 raise _missing(arrays, quantity, spec, path, key_where)
             if count:
                 found.append(quantity)
