@@ -420,6 +420,27 @@ def test_forces_are_read_from_the_energy_file_by_default(work):
     np.testing.assert_allclose(dataset.labels[0]["energy/forces"], frames[0].get_forces())
 
 
+def test_energies_under_another_key_in_part_of_the_data_are_warned_about(work, capsys):
+    """Half the structures labelled 'energy', the other half 'REF_energy' (two sources
+    concatenated): training went on with half the data, without a word. Now a warning names
+    the count, the first such structure and its keys."""
+    frames = ethanol()
+    for index in range(6, 12):
+        atoms = frames[index]
+        frames[index] = with_labels(atoms)
+        frames[index].info["REF_energy"] = atoms.get_potential_energy()
+        frames[index].arrays["REF_forces"] = atoms.get_forces()
+    ase.io.write("train.xyz", frames)
+    ase.io.write("val.xyz", frames[:3])
+    write_options(options(validation_set="val.xyz"))
+    assert main(["train", "options.yaml", "--dry-run"]) == 0
+    assert (
+        f"training_set: 6 of 12 structures have no 'energy' label (the first: structure 6 of "
+        f"{str(work / 'train.xyz')!r} (in the training_set), whose keys are ['REF_energy']); "
+        "they train on their other labels only, if any"
+    ) in capsys.readouterr().out
+
+
 def test_explicit_forces_key_that_does_not_exist(work, capsys):
     write_options(options(training_set__targets__energy__forces="dft_forces"))
     message = train(capsys)
@@ -440,21 +461,22 @@ def test_nan_in_a_position(work, capsys):
     assert "fix or remove that frame" in message
 
 
-def test_forces_under_another_key_are_named_not_left_unused_silently(work, capsys):
-    """Read by default only under 'forces': a file's forces under 'REF_force' were left
-    unused without a word; the run goes on, with the setting that learns them named."""
+@pytest.mark.parametrize("key", ["REF_force", "F"])
+def test_forces_under_another_key_are_named_not_left_unused_silently(work, capsys, key):
+    """Read by default only under 'forces': a file's forces under 'REF_force' or 'F' were
+    left unused without a word; the run goes on, with the setting that learns them named."""
     frames = []
     for atoms in ethanol():
         forces = atoms.get_forces()
         atoms = with_labels(atoms, energy=atoms.get_potential_energy())
-        atoms.arrays["REF_force"] = forces
+        atoms.arrays[key] = forces
         frames.append(atoms)
     ase.io.write("train.xyz", frames)
     write_options(options())
     assert main(["train", "options.yaml", "--dry-run"]) == 0
     assert (
-        "no forces under 'forces', but 'REF_force' looks like them: set "
-        "'training_set.targets.energy.forces: {key: REF_force}' to learn them"
+        f"no forces under 'forces', but {key!r} looks like them: set "
+        f"'training_set.targets.energy.forces: {{key: {key}}}' to learn them"
     ) in capsys.readouterr().out
 
 

@@ -836,6 +836,30 @@ def _log_sets(*sets) -> None:
                 for q in t.quantities
             )
             LOGGER.info("%s: %d structures (%s)", dataset.name, len(dataset), labels)
+            _warn_partly_labelled(dataset)
+
+
+def _warn_partly_labelled(dataset) -> None:
+    """A target labelled in some structures only: allowed (the others are masked), but
+    usually labels under another key in part of the data (``REF_energy`` after ``energy``),
+    which would otherwise train on half the data without a word."""
+    from .data.reading import available_keys
+
+    for name, target in dataset.targets.items():
+        missing = [i for i, labels in enumerate(dataset.labels) if name not in labels]
+        if not missing or len(missing) == len(dataset):
+            continue
+        keys = available_keys([dataset.frames[missing[0]]], target.per_atom)
+        LOGGER.warning(
+            "%s: %d of %d structures have no %r label (the first: %s%s); they train on "
+            "their other labels only, if any",
+            dataset.name,
+            len(missing),
+            len(dataset),
+            name,
+            dataset.describe(missing[0]),
+            f", whose keys are {keys}" if keys else "",
+        )
 
 
 def _final_report(trainer, model, sets, device) -> None:

@@ -217,16 +217,19 @@ def available_keys(frames: Sequence[ase.Atoms], per_atom: bool) -> List[str]:
 
 def gradient_like_keys(frames: Sequence[ase.Atoms], key: str, per_atom: bool) -> List[str]:
     """Keys other than ``key`` in the first frames whose name and size look like forces
-    (per atom, ``force`` in the name, 3 numbers per atom) or, not ``per_atom``, like a stress
-    or virial (``stress`` or ``virial`` in the name, 6 or 9 numbers)."""
+    (per atom, ``force`` in the name or a short name such as ``F``, 3 numbers per atom) or,
+    not ``per_atom``, like a stress or virial (``stress`` or ``virial`` in the name, 6 or 9
+    numbers)."""
     names = ("force",) if per_atom else ("stress", "virial")
+    short = ("f", "frc", "fxyz", "forc") if per_atom else ()
     found = set()
     for atoms in frames[:20]:
         values = dict(_calculator_results(atoms))
         values.update(atoms.arrays if per_atom else atoms.info)
         sizes = (3 * len(atoms),) if per_atom else (6, 9)
         for name, value in values.items():
-            if name == key or not any(n in str(name).lower() for n in names):
+            lower = str(name).lower()
+            if name == key or not (any(n in lower for n in names) or lower in short):
                 continue
             numbers = _as_numbers(value)
             if numbers is not None and numbers.size in sizes:
