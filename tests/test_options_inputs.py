@@ -303,3 +303,30 @@ def test_a_training_or_model_option_at_the_top_says_where_it_belongs():
         "(architecture.training.num_epochs)",
         "unknown option 'cutoff': it belongs under architecture.model (architecture.model.cutoff)",
     ]
+
+
+def test_metatrain_loss_string_and_null_weight_decay_are_accepted():
+    """metatrain writes ``loss: mse`` (the type alone) and ``weight_decay: null`` (none);
+    both were refused as wrong types. A wrong loss name still names the valid ones."""
+    from mtt.hypers import parse
+    from mtt.training.hypers import TrainingHypers
+
+    hypers = parse(TrainingHypers, {"loss": "mae", "weight_decay": None})
+    assert hypers.loss.type == "mae" and hypers.loss.weights == {}
+    assert hypers.weight_decay is None
+    validate_options(options(architecture__training={"loss": "huber", "weight_decay": None}))
+    assert problems(options(architecture__training={"loss": "msa"})) == [
+        "option 'architecture.training.loss.type' must be one of 'mse', 'mae', 'huber', got "
+        "'msa' (str); did you mean 'mse'?"
+    ]
+
+
+def test_a_target_reader_without_its_own_file_is_refused():
+    """A target's ``reader`` applies to its ``read_from``; without one it was ignored (the
+    systems' reader read the labels), where ``systems.reader`` would have been used."""
+    assert problems(with_target("energy", {"unit": "kcal/mol", "reader": "extxyz"})) == [
+        "option 'training_set.targets.energy.reader' is set without read_from: the labels are "
+        "read from the systems' file with its reader; set 'training_set.systems.reader' "
+        "instead, or name the labels' file in read_from"
+    ]
+    validate_options(with_target("energy", {"unit": "kcal/mol", "reader": "ase"}))

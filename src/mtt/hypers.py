@@ -164,6 +164,9 @@ def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
     """Convert a mapping into dataclass ``cls``, appending problems; _BAD if it failed."""
     if data is None:
         data = {}  # an empty YAML section means "all defaults"
+    shorthand = getattr(cls, "__shorthand__", None)
+    if isinstance(data, str) and shorthand:  # one value for its main option: `loss: mse`
+        data = {shorthand: data}
     if not isinstance(data, dict):
         problems.append(f"{_name(path)} must be a mapping, got {_show(data)}")
         return _BAD

@@ -148,6 +148,16 @@ def raw_target_problems(raw: Any) -> List[str]:
                     "out for eV"
                 )
                 problems.append(f"option '{set_name}.targets.{name}.unit' is null: give {fix}")
+            if (
+                isinstance(target, dict)
+                and target.get("reader") not in (None, "ase")
+                and target.get("read_from") is None
+            ):
+                problems.append(
+                    f"option '{set_name}.targets.{name}.reader' is set without read_from: the "
+                    f"labels are read from the systems' file with its reader; set "
+                    f"'{set_name}.systems.reader' instead, or name the labels' file in read_from"
+                )
             where = f"option '{set_name}.targets.{name}.reduction' is set, but"
             if isinstance(target, dict) and target.get("reduction", "sum") != "sum":
                 if not generic:

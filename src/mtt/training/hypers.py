@@ -16,7 +16,10 @@ from ..options import TargetOptions
 
 @dataclass
 class LossHypers:
-    """How predictions are compared with labels."""
+    """How predictions are compared with labels (``loss: mse`` is short for ``loss: {type:
+    mse}``, as in metatrain)."""
+
+    __shorthand__ = "type"
 
     type: Literal["mse", "mae", "huber"] = "mse"
     """Mean squared error, mean absolute error, or Huber (quadratic below ``huber_delta``)."""
@@ -60,8 +63,8 @@ class TrainingHypers:
     """Peak learning rate (reached after the warm-up)."""
     optimizer: Literal["adam", "adamw"] = "adam"
     """Adam, or AdamW (decoupled weight decay)."""
-    weight_decay: float = 0.0
-    """Weight decay of the optimizer."""
+    weight_decay: Optional[float] = 0.0
+    """Weight decay of the optimizer; null (metatrain's default) is 0, none."""
     warmup_epochs: float = 0.0
     """Epochs of linear warm-up from zero to ``learning_rate`` (fractions allowed)."""
     scheduler: Literal["cosine", "constant", "plateau"] = "cosine"
@@ -117,7 +120,7 @@ class TrainingHypers:
         if self.learning_rate <= 0:
             problems.append(("learning_rate", f"must be positive, got {self.learning_rate}"))
         for name in ("weight_decay", "warmup_epochs"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0.0) < 0:
                 problems.append((name, f"must not be negative, got {getattr(self, name)}"))
         if not 0 <= self.min_learning_rate_ratio <= 1:
             problems.append(("min_learning_rate_ratio", "must be in [0, 1]"))

@@ -116,7 +116,7 @@ class Trainer(TrainerInterface):
         return kind(
             groups,
             lr=self.hypers.learning_rate,
-            weight_decay=self.hypers.weight_decay,
+            weight_decay=self.hypers.weight_decay or 0.0,
             fused=_fused_optimizer_supported(groups),
         )
 
