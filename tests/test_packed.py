@@ -131,6 +131,30 @@ def test_default_forces_dropped_at_packing_are_refused_not_left_out(tmp_path, da
     assert not data.targets["energy"].forces
 
 
+def test_labels_in_an_ase_database_rows_key_value_pairs_and_data(tmp_path, data_dir):
+    """``db.write(atoms, dft_energy=..., data={"dft_forces": ...})`` keeps labels in a row's
+    key-value pairs and data, which ase.io drops: the file read no labels ("keys found: []").
+    Read, packed and streamed alike; calculator results in a row still work."""
+    import ase.db
+
+    frames = ase.io.read(os.path.join(data_dir, ETHANOL), ":4")
+    with ase.db.connect(str(tmp_path / "kvp.db")) as db:
+        for atoms in frames:
+            plain = ase.Atoms(atoms.numbers, atoms.positions)
+            db.write(plain, dft_energy=atoms.get_potential_energy(), data={"f": atoms.get_forces()})
+    ase.db.connect(str(tmp_path / "calc.db")).write(frames[0])
+    targets = {"energy": {"key": "dft_energy", "unit": "kcal/mol", "forces": "f"}}
+    manifest = pack([str(tmp_path / "kvp.db")], tmp_path / "pack")
+    assert {entry["key"] for entry in manifest["labels"]} == {"dft_energy", "f"}
+    for source in (str(tmp_path / "kvp.db"), str(tmp_path / "pack")):
+        data = dataset(source, targets)
+        for atoms, labels in zip(frames, data.labels):
+            np.testing.assert_allclose(labels["energy"], [atoms.get_potential_energy()])
+            np.testing.assert_allclose(labels["energy/forces"], atoms.get_forces())
+    (labels,) = dataset(str(tmp_path / "calc.db"), {"energy": {"unit": "kcal/mol"}}).labels
+    np.testing.assert_allclose(labels["energy/forces"], frames[0].get_forces())
+
+
 def test_labels_missing_in_some_structures_stay_masked(tmp_path, data_dir):
     """A key absent from some structures is masked there (not dropped, not zero); a key whose
     shape changes between structures is not a label and is left out, with the reason."""

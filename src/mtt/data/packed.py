@@ -44,6 +44,7 @@ from .reading import (
     check_reader,
     check_structure,
     directory_error,
+    iread_frames,
     is_per_atom_result,
     read_as,
 )
@@ -404,7 +405,7 @@ def _stream(
     if reader == "ase":
         reader = None
     check_reader(reader)
-    frames = ase.io.iread(path, index=":", format=reader)
+    frames = iread_frames(path, reader)
     index = 0
     while True:
         try:

@@ -7,9 +7,10 @@ has is an error that lists the keys the file does have.
 """
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import ase
+import ase.db
 import ase.io
 import numpy as np
 
@@ -35,7 +36,7 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
         reader = None
     check_reader(reader)
     try:
-        frames = ase.io.read(path, index=":", format=reader)
+        frames = list(iread_frames(path, reader))
     except Exception as error:  # ASE raises many types for malformed files
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise MttError(
@@ -47,6 +48,36 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
     if len(frames) == 0:
         raise MttError(f"{path!r} holds no structures{read_as(path, reader)}")
     return list(frames)
+
+
+def iread_frames(path: str, reader: Optional[str]) -> Iterator[ase.Atoms]:
+    """The frames of ``path`` one at a time, as ``ase.io.iread`` gives them, except for an
+    ASE database: ``ase.io`` drops its rows' key-value pairs and data, where labels are often
+    kept (``db.write(atoms, dft_energy=..., data={"dft_forces": ...})``), so they are put in
+    ``info`` (and per-atom data, ``[n_atoms, ...]`` arrays, in ``arrays``)."""
+    if (reader or _guessed_format(path)) != "db":
+        yield from ase.io.iread(path, index=":", format=reader)
+        return
+    for row in ase.db.connect(path).select():
+        atoms = row.toatoms()
+        atoms.info.update(row.key_value_pairs)
+        for key, value in (row.data or {}).items():
+            array = np.asarray(value)
+            per_atom = array.ndim >= 2 and array.shape[0] == len(atoms)
+            if per_atom and key not in atoms.arrays:
+                atoms.arrays[key] = array
+            else:
+                atoms.info[key] = value
+        yield atoms
+
+
+def _guessed_format(path: str) -> Optional[str]:
+    from ase.io.formats import filetype
+
+    try:
+        return filetype(path)
+    except Exception:  # unknown or unreadable: ase.io reports it
+        return None
 
 
 def directory_error(path: str) -> MttError:
