@@ -330,3 +330,23 @@ def test_a_target_reader_without_its_own_file_is_refused():
         "instead, or name the labels' file in read_from"
     ]
     validate_options(with_target("energy", {"unit": "kcal/mol", "reader": "ase"}))
+
+
+def test_a_list_of_files_as_a_set_says_how_to_combine_them(work, capsys):
+    """metatrain-style several files (or sections) for one set: the type error alone left
+    users guessing; the message names the command that combines them. A file pattern is
+    not expanded, and says the same."""
+    assert problems(options(training_set=["a.xyz", "b.xyz"], test_set=["c.xyz"])) == [
+        "option 'training_set' is a list, but a set is one file, packed directory or section: "
+        "combine files with 'mtt data pack a.xyz b.xyz -o training_data' (same labels and "
+        "units) and give 'training_set: training_data'",
+        "option 'test_set' is a list, but a set is one file, packed directory or section: "
+        "combine files with 'mtt data pack a.xyz b.xyz -o test_data' (same labels and units) "
+        "and give 'test_set: test_data'",
+    ]
+    write_options(options(training_set="part_*.xyz"))
+    message = fail(capsys, "train", "options.yaml")
+    assert message.endswith(
+        "file patterns are not expanded: combine the files with 'mtt data pack <files> -o "
+        "data' and name the directory 'data'"
+    )

@@ -95,12 +95,30 @@ def validate_options(raw: Dict[str, Any]) -> Settings:
     if options is not None:
         problems += _declared_name_problems(raw, options, parsed)
     if problems:
+        problems = _lists_of_files_explained(raw, problems)
         raise OptionsError(_with_sections_named(problems, architecture))
     _without_generic_gradients(options)
     expanded = hypers_module.to_dict(options)
     expanded["architecture"]["model"] = hypers_module.to_dict(parsed["model"])
     expanded["architecture"]["training"] = hypers_module.to_dict(parsed["training"])
     return Settings(options, parsed["model"], parsed["training"], architecture, expanded)
+
+
+def _lists_of_files_explained(raw: Dict[str, Any], problems: List[str]) -> List[str]:
+    """A data set given as a list (several files, or metatrain's several sections) is one
+    file or directory here: say how to combine them, not only that a list is the wrong type."""
+    explained = []
+    for problem in problems:
+        for name in ("training_set", "validation_set", "test_set"):
+            if isinstance(raw.get(name), list) and problem.startswith(f"option '{name}' must"):
+                data = name.split("_")[0] + "_data"
+                problem = (
+                    f"option '{name}' is a list, but a set is one file, packed directory or "
+                    f"section: combine files with 'mtt data pack a.xyz b.xyz -o {data}' "
+                    f"(same labels and units) and give '{name}: {data}'"
+                )
+        explained.append(problem)
+    return explained
 
 
 def _with_sections_named(problems: List[str], architecture) -> List[str]:

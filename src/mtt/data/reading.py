@@ -26,6 +26,11 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
                 f"file not found: {path!r}; a fraction of the training set is a number: "
                 f"write {name} without quotes"
             )
+        if any(c in name for c in "*?["):
+            raise MttError(
+                f"file not found: {path!r}; file patterns are not expanded: combine the "
+                "files with 'mtt data pack <files> -o data' and name the directory 'data'"
+            )
         raise MttError(
             f"file not found: {path!r}; check the path (relative paths start at the "
             "directory of options.yaml)"
