@@ -351,8 +351,24 @@ def test_unreadable_structure_file(work, capsys):
     Path("train.xyz").write_bytes(os.urandom(300) + b"\n\x00garbage\n")
     write_options(options())
     message = train(capsys)
-    assert f"could not read structures from {str(work / 'train.xyz')!r}" in message
+    assert f"could not read structure 0 of {str(work / 'train.xyz')!r}" in message
     assert "set 'reader'" in message
+
+
+def test_a_bad_structure_in_a_file_is_named(work, capsys):
+    """A frame ASE cannot parse (here an unknown element in frame 2) is named, and the
+    message does not blame the file format alone."""
+    lines = Path("train.xyz").read_text().splitlines(keepends=True)
+    n = int(lines[0]) + 2
+    frame = lines[2 * n : 3 * n]
+    frame[2] = "Xx" + frame[2][frame[2].index(" ") :]
+    Path("train.xyz").write_text("".join(lines[: 2 * n] + frame + lines[3 * n :]))
+    write_options(options())
+    message = train(capsys)
+    assert message.startswith(
+        f"could not read structure 2 of {str(work / 'train.xyz')!r}: unknown name 'Xx' (not an "
+        "element symbol?); fix that structure in the file, or set 'reader'"
+    )
 
 
 def test_directory_instead_of_structure_file(work, capsys):

@@ -110,7 +110,8 @@ def _lists_of_files_explained(raw: Dict[str, Any], problems: List[str]) -> List[
     explained = []
     for problem in problems:
         for name in ("training_set", "validation_set", "test_set"):
-            if isinstance(raw.get(name), list) and problem.startswith(f"option '{name}' must"):
+            listed = isinstance(raw, dict) and isinstance(raw.get(name), list)
+            if listed and problem.startswith(f"option '{name}' must"):
                 data = name.split("_")[0] + "_data"
                 problem = (
                     f"option '{name}' is a list, but a set is one file, packed directory or "

@@ -41,11 +41,10 @@ from ..errors import MttError
 from ..version import __version__
 from .reading import (
     _as_numbers,
-    check_reader,
     check_structure,
     directory_error,
-    iread_frames,
     is_per_atom_result,
+    iter_structures,
     read_as,
 )
 
@@ -252,7 +251,7 @@ def pack(
         sources = []
         for path in paths:
             before = packer.structures
-            for index, atoms in _stream(path, reader):
+            for index, atoms in iter_structures(path, reader, FORMAT_HINT):
                 packer.add(atoms, f"structure {index} of {path!r}")
                 if progress is not None:
                     progress(packer.structures)
@@ -390,36 +389,12 @@ def stream_structures(
     if os.path.isdir(path):
         raise directory_error(path)
     count = 0
-    for index, atoms in _stream(path, reader, format_hint):
+    for index, atoms in iter_structures(path, reader, format_hint):
         check_structure(atoms, f"structure {index} of {path!r}")
         count += 1
         yield index, atoms
     if count == 0:
         raise MttError(f"{path!r} holds no structures{read_as(path, reader)}")
-
-
-def _stream(
-    path: str, reader: Optional[str], format_hint: str = FORMAT_HINT
-) -> Iterator[Tuple[int, ase.Atoms]]:
-    """``(index, atoms)`` of each frame of ``path``, one at a time, with one-line errors."""
-    if reader == "ase":
-        reader = None
-    check_reader(reader)
-    frames = iread_frames(path, reader)
-    index = 0
-    while True:
-        try:
-            atoms = next(frames)
-        except StopIteration:
-            return
-        except Exception as error:  # ASE raises many types for malformed files
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise MttError(
-                f"could not read structure {index} of {path!r}: {first}; fix the file or "
-                f"{format_hint}"
-            ) from None
-        yield index, atoms
-        index += 1
 
 
 # ------------------------------------------------------------------------------------ reading

@@ -7,7 +7,7 @@ has is an error that lists the keys the file does have.
 """
 
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import ase
 import ase.db
@@ -39,20 +39,39 @@ def read_structures(path: str, reader: Optional[str] = None) -> List[ase.Atoms]:
         raise directory_error(path)
     if reader == "ase":  # metatrain's name for "read with ASE, format from the file name"
         reader = None
-    check_reader(reader)
-    try:
-        frames = list(iread_frames(path, reader))
-    except Exception as error:  # ASE raises many types for malformed files
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise MttError(
-            f"could not read structures from {path!r}: {first}; check the file "
-            "format (set 'reader' to an ASE format name if it is guessed wrong)"
-        ) from None
-    if isinstance(frames, ase.Atoms):
-        frames = [frames]
+    hint = "set 'reader' to an ASE format name if the format is guessed wrong"
+    frames = [atoms for _, atoms in iter_structures(path, reader, hint)]
     if len(frames) == 0:
         raise MttError(f"{path!r} holds no structures{read_as(path, reader)}")
     return list(frames)
+
+
+def iter_structures(
+    path: str, reader: Optional[str], format_hint: str
+) -> Iterator[Tuple[int, ase.Atoms]]:
+    """``(index, atoms)`` of each frame of ``path``, one at a time, with one-line errors that
+    name the structure ASE could not read (a bad line in frame 3 is not a wrong format);
+    ``format_hint`` says how the calling command sets the format."""
+    if reader == "ase":  # metatrain's name for "read with ASE, format from the file name"
+        reader = None
+    check_reader(reader)
+    frames = iread_frames(path, reader)
+    index = 0
+    while True:
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            return
+        except Exception as error:  # ASE raises many types for malformed files
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if isinstance(error, KeyError):  # ASE's own word for an unknown element symbol
+                first = f"unknown name {first} (not an element symbol?)"
+            raise MttError(
+                f"could not read structure {index} of {path!r}: {first}; fix that structure "
+                f"in the file, or {format_hint}"
+            ) from None
+        yield index, atoms
+        index += 1
 
 
 def iread_frames(path: str, reader: Optional[str]) -> Iterator[ase.Atoms]:
