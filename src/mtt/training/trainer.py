@@ -27,6 +27,7 @@ from ..checkpoints import save_checkpoint, upgrade_trainer_checkpoint
 from ..data.dataset import LabelledDataset
 from ..errors import MttError
 from ..hypers import to_dict
+from ..io import atomic_path
 from ..version import __version__
 from . import distributed
 from .batches import (
@@ -527,8 +528,9 @@ class Trainer(TrainerInterface):
     def _write_csv(self) -> None:
         path = os.path.join(self.run_dir, "train.csv")
         columns = list(dict.fromkeys(key for row in self.history for key in row))
-        os.makedirs(self.run_dir, exist_ok=True)
-        with open(path, "w", newline="") as file:
+        # replaced in one step: a run stopped while writing (Ctrl-C) keeps the previous file,
+        # where rewriting in place could leave it empty and 'mtt plot' with nothing to draw
+        with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.history)
