@@ -233,3 +233,32 @@ def test_an_old_task_set_in_the_wrong_unit_is_named_by_the_dry_run(pretrained, t
         assert main(["train", path, "--dry-run"]) == 0
         out = capsys.readouterr().out
         assert ("old_task_set: energy/forces: the labels spread" in out) == warned, out[-3000:]
+
+
+def test_l2sp_with_lora_penalises_the_adapters_weight_updates():
+    """With lora, L2-SP had no effect (the adapters are new parameters, absent from the
+    pretrained model), though the foundation-models page used it so: it now penalises each
+    adapter's update ``scaling * B A`` (what it adds to a pretrained weight)."""
+    from types import SimpleNamespace
+
+    from mtt.lora import LoRALinear, add_adapters
+    from mtt.testing import random_model
+    from mtt.training.trainer import Trainer
+
+    model = random_model(
+        "soap_bpnn", {"cutoff": 3.0, "max_radial": 2, "max_angular": 1}, torch.float64
+    )
+    reference = {name: value.detach().clone() for name, value in model.named_parameters()}
+    add_adapters(model, 2, 4.0, ["*"])
+    trainer = object.__new__(Trainer)
+    trainer.hypers = SimpleNamespace(finetune=SimpleNamespace(l2sp_weight=3.0))
+    trainer.reference_weights = reference
+    assert float(trainer._l2sp(model).detach()) == 0.0  # B starts at zero: the pretrained model
+    expected = 0.0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_b.normal_()
+                expected += float(((module.scaling * module.lora_b @ module.lora_a) ** 2).sum())
+    assert expected > 0
+    assert float(trainer._l2sp(model).detach()) == pytest.approx(3.0 * expected, rel=1e-12)

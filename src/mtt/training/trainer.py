@@ -98,7 +98,10 @@ class Trainer(TrainerInterface):
 
     def _l2sp(self, model: torch.nn.Module) -> torch.Tensor:
         """L2-SP: ``l2sp_weight * sum (w - w_pretrained)^2`` over the weights that train and
-        exist in the pretrained model."""
+        exist in the pretrained model, and over the weight updates of LoRA adapters
+        (``w - w_pretrained`` is then the adapter's ``scaling * B A``)."""
+        from ..lora import LoRALinear
+
         finetune = self.hypers.finetune
         penalty = torch.zeros((), dtype=torch.float64)
         if finetune is None or finetune.l2sp_weight == 0.0 or not self.reference_weights:
@@ -109,6 +112,10 @@ class Trainer(TrainerInterface):
                 if reference.shape == parameter.shape:
                     reference = reference.to(parameter.device, parameter.dtype)
                     penalty = penalty.to(parameter.device) + ((parameter - reference) ** 2).sum()
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                update = module.scaling * module.lora_b @ module.lora_a
+                penalty = penalty.to(update.device) + (update**2).sum()
         return finetune.l2sp_weight * penalty
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
