@@ -9,7 +9,7 @@ is a ``torch.nn.Linear``, so mtt's fine-tuning methods (``full``, ``heads``, ``l
 nor ``e3nn``. SevenNet's per-element energy shift becomes mtt's composition baseline (the
 reference energies that ``finetune.reference_energies: refit`` refits on the new data); its
 per-element scale stays inside the model. Forces and stress are exact gradients through the
-neighbour vectors. Needs ``pip install 'mtt[sevenn]'`` to train or export.
+neighbour vectors. Needs the ``sevenn`` extra (``pip install -e ".[sevenn]"``) to train or export.
 """
 
 import dataclasses

@@ -103,7 +103,7 @@ class FinetuneHypers:
     read_from: str
     """The pretrained model: a checkpoint (``.ckpt`` written by ``mtt train``, whose best
     weights are used) or the name of a foundation model shipped in an optional extra, e.g.
-    ``sevennet-0`` (``pip install 'mtt[sevenn]'``)."""
+    ``sevennet-0`` (``pip install -e ".[sevenn]"`` in the clone)."""
     method: Literal["full", "heads", "lora", "freeze"] = "full"
     """``full``: train every weight; ``heads``: only the output layers; ``lora``: low-rank
     adapters, merged into the weights at export; ``freeze``: all but the parameters matching

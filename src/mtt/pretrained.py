@@ -3,7 +3,7 @@
 ``mtt export sevennet-0 -o model.pt`` writes such a model as shipped (for zero-shot use and
 comparison), and ``finetune: {read_from: sevennet-0}`` fine-tunes it. Each entry names the
 architecture folder that builds it and its ``architecture.model`` hypers; the package holding
-the weights is an optional extra (``pip install 'mtt[sevenn]'``).
+the weights is an optional extra (``pip install -e ".[sevenn]"`` in the clone).
 """
 
 from typing import Any, Dict, List, Tuple

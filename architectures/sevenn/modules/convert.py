@@ -19,7 +19,10 @@ from .layers import (
     SevenNetCore,
 )
 
-INSTALL = "SevenNet needs the optional dependency sevenn: pip install 'mtt[sevenn]'"
+INSTALL = (
+    "SevenNet needs the optional dependency sevenn: pip install sevenn==0.13.0 (or pip "
+    "install -e '.[sevenn]' in mtt's clone)"
+)
 
 # what the SevenNet config must hold to rebuild the network (mtt stores it in the hypers)
 CONFIG_KEYS = (

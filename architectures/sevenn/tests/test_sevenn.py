@@ -17,7 +17,7 @@ import pytest
 import torch
 
 pytest.importorskip(
-    "sevenn", reason="the sevenn extra is not installed (pip install 'mtt[sevenn]')"
+    "sevenn", reason='the sevenn extra is not installed (pip install -e ".[sevenn]")'
 )
 
 from mtt import pretrained  # noqa: E402

@@ -1,7 +1,8 @@
 """TensorBoard event files with the metrics of ``train.csv``, when TensorBoard is installed.
 
-With ``pip install mtt[tensorboard]``, every epoch's row of ``train.csv`` (learning rate, losses,
-RMSE and MAE; the column names are the tags, the epoch is the step) also goes to
+With ``tensorboard`` installed (``pip install tensorboard``), every epoch's row of
+``train.csv`` (learning rate, losses, RMSE and MAE; the column names are the tags, the epoch is
+the step) also goes to
 ``<run_dir>/tensorboard/``, and ``tensorboard --logdir outputs`` compares runs live. Without the
 package nothing is written, and one info line says how to get it.
 """
