@@ -414,3 +414,24 @@ def test_a_model_in_bohr_evaluates_structures_given_in_angstrom():
     np.testing.assert_allclose(from_angstrom["energy"], from_bohr["energy"], rtol=1e-9)
     np.testing.assert_allclose(from_angstrom["forces"] * bohr, from_bohr["forces"], atol=1e-10)
     np.testing.assert_allclose(from_angstrom["stress"] * bohr**3, from_bohr["stress"], atol=1e-10)
+
+
+def test_python_export_says_where_it_wrote(tmp_path):
+    """``mtt.export`` prints what ``mtt export`` prints (getting-started says both do; it
+    printed nothing), in a fresh process where nobody configured logging."""
+    import subprocess
+    import sys
+
+    from mtt.checkpoints import save_checkpoint
+    from mtt.testing import random_model
+
+    model = random_model(
+        "soap_bpnn", {"cutoff": 3.0, "max_radial": 2, "max_angular": 1}, torch.float32
+    )
+    save_checkpoint(model.get_checkpoint(), str(tmp_path / "model.ckpt"))
+    code = "import mtt; mtt.export('model.ckpt', 'out.pt')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == ["exported model.ckpt to out.pt"]
+    assert (tmp_path / "out.pt").exists()

@@ -993,4 +993,5 @@ def export(
             raise MttError(f"{checkpoint.get('architecture')} does not support {dtype}")
         model = model.to(wanted)
     save_model(model.export(metadata, second_derivatives=second_derivatives), output)
+    LOGGER.info("exported %s to %s", checkpoint_path, output)
     return output

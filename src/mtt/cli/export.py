@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.checkpoint in pretrained.names() and not os.path.exists(args.checkpoint):
         path = pretrained.export(args.checkpoint, args.output, args.force, args.dtype)
+        print(f"exported {args.checkpoint} to {path}")
     elif not os.path.exists(args.checkpoint) and not os.path.splitext(args.checkpoint)[1]:
         # neither a file nor a shipped model's name: name those
         raise MttError(
@@ -49,11 +50,10 @@ def run(args: argparse.Namespace) -> None:
             "by 'mtt train'"
         )
     else:
-        path = export(
+        export(  # says where it wrote
             args.checkpoint,
             args.output,
             force=args.force,
             dtype=args.dtype,
             second_derivatives=args.second_derivatives,
         )
-    print(f"exported {args.checkpoint} to {path}")
