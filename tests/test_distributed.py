@@ -214,3 +214,20 @@ def test_a_process_whose_partner_never_starts_stops_on_sigterm(tmp_path, data_di
         process.communicate()  # (closes the pipes)
     assert process.returncode == -signal.SIGTERM
     assert not (tmp_path / "lonely.pt").exists()
+
+
+def test_independent_processes_export_to_their_own_files(monkeypatch):
+    """``distributed: off`` under torchrun: every process trains its own model, and all
+    exported it to the same -o (the last silently replacing the others); process N now
+    writes ``<name>-rankN.pt``. Without a launch, or with ``auto``, -o is as given."""
+    from mtt.api import _own_output
+
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert _own_output("out/model.pt", "off") == "out/model.pt"
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    assert _own_output("out/model.pt", "off") == "out/model-rank2.pt"
+    assert _own_output("out/model.pt", "auto") == "out/model.pt"
+    monkeypatch.setenv("RANK", "0")
+    assert _own_output("model.pt", "off") == "model.pt"

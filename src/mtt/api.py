@@ -270,6 +270,7 @@ def train(
     settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
     if dry_run:
         return _dry_run(settings, base_dir, training_set, _restart_checkpoint(output_dir, restart))
+    output = _own_output(output, settings.train_hypers.distributed)
     # under torchrun or srun: one process per GPU, the main one writes (mtt.training.distributed)
     with distributed.session(settings.train_hypers.distributed, _uses_cuda(settings)) as world:
         checkpoint_path, run_dir = distributed.from_main(
@@ -296,6 +297,18 @@ def train(
         finally:
             LOGGER.removeHandler(handler)
             handler.close()
+
+
+def _own_output(output: str, mode: str) -> str:
+    """``distributed: off`` under torchrun or srun: each process trains a model of its own,
+    in its own run directory, and exports it to ``-o`` with its rank (``model-rank1.pt``),
+    where all wrote the same file, the last one silently replacing the others."""
+    launch = distributed.launch_environment(os.environ) if mode == "off" else None
+    rank = int(launch["RANK"]) if launch is not None else 0
+    if rank == 0:
+        return output
+    stem, extension = os.path.splitext(output)
+    return f"{stem}-rank{rank}{extension}"
 
 
 def _report_interruption(run_dir: str, output_dir: str) -> None:
