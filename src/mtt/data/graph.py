@@ -123,6 +123,20 @@ def edge_vectors(graph: Graph) -> torch.Tensor:
     return positions.index_select(0, graph.edge_j) - positions.index_select(0, graph.edge_i) + shift
 
 
+def refuse_coincident_atoms(vectors: torch.Tensor, samples: torch.Tensor, system: int) -> None:
+    """Two atoms at the same position (a duplicated atom) have no direction between them:
+    the models' energies and forces would be NaN, which an engine carries on with (MD
+    continues on NaN coordinates). One comparison per pair; the error names the atoms."""
+    same = (vectors == 0.0).all(dim=1).reshape(-1)
+    if samples.shape[0] > 0 and bool(same.any()):
+        pair = samples[torch.nonzero(same)[0, 0]]
+        first, second = int(pair[0]), int(pair[1])
+        raise ValueError(
+            f"atoms {first} and {second} of system {system} are at the same position: the "
+            "model's energy is not defined there (a duplicated atom?)"
+        )
+
+
 def systems_to_graph(systems: List[System], options: NeighborListOptions) -> Graph:
     """The :class:`Graph` of metatomic systems, using their neighbour list for ``options``."""
     device = systems[0].positions.device
@@ -139,7 +153,9 @@ def systems_to_graph(systems: List[System], options: NeighborListOptions) -> Gra
     offset = 0
     for index, system in enumerate(systems):
         n = len(system)
-        samples = system.get_neighbor_list(options).samples.values
+        neighbors = system.get_neighbor_list(options)
+        samples = neighbors.samples.values
+        refuse_coincident_atoms(neighbors.values, samples, index)
         types.append(system.types.to(torch.int64))
         positions.append(system.positions)
         cells.append(system.cell.unsqueeze(0))

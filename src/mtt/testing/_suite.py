@@ -345,6 +345,17 @@ class ArchitectureTests:
         assert energy.grad_fn is None
         torch.testing.assert_close(energy.reshape(-1), energy_of(model, molecule()))
 
+    def test_atoms_at_the_same_position_are_refused(self):
+        """A duplicated atom (two atoms at one position) in an engine: the energy has no
+        value there, and models gave NaN energies and forces that MD carried on with; the
+        model stops with the two atoms named."""
+        model = self.model()
+        atoms = molecule()
+        atoms.positions[3] = atoms.positions[1]
+        for engine_model in (model, model.export().module):  # eager, and as exported
+            with pytest.raises(Exception, match="atoms 1 and 3 of system 1 are at the same"):
+                engine_gradients(engine_model, [molecule(), atoms], [1.0, 1.0])
+
     # --- TorchScript and engines ------------------------------------------------------------
     def test_export_save_load(self, dtype, tmp_path):
         """The exported model scripts, saves and loads, and gives the eager model's energies
