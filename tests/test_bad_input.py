@@ -1286,3 +1286,22 @@ def test_import_mtt_is_cheap_and_its_functions_show_their_signatures():
         "['options', 'training_set', 'output']",
         "['checkpoint_path', 'output']",
     ]
+
+
+def test_a_label_in_info_and_in_the_calculator_with_two_values_is_refused():
+    """A stale ``atoms.info["energy"]`` next to a calculator that computed anew: the info value
+    was taken without a word; which is right cannot be guessed, so both are named. Equal
+    values (a file that stores both) stay fine."""
+    frames = ethanol(3)
+    for atoms in frames:
+        atoms.info["energy"] = atoms.get_potential_energy()
+    target = {"energy": EnergyTargetOptions(unit="kcal/mol")}
+    assert len(dataset_from_atoms(frames, target, name="training_set")) == 3
+    frames[1].info["energy"] += 100.0
+    with pytest.raises(MttError) as error:
+        dataset_from_atoms(frames, target, name="training_set")
+    assert str(error.value) == (
+        "'energy' of structure 1 of 'training_set' is in atoms.info and in its calculator's "
+        "results, with different values; remove the stale one (del atoms.info[...], or "
+        "atoms.calc = None)"
+    )

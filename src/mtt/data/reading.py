@@ -202,8 +202,10 @@ def lookup(
     has a broken label, not none."""
     if per_atom and key in atoms.arrays:
         value = atoms.arrays[key]
+        _refuse_two_values(atoms, key, value, "atoms.arrays", where)
     elif not per_atom and key in atoms.info:
         value = atoms.info[key]
+        _refuse_two_values(atoms, key, value, "atoms.info", where)
     else:
         value = _calculator_results(atoms).get(key)
         if value is None:
@@ -217,6 +219,23 @@ def lookup(
             f"that structure, or {fix}"
         )
     return numbers
+
+
+def _refuse_two_values(atoms: ase.Atoms, key: str, value, place: str, where: Optional[str]):
+    """A label both in ``info``/``arrays`` and in the calculator's results, with another value
+    (a stale ``atoms.info["energy"]`` next to a calculator that computed anew): which one is
+    right cannot be guessed, and the first was taken without a word."""
+    other = _calculator_results(atoms).get(key)
+    if where is None or other is None:
+        return
+    mine, theirs = _as_numbers(value), _as_numbers(other)
+    if mine is None or theirs is None or mine.shape != theirs.shape:
+        return
+    if not np.allclose(mine, theirs, rtol=1e-8, atol=1e-10):
+        raise MttError(
+            f"{key!r} of {where} is in {place} and in its calculator's results, with different "
+            "values; remove the stale one (del atoms.info[...], or atoms.calc = None)"
+        )
 
 
 def missing_target_error(
