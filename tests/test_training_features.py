@@ -344,3 +344,23 @@ def test_train_csv_survives_a_run_stopped_while_writing_it(tmp_path, monkeypatch
         trainer._write_csv()
     assert (tmp_path / "train.csv").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]  # no temporary left
+
+
+def test_an_element_in_a_single_structure_is_warned_about(tmp_path, data_dir, monkeypatch, capsys):
+    """Its reference energy is fitted from that one structure's energy (which it then fits
+    exactly, error included): said, with the two fixes; not said for the usual data."""
+    monkeypatch.chdir(tmp_path)
+    path = options(tmp_path, data_dir)
+    assert main(["train", path, "--dry-run"]) == 0
+    assert "is in only one structure" not in capsys.readouterr().out
+    frames = ase.io.read("carbon.xyz", ":")
+    frames[0].numbers[0] = 14  # one silicon atom, in one structure
+    ase.io.write("carbon.xyz", frames)
+    ase.io.write("val.xyz", frames[15:])
+    assert main(["train", path, "--dry-run", "-r", "validation_set=val.xyz"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "training_set: Si is in only one structure labelled with 'energy', whose energy alone "
+        "fixes its reference energy; add structures with Si, or set it in "
+        "'architecture.training.fixed_composition_weights.energy'"
+    ) in out

@@ -940,7 +940,9 @@ def _composition_only(trainer, model, train_set) -> List[Any]:
         if name in carried:
             fixed = trainer.hypers.fixed_composition_weights.get(name, {})
             where = f"architecture.training.fixed_composition_weights.{name}"
-            weights, _ = fit_baseline(train_set, name, model.atomic_types, fixed, where)
+            weights, _ = fit_baseline(
+                train_set, name, model.atomic_types, fixed, where, warn_rare=False
+            )
         references.append(weights)
     return references
 

@@ -77,8 +77,10 @@ def fit_baseline(
     where: str,
     prior: Optional[np.ndarray] = None,
     offsets: Optional[np.ndarray] = None,
+    warn_rare: bool = True,
 ) -> Tuple[np.ndarray, float]:
-    """Reference energies per element and the spread (std) of the per-atom remainder.
+    """Reference energies per element and the spread (std) of the per-atom remainder; an
+    element in a single structure is warned about (``warn_rare``).
 
     With ``offsets`` (one energy per structure of the data set: what a pretrained network
     predicts of it), the references fit the labels minus the offsets. The spread is the
@@ -105,6 +107,8 @@ def fit_baseline(
             raise MttError(f"'{where}': element {key!r} is not in the training set")
         weights[atomic_types.index(z)] = value
         free[atomic_types.index(z)] = False
+    if prior is None and warn_rare:
+        _warn_rare_elements(counts, free, atomic_types, target, where)
     fitted = energies if offsets is None else energies - np.asarray(offsets)[rows]
     remainder = fitted - counts @ weights
     if free.any():
@@ -116,6 +120,23 @@ def fit_baseline(
     per_atom = (energies - counts @ own) / counts.sum(axis=1)
     spread = float(np.std(per_atom)) if len(per_atom) > 1 else 0.0
     return weights, spread
+
+
+def _warn_rare_elements(counts, free, atomic_types, target: str, where: str) -> None:
+    """An element in a single labelled structure gets its reference energy from that one
+    structure, which then fits exactly whatever its label's error; said once per element."""
+    present = (counts > 0).sum(axis=0)
+    for k, z in enumerate(atomic_types):
+        if free[k] and present[k] == 1:
+            symbol = ase.data.chemical_symbols[z]
+            LOGGER.warning(
+                "training_set: %s is in only one structure labelled with %r, whose energy alone "
+                "fixes its reference energy; add structures with %s, or set it in '%s'",
+                symbol,
+                target,
+                symbol,
+                where,
+            )
 
 
 def _composition_fit(counts, energies, fixed, free) -> np.ndarray:
