@@ -350,3 +350,18 @@ def test_a_list_of_files_as_a_set_says_how_to_combine_them(work, capsys):
         "file patterns are not expanded: combine the files with 'mtt data pack <files> -o "
         "data' and name the directory 'data'"
     )
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("mps", "option 'device' is 'mps', but this architecture runs on cuda, cpu (or auto)"),
+        ("multi-cuda", "option 'device' must be auto, cpu, cuda or cuda:N, got 'multi-cuda'"),
+    ],
+)
+def test_a_device_that_cannot_run_is_reported_with_the_other_options(device, message):
+    """It was reported only after the data was read, alone; now with every other mistake."""
+    assert problems(options(device=device, seeed=1)) == [
+        "unknown option 'seeed'; did you mean 'seed'?",
+        message,
+    ]

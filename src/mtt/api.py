@@ -94,6 +94,12 @@ def validate_options(raw: Dict[str, Any]) -> Settings:
             problems.append(_NO_LAST_LAYER.format(name=raw["architecture"]["name"]))
     if options is not None:
         problems += _declared_name_problems(raw, options, parsed)
+    device = raw.get("device", "auto") if isinstance(raw, dict) else "auto"
+    if architecture is not None and isinstance(device, str):  # with the others, before data
+        try:
+            pick_device(device, architecture.__model__.__supported_devices__)
+        except MttError as error:
+            problems.append(str(error))
     if problems:
         problems = _lists_of_files_explained(raw, problems)
         raise OptionsError(_with_sections_named(problems, architecture))
@@ -228,7 +234,10 @@ def pick_device(requested: str, supported: Sequence[str]) -> torch.device:
             f"option 'device' must be auto, cpu, cuda or cuda:N, got {requested!r}"
         ) from None
     if device.type not in supported:
-        raise MttError(f"this architecture runs on {supported}, not {device.type!r}")
+        raise MttError(
+            f"option 'device' is {requested!r}, but this architecture runs on "
+            f"{', '.join(supported)} (or auto)"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MttError("option 'device' is cuda but no GPU is available; use auto or cpu")
     return device
