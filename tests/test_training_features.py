@@ -364,3 +364,24 @@ def test_an_element_in_a_single_structure_is_warned_about(tmp_path, data_dir, mo
         "fixes its reference energy; add structures with Si, or set it in "
         "'architecture.training.fixed_composition_weights.energy'"
     ) in out
+
+
+def test_plateau_rate_applies_from_the_next_epoch(tmp_path, data_dir, monkeypatch):
+    """torch's ReduceLROnPlateau rule: after the epoch that exhausts the patience, the next
+    epoch runs at the lowered rate. The rate was lowered one step late (LambdaLR had already
+    computed the next step's), so train.csv showed it an epoch late."""
+    monkeypatch.chdir(tmp_path)
+    path = options(
+        tmp_path,
+        data_dir,
+        num_epochs=5,
+        learning_rate=1e-12,
+        scheduler="plateau",
+        plateau_patience=1,
+        plateau_factor=0.5,
+    )
+    assert main(["train", path]) == 0
+    history = final_checkpoint(tmp_path)["trainer_state"]["history"]
+    # epoch 1 sets the best, 2 and 3 do not improve: 3 exhausts a patience of 1
+    rates = [row["learning_rate"] / 1e-12 for row in history]
+    assert rates == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5])

@@ -403,6 +403,15 @@ class Trainer(TrainerInterface):
                 state = copy.deepcopy(model.state_dict())
             self.best = {"epoch": self.epoch, "metric": metric, "state_dict": state}
         self.plateau.step(metric)
+        if self.hypers.scheduler == "plateau":
+            # the rate of the next step, with the scale just lowered: LambdaLR computed it at
+            # the epoch's last step, so a lowered rate took effect one step (and, in
+            # train.csv, one epoch) after torch's ReduceLROnPlateau rule
+            for group, base, factor in zip(
+                optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+            ):
+                group["lr"] = base * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         self.state.update(
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
