@@ -266,11 +266,14 @@ class SoapPowerSpectrum(torch.nn.Module):
             grad_density = grad_rows.reshape(n_atoms, n_l, k, n_m).transpose(1, 2)
             grad_density = grad_density.reshape(n_atoms * k, n_l * n_m)
         # back through the harmonics: [n_atoms, K, M] gradient of the neighbour sums
-        grad_summed = (grad_density @ self.padded_harmonics.to(dtype).T).reshape(n_atoms, k, -1)
+        n_monomials = self.harmonics.n_monomials
+        grad_summed = grad_density @ self.padded_harmonics.to(dtype).T
+        grad_summed = grad_summed.reshape(n_atoms, k, n_monomials)
 
         width = parts.r.shape[0] // max(n_atoms, 1)
         # radial channels: sum_m grad_summed[i, k, m] monomials[e, m]
-        monomials = parts.monomials.reshape(n_atoms, width, -1)
+        # explicit sizes: without any pair (an isolated atom) width is 0 and -1 is ambiguous
+        monomials = parts.monomials.reshape(n_atoms, width, n_monomials)
         grad_channels = torch.bmm(monomials, grad_summed.transpose(1, 2)).reshape(-1, k)
         if self.n_species > 1:
             one_hot = torch.nn.functional.one_hot(parts.species, self.n_species).to(dtype)

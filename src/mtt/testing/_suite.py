@@ -333,6 +333,17 @@ class ArchitectureTests:
         ):
             for a, b in zip(got, expected):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        # atoms without neighbours, in a batch with pairs and alone (no pair at all: a lone
+        # atom in ASE crashed soap_bpnn's written-out gradient)
+        apart = ase.Atoms("HOH", positions=[[0, 0, 0], [0, 0, 10], [0, 10, 0]])
+        for batch in ([apart, molecule()], [apart], [ase.Atoms("O")]):
+            weights = [1.0, 0.5][: len(batch)]
+            for got, expected in zip(
+                engine_gradients(model, batch, weights),
+                engine_gradients(full_graph, batch, weights),
+            ):
+                for a, b in zip(got, expected):
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
     def test_energies_under_no_grad(self):
         """Positions that require gradients but a forward under ``torch.no_grad()`` (an
