@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 from pathlib import Path
 
 import ase.io
@@ -551,3 +552,33 @@ def test_a_restart_continues_the_fine_tuning_it_was(pretrained, tmp_path, monkey
         f"{pretrained['checkpoint']!r} is a checkpoint of a run that did not fine-tune"
     )
     assert main(["train", path, *longer, "-o", "more.pt"]) == 0  # the same section continues
+    # the defaults written out are the same config (a restart with them was refused)
+    same = "architecture.training.finetune.config={rank: 2, alpha: 8.0}"
+    assert main(["train", path, *longer, "-r", same, "-o", "same.pt"]) == 0
+    message = _error(
+        capsys,
+        "train",
+        path,
+        *longer,
+        "-r",
+        "architecture.training.finetune.reference_energies=keep",
+    )
+    assert message.startswith(
+        "option 'architecture.training.finetune.reference_energies': the run of "
+    )
+    # another pretrained model under the same options (teacher, L2-SP and old-task report
+    # switched mid-run without a word)
+    other = tmp_path / "other.ckpt"
+    shutil.copy(checkpoint, other)
+    message = _error(
+        capsys,
+        "train",
+        path,
+        *longer,
+        "-r",
+        f"architecture.training.finetune.read_from={other}",
+    )
+    assert message.startswith(
+        f"option 'architecture.training.finetune.read_from' ({str(other)!r}) holds another "
+        f"model than the one the run of {checkpoint!r} fine-tuned"
+    )

@@ -262,3 +262,11 @@ def test_l2sp_with_lora_penalises_the_adapters_weight_updates():
                 expected += float(((module.scaling * module.lora_b @ module.lora_a) ** 2).sum())
     assert expected > 0
     assert float(trainer._l2sp(model).detach()) == pytest.approx(3.0 * expected, rel=1e-12)
+    # an output layer grown for new targets has no pretrained value: left out, as in full
+    # fine-tuning (its adapter was pulled to zero, and the new target barely learnt)
+    grown = "networks.0.4"
+    layer = dict(model.named_modules())[grown]
+    reference[f"{grown}.weight"] = reference[f"{grown}.weight"][:0]
+    with torch.no_grad():
+        alone = float(((layer.scaling * layer.lora_b @ layer.lora_a) ** 2).sum())
+    assert float(trainer._l2sp(model).detach()) == pytest.approx(3.0 * (expected - alone))

@@ -6,6 +6,7 @@ contract) in place of the ``training_set`` file.
 
 import copy
 import glob
+import hashlib
 import logging
 import math
 import os
@@ -674,7 +675,16 @@ def _model_and_trainer(
             "architecture.training.num_epochs=N), or export the checkpoint with 'mtt export'"
         )
     if finetune is not None:  # the same parameters train as before the interruption
-        _remember_pretrained(trainer, _read_pretrained(settings, base_dir), finetune)
+        pretrained_model = _read_pretrained(settings, base_dir)
+        stored = trainer.state.get("pretrained_fingerprint")
+        if stored is not None and stored != _weights_fingerprint(pretrained_model):
+            raise MttError(
+                f"option 'architecture.training.finetune.read_from' ({finetune.read_from!r}) "
+                f"holds another model than the one the run of {checkpoint_path!r} fine-tuned: "
+                "its teacher, L2-SP weights and old-task report would change mid-run; name "
+                "that model again, or start a new fine-tuning run"
+            )
+        _remember_pretrained(trainer, pretrained_model, finetune)
         apply_method(model, finetune, trainer.teacher.generic_names)
     model = model.restart(info, finetune.inherit_heads if finetune else None)
     LOGGER.info("restarting from %s after epoch %d", checkpoint_path, trainer.epoch)
@@ -728,13 +738,37 @@ def _check_same_finetune(settings: Settings, checkpoint: Dict[str, Any], path: s
         )
     if was is not None:
         now = hypers_module.to_dict(finetune)
-        for key in ("method", "config", "inherit_heads"):
+        if was.get("method") == finetune.method and "config" in was:  # defaults written out
+            was = dict(was, config=_full_config(finetune.method, was["config"]))
+            now["config"] = _full_config(finetune.method, now["config"])
+        for key in ("method", "config", "inherit_heads", "reference_energies"):
             if key in was and now.get(key) != was[key]:
                 raise MttError(
                     f"option {section[:-1]}.{key}': the run of {path!r} fine-tuned with "
                     f"{was[key]!r}, the options give {now.get(key)!r}; a restart continues "
                     "with the same one: set it back, or start a new fine-tuning run"
                 )
+
+
+def _full_config(method: str, config: Any) -> Any:
+    """A method's config with its defaults filled in (``{}`` is ``{rank: 4, alpha: 8.0}``
+    for lora), as given when it does not parse."""
+    from .finetune import METHOD_CONFIGS
+
+    try:
+        return hypers_module.to_dict(hypers_module.parse(METHOD_CONFIGS[method], config))
+    except (OptionsError, KeyError):
+        return config
+
+
+def _weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights: which pretrained model a fine-tuning run started
+    from, whatever path named it."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _check_same_targets(info: DatasetInfo, restarted: DatasetInfo, checkpoint_path: str):
@@ -862,6 +896,7 @@ def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
     model = _read_pretrained(settings, base_dir)
     _check_same_model(settings, model.hypers, finetune.read_from, pretrained=True)
     _remember_pretrained(trainer, model, finetune)
+    trainer.state["pretrained_fingerprint"] = _weights_fingerprint(model)
     LOGGER.info("fine-tuning %s from %s", settings.options.architecture.name, finetune.read_from)
     model = model.restart(info, finetune.inherit_heads)
     apply_method(model, finetune, trainer.teacher.generic_names)

@@ -112,8 +112,11 @@ class Trainer(TrainerInterface):
                 if reference.shape == parameter.shape:
                     reference = reference.to(parameter.device, parameter.dtype)
                     penalty = penalty.to(parameter.device) + ((parameter - reference) ** 2).sum()
-        for module in model.modules():
-            if isinstance(module, LoRALinear):
+        for name, module in model.named_modules():
+            reference = self.reference_weights.get(f"{name}.weight")
+            if isinstance(module, LoRALinear) and reference is not None:
+                if reference.shape != module.base.weight.shape:
+                    continue  # an output layer grown for new targets: no pretrained value
                 update = module.scaling * module.lora_b @ module.lora_a
                 penalty = penalty.to(update.device) + (update**2).sum()
         return finetune.l2sp_weight * penalty
