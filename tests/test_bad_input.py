@@ -1305,3 +1305,26 @@ def test_a_label_in_info_and_in_the_calculator_with_two_values_is_refused():
         "results, with different values; remove the stale one (del atoms.info[...], or "
         "atoms.calc = None)"
     )
+
+
+def test_empty_output_and_an_output_dir_below_a_file(work, capsys):
+    """``-o ''`` crashed after the whole training (moving the model to ''); an output
+    directory below a file was an internal NotADirectoryError. Both refused first."""
+    write_options(options())
+    assert fail(capsys, "train", "options.yaml", "-o", "") == (
+        "the output path is empty; give the path of a file to write (-o)"
+    )
+    Path("afile").write_text("mine")
+    message = fail(capsys, "train", "options.yaml", "--output-dir", "afile/sub")
+    assert message.startswith("cannot make the run directory 'afile/sub/")
+    assert message.endswith("give --output-dir a directory you can write, or a new one")
+    assert Path("afile").read_text() == "mine"
+
+
+def test_negative_plateau_patience_is_refused():
+    from mtt.hypers import parse
+    from mtt.training.hypers import TrainingHypers
+
+    with pytest.raises(OptionsError) as error:
+        parse(TrainingHypers, {"plateau_patience": -3})
+    assert error.value.problems == ["option 'plateau_patience' must not be negative, got -3"]

@@ -235,3 +235,30 @@ def test_llpr_without_an_energy_target_is_refused_before_training(tmp_path, data
         mtt.train(options, output="mu.pt", output_dir="runs")
     assert not os.path.exists("mu.pt")
     assert not [name for _, _, files in os.walk("runs") for name in files if ".ckpt" in name]
+
+
+def test_a_validation_set_too_small_to_calibrate_falls_back_to_the_training_set(monkeypatch):
+    """One validation structure fits every regulariser equally: the choice was arbitrary and
+    gave per-atom uncertainties of 1e4 eV, without a word. Below 5 structures the training
+    set calibrates, as without a validation set, and a warning says so."""
+    from mtt import uncertainty
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.options import EnergyTargetOptions
+
+    frames = ase.io.read(os.path.join(DATA, "ethanol_reduced_100.xyz"), ":12")
+    targets = {"energy": EnergyTargetOptions(unit="kcal/mol")}
+    train = dataset_from_atoms(frames[:10], targets)
+    small = dataset_from_atoms(frames[10:11], targets)
+    warnings = []
+    monkeypatch.setattr(uncertainty.LOGGER, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64)
+    uncertainty.fit_uncertainty(model, train, small)
+    fallback = model.uncertainty.state_dict()
+    uncertainty.fit_uncertainty(model, train, train)
+    for name, value in model.uncertainty.state_dict().items():
+        torch.testing.assert_close(fallback[name], value)
+    assert warnings == [
+        "the validation set has 1 structure(s), too few to calibrate energy uncertainties (at "
+        "least 5): calibrated on the training set, where errors are smaller than on new "
+        "structures; give a larger validation_set"
+    ]

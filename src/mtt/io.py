@@ -47,6 +47,8 @@ def refuse_overwrite(
     """Never overwrite what a user made without being asked, nor ever the file a command
     reads (``inputs``); a directory is never replaced. Checked before any work (not after
     training, when the file would be moved there), as is that the file can be written."""
+    if not path.strip():
+        raise MttError("the output path is empty; give the path of a file to write (-o)")
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise MttError(f"{path!r} is a directory; give the path of a file to write")
     if os.path.exists(path):

@@ -30,7 +30,13 @@ def new_run_dir(root: str) -> str:
     while os.path.exists(path):
         suffix += 1
         path = os.path.join(root, f"{stamp}-{suffix}")
-    os.makedirs(path)
+    try:
+        os.makedirs(path)
+    except (NotADirectoryError, FileExistsError, PermissionError) as error:
+        raise MttError(
+            f"cannot make the run directory {path!r} ({error.strerror}); give --output-dir a "
+            "directory you can write, or a new one"
+        ) from None
     return path
 
 

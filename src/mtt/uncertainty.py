@@ -187,6 +187,10 @@ def _calibrate(q: np.ndarray, errors: np.ndarray) -> Tuple[float, float]:
     return alpha2, nll
 
 
+#: Fewest validation structures that calibrate uncertainties
+MIN_CALIBRATION = 5
+
+
 def fit_uncertainty(model, train_set, calibration_set: Optional[Any]) -> Dict[str, Any]:
     """Fit ``model.uncertainty`` from the training structures' features; choose the
     regulariser and ``alpha^2`` per target on ``calibration_set`` (the validation set; the
@@ -201,6 +205,17 @@ def fit_uncertainty(model, train_set, calibration_set: Optional[Any]) -> Dict[st
             LOGGER.warning(
                 "no validation set: energy uncertainties are calibrated on the training set, "
                 "where errors are smaller than on new structures; add a validation_set"
+            )
+            calibration_set = train_set
+        elif len(calibration_set) < MIN_CALIBRATION:
+            # one structure fits every regulariser equally: the choice is arbitrary (per-atom
+            # uncertainties of 1e4 eV were seen), so the training set calibrates instead
+            LOGGER.warning(
+                "the validation set has %d structure(s), too few to calibrate energy "
+                "uncertainties (at least %d): calibrated on the training set, where errors "
+                "are smaller than on new structures; give a larger validation_set",
+                len(calibration_set),
+                MIN_CALIBRATION,
             )
             calibration_set = train_set
         features, predicted, reference = _structure_features(model, calibration_set)

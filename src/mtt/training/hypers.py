@@ -119,6 +119,10 @@ class TrainingHypers:
                 problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
         if self.learning_rate <= 0:
             problems.append(("learning_rate", f"must be positive, got {self.learning_rate}"))
+        if self.plateau_patience < 0:
+            problems.append(
+                ("plateau_patience", f"must not be negative, got {self.plateau_patience}")
+            )
         for name in ("weight_decay", "warmup_epochs"):
             if (getattr(self, name) or 0.0) < 0:
                 problems.append((name, f"must not be negative, got {getattr(self, name)}"))
