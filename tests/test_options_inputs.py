@@ -365,3 +365,29 @@ def test_a_device_that_cannot_run_is_reported_with_the_other_options(device, mes
         "unknown option 'seeed'; did you mean 'seed'?",
         message,
     ]
+
+
+@pytest.mark.parametrize(
+    "training, problem",
+    [
+        (
+            {"loss": {"type": "mse", "huber_delta": 0.1}},
+            "option 'architecture.training.loss.huber_delta' is for type: huber, but the type "
+            "is mse",
+        ),
+        (
+            {"scheduler": "constant", "min_learning_rate_ratio": 0.0},
+            "option 'architecture.training.min_learning_rate_ratio' is the floor of the cosine "
+            "scheduler, but the scheduler is constant: remove it, or set scheduler: cosine",
+        ),
+        (
+            {"num_epochs": 3, "warmup_epochs": 10},
+            "option 'architecture.training.warmup_epochs' is 10.0, not below num_epochs (3): the "
+            "learning rate would never reach learning_rate; lower it",
+        ),
+    ],
+)
+def test_settings_that_would_do_nothing_are_refused(training, problem):
+    """Each ran without effect (identical runs) or without reaching its purpose (a warm-up
+    longer than the run peaked at 2e-4 of the rate), without a word."""
+    assert problems(options(architecture__training=training)) == [problem]

@@ -44,6 +44,8 @@ class LossHypers:
         ]
         if self.huber_delta <= 0:
             problems.append(("huber_delta", f"must be positive, got {self.huber_delta}"))
+        elif self.huber_delta != 1.0 and self.type != "huber":
+            problems.append(("huber_delta", f"is for type: huber, but the type is {self.type}"))
         return problems
 
 
@@ -128,6 +130,22 @@ class TrainingHypers:
                 problems.append((name, f"must not be negative, got {getattr(self, name)}"))
         if not 0 <= self.min_learning_rate_ratio <= 1:
             problems.append(("min_learning_rate_ratio", "must be in [0, 1]"))
+        elif self.min_learning_rate_ratio != 0.01 and self.scheduler != "cosine":
+            problems.append(
+                (
+                    "min_learning_rate_ratio",
+                    f"is the floor of the cosine scheduler, but the scheduler is "
+                    f"{self.scheduler}: remove it, or set scheduler: cosine",
+                )
+            )
+        if self.warmup_epochs >= self.num_epochs > 0:
+            problems.append(
+                (
+                    "warmup_epochs",
+                    f"is {self.warmup_epochs}, not below num_epochs ({self.num_epochs}): the "
+                    "learning rate would never reach learning_rate; lower it",
+                )
+            )
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             problems.append(("ema_decay", f"must be in (0, 1), got {self.ema_decay}"))
         if not 0 < self.plateau_factor < 1:
