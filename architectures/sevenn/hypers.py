@@ -54,7 +54,8 @@ def _config_problems(config: Dict[str, Any]) -> List[Tuple[str, str]]:
     if "cutoff" in config and not (_is_number(cutoff) and math.isfinite(cutoff) and cutoff > 0):
         problems.append(("sevennet_config.cutoff", f"must be a positive number, got {cutoff!r}"))
     # (-1: lmax_edge and lmax_node as lmax, SevenNet's default)
-    least = {"channel": 1, "num_convolution_layer": 1, "lmax": 0, "lmax_edge": -1, "lmax_node": -1}
+    # channel 1 builds zero-size gates: such a network trains nothing (only torch's warning)
+    least = {"channel": 2, "num_convolution_layer": 1, "lmax": 0, "lmax_edge": -1, "lmax_node": -1}
     for name, smallest in least.items():
         value = config.get(name)
         if name in config and not (type(value) is int and value >= smallest):

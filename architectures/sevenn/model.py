@@ -36,6 +36,8 @@ class SevenNet(EnergyModel):
     # SevenNet-0 was trained in float32; float64 runs the same network in double precision
     __supported_dtypes__ = [torch.float32, torch.float64]
     __hypers__ = ModelHypers
+    # the option that sets the cutoff, for messages (SevenNet keeps it in its own config)
+    cutoff_option = "architecture.model.sevennet_config.cutoff"
     __default_metadata__ = ModelMetadata(
         authors=["Yutack Park", "Jaesun Kim", "Seungwoo Hwang", "Seungwu Han"],
         references={

@@ -271,7 +271,8 @@ def test_a_config_with_sevenns_defaults_builds_and_divides_by_the_mean_neighbour
     "config, message",
     [
         ({"cutoff": -1.0}, "sevennet_config.cutoff' must be a positive number, got -1.0"),
-        ({"channel": 0}, "sevennet_config.channel' must be an integer >= 1, got 0"),
+        ({"channel": 0}, "sevennet_config.channel' must be an integer >= 2, got 0"),
+        ({"channel": 1}, "sevennet_config.channel' must be an integer >= 2, got 1"),
         ({"lmax": "two"}, "sevennet_config.lmax' must be an integer >= 0, got 'two'"),
         ({"chanel": 8}, "sevennet_config.chanel' is not a SevenNet network setting; did you"),
         ({"self_connection_type": "nequip"}, "only 'linear' is supported, got 'nequip'"),

@@ -88,7 +88,8 @@ def refuse_isolated_atoms(data: Any, model: Any) -> None:
         raise MttError(
             f"no atom of the training set has a neighbour within the cutoff "
             f"({getattr(model, 'cutoff', '?')} {model.dataset_info.length_unit}); raise "
-            "'architecture.model.cutoff', or check the length unit of the structures"
+            f"'{getattr(model, 'cutoff_option', 'architecture.model.cutoff')}', or check the "
+            "length unit of the structures"
         )
 
 
