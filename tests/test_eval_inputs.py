@@ -68,10 +68,15 @@ def test_unknown_length_unit_in_the_eval_yaml(work, capsys, trained):
 
 
 def test_empty_structure_file_given_directly(work, capsys, trained):
-    """The hint names the flag that sets the format of a structure file given directly."""
+    """An empty file is said to be empty (it was 'could not read structure 0 ... fix that
+    structure'); an unreadable one names the flag that sets the format of a file given
+    directly."""
     Path("empty.xyz").write_text("")
     message = fail(capsys, "eval", trained["model"], "empty.xyz")
-    assert message.startswith("could not read structure 0 of 'empty.xyz'")
+    assert message == "'empty.xyz' is empty: it holds no structures"
+    Path("garbage.xyz").write_text("not a structure\n")
+    message = fail(capsys, "eval", trained["model"], "garbage.xyz")
+    assert message.startswith("could not read structure 0 of 'garbage.xyz'")
     assert message.endswith("pass --reader <ASE format> if it is guessed wrong")
     assert not Path("predictions.xyz").exists()
 

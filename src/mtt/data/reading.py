@@ -55,6 +55,8 @@ def iter_structures(
     if reader == "ase":  # metatrain's name for "read with ASE, format from the file name"
         reader = None
     check_reader(reader)
+    if os.path.getsize(path) == 0:
+        raise MttError(f"{path!r} is empty: it holds no structures")
     frames = iread_frames(path, reader)
     index = 0
     while True:

@@ -671,9 +671,9 @@ def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) ->
     larger = [n for n in n_atoms if n > max_atoms]
     if larger:
         LOGGER.warning(
-            "training.max_atoms_per_batch is %d, but %d training structure%s more atoms "
-            "(up to %d): each of them is a batch of its own; raise max_atoms_per_batch to "
-            "batch them with others",
+            "architecture.training.max_atoms_per_batch is %d, but %d training structure%s "
+            "more atoms (up to %d): each of them is a batch of its own; raise "
+            "max_atoms_per_batch to batch them with others",
             max_atoms,
             len(larger),
             " has" if len(larger) == 1 else "s have",
