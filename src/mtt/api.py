@@ -904,25 +904,28 @@ def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
 
 
 def _log_sets(*sets) -> None:
+    """Each set's size and label counts, and a warning for a target labelled in some of its
+    structures only; the labels are read once (a packed set reads them from disk)."""
     for dataset in sets:
         if dataset is not None:
+            present = [set(labels) for labels in dataset.labels]
             labels = ", ".join(
-                f"{q}: {sum(q in labels for labels in dataset.labels)}"
+                f"{q}: {sum(q in keys for keys in present)}"
                 for t in dataset.targets.values()
                 for q in t.quantities
             )
             LOGGER.info("%s: %d structures (%s)", dataset.name, len(dataset), labels)
-            _warn_partly_labelled(dataset)
+            _warn_partly_labelled(dataset, present)
 
 
-def _warn_partly_labelled(dataset) -> None:
+def _warn_partly_labelled(dataset, present: List[set]) -> None:
     """A target labelled in some structures only: allowed (the others are masked), but
     usually labels under another key in part of the data (``REF_energy`` after ``energy``),
     which would otherwise train on half the data without a word."""
     from .data.reading import available_keys
 
     for name, target in dataset.targets.items():
-        missing = [i for i, labels in enumerate(dataset.labels) if name not in labels]
+        missing = [i for i, keys in enumerate(present) if name not in keys]
         if not missing or len(missing) == len(dataset):
             continue
         keys = available_keys([dataset.frames[missing[0]]], target.per_atom)
