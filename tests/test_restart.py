@@ -112,3 +112,24 @@ def test_sigterm_reports_where_to_continue_from(tmp_path, data_dir):
     assert "interrupted; the last checkpoint is " in out
     assert "continue with 'mtt train <options> --restart auto'" in out
     assert not (tmp_path / "stopped.pt").exists()
+
+
+def test_output_made_while_training_is_kept(tmp_path, data_dir):
+    """``-o`` is checked free before training; a file that appears there meanwhile (another
+    run with the same ``-o``) is not replaced at the end: the run says where its model is."""
+    options = options_file(tmp_path, data_dir)
+    command, kwargs = mtt("train", options, "-o", "model.pt", cwd=tmp_path)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+    wait_for(process, tmp_path / "outputs" / "*" / "checkpoints" / "epoch_1.ckpt")
+    (tmp_path / "model.pt").write_text("the other run's model")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert (tmp_path / "model.pt").read_text() == "the other run's model"
+    (run_dir,) = glob.glob(str(tmp_path / "outputs" / "*"))
+    assert os.path.isfile(os.path.join(run_dir, "model.pt"))
+    assert (
+        "'model.pt' appeared while this run trained (another run writing the same -o?) and is "
+        f"left as it is; this run's model is {os.path.relpath(run_dir, tmp_path)}/model.pt"
+    ) in output

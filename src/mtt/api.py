@@ -286,7 +286,7 @@ def train(
         checkpoint_path, run_dir = distributed.from_main(
             lambda: _start_run(output, force, output_dir, restart)
         )
-        arguments = (settings, base_dir, run_dir, checkpoint_path, training_set, output)
+        arguments = (settings, base_dir, run_dir, checkpoint_path, training_set, output, force)
         if not world.main:
             return _train_in(*arguments, main=False)
         handler = _log_to(run_dir)
@@ -466,7 +466,14 @@ def _record_model(expanded: Dict[str, Any], model) -> Dict[str, Any]:
 
 
 def _train_in(
-    settings: Settings, base_dir, run_dir, checkpoint_path, frames, output, main: bool = True
+    settings: Settings,
+    base_dir,
+    run_dir,
+    checkpoint_path,
+    frames,
+    output,
+    force: bool,
+    main: bool = True,
 ) -> str:
     """Train in ``run_dir``; only the ``main`` process writes anything there."""
     if main:
@@ -496,7 +503,13 @@ def _train_in(
     plots.write_run_plots(trainer, model, list(run.sets), run.device, run_dir)
     path = os.path.join(run_dir, "model.pt")
     save_model(model.export(), path)
-    copy_file(path, output)
+    try:
+        copy_file(path, output, replace=force)
+    except FileExistsError:
+        raise MttError(
+            f"{output!r} appeared while this run trained (another run writing the same -o?) "
+            f"and is left as it is; this run's model is {path}"
+        ) from None
     LOGGER.info("exported the best model (epoch %s) to %s", trainer.best["epoch"], output)
     return output
 
@@ -1005,8 +1018,9 @@ def save_model(exported, path: str) -> None:
             raise MttError(f"could not export the model to TorchScript: {lines[0]}") from error
 
 
-def copy_file(source: str, destination: str) -> None:
-    with atomic_path(destination, suffix=os.path.splitext(destination)[1] or ".tmp") as tmp:
+def copy_file(source: str, destination: str, replace: bool = True) -> None:
+    suffix = os.path.splitext(destination)[1] or ".tmp"
+    with atomic_path(destination, suffix=suffix, replace=replace) as tmp:
         shutil.copyfile(source, tmp)
 
 

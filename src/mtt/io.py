@@ -10,11 +10,13 @@ from .errors import MttError
 
 
 @contextmanager
-def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
+def atomic_path(path: str, suffix: str = ".tmp", replace: bool = True) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
     The temporary file lives in the same directory so that ``os.replace`` is atomic; it is
     flushed to disk first, so a power loss leaves either the old or the new file, never a mix.
+    With ``replace=False`` a file that appeared at ``path`` meanwhile (another run writing
+    the same output, long after the check before training) is kept: ``FileExistsError``.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -29,10 +31,28 @@ def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
         # mkstemp makes the file private (0600); give it the permissions of any file the
         # user creates, so that models and checkpoints can be shared with a group
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _move_if_absent(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _move_if_absent(tmp: str, path: str) -> None:
+    """``tmp`` -> ``path`` unless ``path`` exists, decided in one step by the file system (a
+    hard link fails on an existing name, where checking first and replacing would race)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system: check, then move
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
 
 
 def _umask() -> int:
