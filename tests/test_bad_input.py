@@ -521,6 +521,26 @@ def test_a_cutoff_within_which_no_atom_has_a_neighbour(work, capsys, dry_run):
     )
 
 
+def test_a_cutoff_spanning_too_many_periodic_images(work, capsys, monkeypatch):
+    """A cutoff in the wrong unit (1e6 for a cell of Å) ran vesin for hours, deaf to Ctrl-C;
+    refused with the structure named (the limit lowered here so that the check is cheap to
+    miss: 343 images of a 10 Å box within 30 Å)."""
+    import mtt.data.neighbors
+
+    monkeypatch.setattr(mtt.data.neighbors, "MAX_PERIODIC_IMAGES", 100)
+    frames = ethanol()
+    for atoms in frames:
+        atoms.cell, atoms.pbc = np.eye(3) * 10.0, True
+    ase.io.write("train.xyz", frames)
+    write_options(options(architecture__model__cutoff=30.0))
+    message = fail(capsys, "train", "options.yaml", "--dry-run")
+    assert message == (
+        f"structure 0 of {str(work / 'train.xyz')!r} (in the training_set): the cutoff 30 "
+        "reaches 343 periodic images of a cell 10 high; is the cutoff (or the cell) in the "
+        "length unit of the data?"
+    )
+
+
 @pytest.mark.parametrize("frames_with_text", [range(12), [5]])
 def test_a_label_key_holding_text(work, capsys, frames_with_text):
     """A key that holds text (a class name) is not reported as missing; in a single frame

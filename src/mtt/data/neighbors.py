@@ -14,6 +14,13 @@ import vesin
 from metatensor.torch import Labels, TensorBlock
 from metatomic.torch import NeighborListOptions, System, register_autograd_neighbors
 
+from ..errors import MttError
+
+# more periodic images of a cell than this within the cutoff is a cutoff in the wrong unit (or
+# a cell given in the wrong unit): vesin would run for hours, deaf to Ctrl-C, and run out of
+# memory. A cutoff of 50 cell heights in each of three directions is about a million images.
+MAX_PERIODIC_IMAGES = 1_000_000
+
 
 def neighbor_pairs(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, full_list: bool
@@ -21,6 +28,7 @@ def neighbor_pairs(
     """Pairs ``(i, j, shifts, vectors)`` with ``|x_j - x_i + shifts @ cell| < cutoff``."""
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=full_list)
     pbc = np.asarray(pbc, dtype=bool)
+    refuse_too_many_images(np.asarray(cell, dtype=np.float64), pbc, float(cutoff))
     i, j, shifts, vectors = calculator.compute(
         points=np.asarray(positions, dtype=np.float64),
         box=np.asarray(cell, dtype=np.float64),
@@ -29,6 +37,35 @@ def neighbor_pairs(
         copy=True,
     )
     return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64), vectors
+
+
+def refuse_too_many_images(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> None:
+    """Along each periodic direction the images within ``cutoff`` are about
+    ``2 cutoff / h + 1``, ``h`` the distance between the cell's lattice planes."""
+    periodic = np.asarray(cell, dtype=np.float64)[np.asarray(pbc, dtype=bool)]
+    if len(periodic) == 0:
+        return
+    heights = _heights(periodic)
+    if (heights <= 0).any():
+        return  # a flat cell: vesin refuses it with its own message
+    images = np.prod(2.0 * np.ceil(cutoff / heights) + 1.0)
+    if images > MAX_PERIODIC_IMAGES:
+        raise MttError(
+            f"the cutoff {cutoff:g} reaches {images:.3g} periodic images of a cell "
+            f"{heights.min():.3g} high; is the cutoff (or the cell) in the length unit of "
+            "the data?"
+        )
+
+
+def _heights(vectors: np.ndarray) -> np.ndarray:
+    """Distance of each vector from the span of the others (a lattice plane spacing)."""
+
+    def volume(rows: np.ndarray) -> float:
+        return float(np.sqrt(max(np.linalg.det(rows @ rows.T), 0.0))) if len(rows) else 1.0
+
+    total = volume(vectors)
+    bases = [volume(np.delete(vectors, k, axis=0)) for k in range(len(vectors))]
+    return np.array([total / base if base > 0 else 0.0 for base in bases])
 
 
 def _neighbor_block(system: System, cutoff: float, full_list: bool) -> TensorBlock:
