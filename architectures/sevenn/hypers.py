@@ -76,6 +76,39 @@ def _config_problems(config: Dict[str, Any]) -> List[Tuple[str, str]]:
                 f"must be 'avg_num_neigh' (from the data) or positive numbers, got {denominator!r}",
             )
         )
+    return problems + _activation_problems(config)
+
+
+# sevenn 0.13's activations (sevenn._const, not imported: validating needs no sevenn); the
+# gated nonlinearity takes even ("e") and odd ("o") scalars, each from its own set
+_ACTIVATIONS = ("relu", "silu", "tanh", "abs", "ssp", "sigmoid", "elu")
+_GATE_ACTIVATIONS = {"e": ("ssp", "silu"), "o": ("tanh", "abs")}
+
+
+def _activation_problems(config: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """sevenn looks these up in its tables deep in its model builder (a bare KeyError); a
+    given ``act_scalar`` replaces sevenn's default whole, so it needs both parities."""
+    problems = []
+    if "is_parity" in config and not isinstance(config["is_parity"], bool):
+        problems.append(
+            ("sevennet_config.is_parity", f"must be true or false, got {config['is_parity']!r}")
+        )
+    radial = config.get("act_radial", "silu")
+    if radial not in _ACTIVATIONS:
+        choices = ", ".join(_ACTIVATIONS)
+        problems.append(("sevennet_config.act_radial", f"must be one of {choices}; got {radial!r}"))
+    example = "{e: silu, o: tanh}"
+    for name in ("act_scalar", "act_gate"):
+        value = config.get(name, {"e": "silu", "o": "tanh"})
+        key = f"sevennet_config.{name}"
+        if not isinstance(value, dict) or set(value) != {"e", "o"}:
+            message = "must map both parities e (even) and o (odd) to an activation, e.g. "
+            problems.append((key, f"{message}{example}; got {value!r}"))
+            continue
+        for parity, choices in _GATE_ACTIVATIONS.items():
+            if value[parity] not in choices:
+                allowed = " or ".join(choices)
+                problems.append((f"{key}.{parity}", f"must be {allowed}; got {value[parity]!r}"))
     return problems
 
 

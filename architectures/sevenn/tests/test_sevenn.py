@@ -276,6 +276,14 @@ def test_a_config_with_sevenns_defaults_builds_and_divides_by_the_mean_neighbour
         ({"lmax": "two"}, "sevennet_config.lmax' must be an integer >= 0, got 'two'"),
         ({"chanel": 8}, "sevennet_config.chanel' is not a SevenNet network setting; did you"),
         ({"self_connection_type": "nequip"}, "only 'linear' is supported, got 'nequip'"),
+        (
+            {"act_scalar": {"e": "silu"}},
+            "sevennet_config.act_scalar' must map both parities e (even) and o (odd) to an "
+            "activation, e.g. {e: silu, o: tanh}; got {'e': 'silu'}",
+        ),
+        ({"act_gate": {"e": "tanh", "o": "tanh"}}, "act_gate.e' must be ssp or silu; got 'tanh'"),
+        ({"act_radial": "gelu"}, "act_radial' must be one of relu, silu, tanh, abs, ssp"),
+        ({"is_parity": "yes"}, "sevennet_config.is_parity' must be true or false, got 'yes'"),
     ],
 )
 def test_bad_sevennet_configs_are_refused_with_the_key(config, message):
