@@ -541,6 +541,19 @@ def test_a_cutoff_spanning_too_many_periodic_images(work, capsys, monkeypatch):
     )
 
 
+def test_every_labelled_quantity_weighing_zero(work, capsys):
+    """Weights that leave nothing to learn on this data (energy and forces 0, the stress's
+    default weight 1 useless on molecules) trained nothing for the whole budget."""
+    ase.io.write("train.xyz", ethanol())
+    weights = {"energy": 0.0, "energy/forces": 0.0}
+    write_options(options(architecture__training__loss={"weights": weights}))
+    assert train(capsys) == (
+        "option 'architecture.training.loss.weights': every quantity labelled in the "
+        "training set (energy, energy/forces) weighs 0, so nothing would be learnt; give one "
+        "of them a positive weight"
+    )
+
+
 @pytest.mark.parametrize("frames_with_text", [range(12), [5]])
 def test_a_label_key_holding_text(work, capsys, frames_with_text):
     """A key that holds text (a class name) is not reported as missing; in a single frame

@@ -169,6 +169,7 @@ class Trainer(TrainerInterface):
             self.state["scales"],
             set(self.hypers.per_structure_targets),
         )
+        _refuse_weightless(loss, self.distillation is not None)
         train = PreparedSet(train_datasets[0], model, quantities)
         refuse_isolated_atoms(train.data, model)
         if self.epoch == 0:
@@ -720,3 +721,14 @@ def _format_row(row: Dict[str, float], model) -> str:
                 value, unit = 1000 * value, "m" + unit
             parts.append(f"{quantity} RMSE {value:.4g} {unit}".rstrip())
     return " | ".join(parts)
+
+
+def _refuse_weightless(loss: Loss, distillation: bool) -> None:
+    """A loss in which every labelled quantity weighs 0 trains nothing for the whole budget
+    (the options alone cannot tell: a stress weight is no use on molecules)."""
+    if loss.quantities and not distillation and all(w == 0 for w in loss.weights.values()):
+        raise MttError(
+            "option 'architecture.training.loss.weights': every quantity labelled in the "
+            f"training set ({', '.join(loss.quantities)}) weighs 0, so nothing would be "
+            "learnt; give one of them a positive weight"
+        )
