@@ -77,6 +77,17 @@ def test_weight_average_is_what_is_validated_and_exported(tmp_path, data_dir, mo
     assert any(not torch.equal(best[n], last[n]) for n in state["ema"])
 
 
+def test_an_average_too_slow_for_the_run_is_named(tmp_path, data_dir, monkeypatch, capsys):
+    """ema_decay 0.999 over the 12 steps of this run exports weights 99 % untrained."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", options(tmp_path, data_dir, ema_decay=0.999, num_epochs=3)]) == 0
+    assert (
+        "architecture.training.ema_decay is 0.999: after the 12 steps of this run the averaged "
+        "weights, which are validated and exported, still hold 99% of the untrained initial "
+        "weights; lower it to 0.8254 or less"
+    ) in capsys.readouterr().out
+
+
 def test_plateau_lowers_the_learning_rate_after_patience():
     """Reduce-on-plateau multiplies the rate by its factor once the loss stalls."""
     plateau = Plateau(factor=0.5, patience=1)

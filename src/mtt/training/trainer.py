@@ -185,6 +185,8 @@ class Trainer(TrainerInterface):
             list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
         )
         _warn_oversized(train.n_atoms, self.hypers.max_atoms_per_batch, self.world.main)
+        if self.epoch == 0 and self.world.main:
+            _warn_slow_average(self.hypers.ema_decay, steps * self.hypers.num_epochs)
         optimizer = self.make_optimizer(model)
         self.plateau = Plateau(self.hypers.plateau_factor, self.hypers.plateau_patience)
         scheduler = make_scheduler(optimizer, self.hypers, steps, self.plateau)
@@ -679,6 +681,24 @@ def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) ->
             len(larger),
             " has" if len(larger) == 1 else "s have",
             max(larger),
+        )
+
+
+def _warn_slow_average(decay: Optional[float], steps: int) -> None:
+    """The averaged weights (validated, kept and exported) start from the initial ones and
+    still hold ``decay ** steps`` of them at the end of the run."""
+    if decay is None or steps < 1:
+        return
+    initial = decay**steps
+    if initial > 0.1:
+        LOGGER.warning(
+            "architecture.training.ema_decay is %g: after the %d steps of this run the "
+            "averaged weights, which are validated and exported, still hold %.0f%% of the "
+            "untrained initial weights; lower it to %.4g or less",
+            decay,
+            steps,
+            100 * initial,
+            0.1 ** (1 / steps),
         )
 
 
