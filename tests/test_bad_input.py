@@ -701,8 +701,9 @@ def test_a_metatrain_checkpoint_is_named_as_such_and_not_unpickled(work, capsys,
     assert not Path("PWNED").exists()
     assert message == (
         "'metatrain.ckpt' is a checkpoint of metatrain (soap_bpnn), which mtt does not read; "
-        "evaluate metatrain's exported model with 'mtt eval', or train with mtt (metatrain's "
-        "options files work)"
+        "evaluate metatrain's exported model with 'mtt eval', or train with mtt from the "
+        "options.yaml you gave metatrain (its expanded options_restart.yaml holds "
+        "metatrain-only sections)"
     )
 
 

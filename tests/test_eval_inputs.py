@@ -299,12 +299,12 @@ def test_atoms_on_top_of_each_other_are_refused_not_predicted_as_nan(
     frames = ase.io.read("train.xyz", ":")
     frames[4].positions[1] = frames[4].positions[0]
     ase.io.write("dup.xyz", frames)
-    data = "dup.xyz"
-    if labelled:
+    data, named = "dup.xyz", "dup.xyz"
+    if labelled:  # the structure file is named, not the YAML that names it
         write_options(dict(LABELLED, systems="dup.xyz"), "eval.yaml")
-        data = "eval.yaml"
+        data, named = "eval.yaml", str(Path.cwd() / "dup.xyz")
     message = fail(capsys, "eval", trained["model"], data, "-o", "out.xyz")
-    assert message.startswith(f"structure 4 of '{data}': atoms 0 and 1 are 0 apart")
+    assert message.startswith(f"structure 4 of {named!r}: atoms 0 and 1 are 0 apart")
     assert not Path("out.xyz").exists()
 
 

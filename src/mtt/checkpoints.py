@@ -67,7 +67,8 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             raise MttError(
                 f"{path!r} is a checkpoint of metatrain ({architecture}), which mtt does not "
                 "read; evaluate metatrain's exported model with 'mtt eval', or train with mtt "
-                "(metatrain's options files work)"
+                "from the options.yaml you gave metatrain (its expanded options_restart.yaml "
+                "holds metatrain-only sections)"
             ) from None
         reason = _unpickling_reason(error)
         what = "it asks to load Python objects" if "GLOBAL" in reason else "it is not a checkpoint"

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     refuse_input_as_output(args.output, [data.source])
     if data.plotted:  # known only now, still before anything is evaluated
         _refuse_plot_overwrite(args.output, args.force)
-    evaluator = Evaluator(model, data.length_unit, repr(args.data))
+    evaluator = Evaluator(model, data.length_unit, repr(data.source or args.data))
     result = evaluate_stream(
         evaluator,
         data.structures,
