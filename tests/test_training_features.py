@@ -377,6 +377,41 @@ def test_an_element_in_a_single_structure_is_warned_about(tmp_path, data_dir, mo
     ) in out
 
 
+def test_compositions_that_cannot_tell_elements_apart(tmp_path, data_dir, monkeypatch, capsys):
+    """Elements always in one ratio leave their reference energies' split to a least-norm
+    fit: energies of other compositions are off by a constant per atom. A note for a single
+    composition, a warning when the compositions vary (here SiC3 and Si2C6); nothing for
+    one element."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    monkeypatch.chdir(tmp_path)
+    path = options(tmp_path, data_dir)
+    assert main(["train", path, "--dry-run"]) == 0
+    assert "undetermined" not in capsys.readouterr().out
+    frames = ase.io.read("carbon.xyz", ":")
+    for atoms in frames:
+        energy = atoms.get_potential_energy()
+        atoms.numbers[0] = 14
+        atoms.calc = SinglePointCalculator(atoms, energy=energy)
+    ase.io.write("carbon.xyz", frames)
+    assert main(["train", path, "--dry-run"]) == 0
+    said = (
+        "training_set: the structures labelled with 'energy' are all in {}, which leaves the "
+        "split of the energy between C, Si undetermined: energies of other compositions will "
+        "be off by a constant per atom; add structures of other compositions, or set the "
+        "reference energies in 'architecture.training.fixed_composition_weights.energy'"
+    )
+    assert said.format("one composition") in capsys.readouterr().out
+    for k in range(10, 20):
+        energy = frames[k].get_potential_energy()
+        frames[k] = frames[k].repeat((2, 1, 1))
+        frames[k].calc = SinglePointCalculator(frames[k], energy=2 * energy)
+    ase.io.write("carbon.xyz", frames)
+    assert main(["train", path, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert said.format("compositions in one ratio of the elements") in out
+
+
 def test_plateau_rate_applies_from_the_next_epoch(tmp_path, data_dir, monkeypatch):
     """torch's ReduceLROnPlateau rule: after the epoch that exhausts the patience, the next
     epoch runs at the lowered rate. The rate was lowered one step late (LambdaLR had already

@@ -109,6 +109,7 @@ def fit_baseline(
         free[atomic_types.index(z)] = False
     if prior is None and warn_rare:
         _warn_rare_elements(counts, free, atomic_types, target, where)
+        _note_undetermined_split(counts, free, atomic_types, target, where)
     fitted = energies if offsets is None else energies - np.asarray(offsets)[rows]
     remainder = fitted - counts @ weights
     if free.any():
@@ -137,6 +138,28 @@ def _warn_rare_elements(counts, free, atomic_types, target: str, where: str) -> 
                 symbol,
                 where,
             )
+
+
+def _note_undetermined_split(counts, free, atomic_types, target: str, where: str) -> None:
+    """Compositions in one ratio (one molecule's trajectory, a binary alloy at one x) do not
+    tell the elements' reference energies apart: the fit splits the energy by least norm,
+    and structures of other compositions are then off by a constant per atom. A note for one
+    composition (expected of a single system), a warning when the compositions vary."""
+    present = free & (counts > 0).any(axis=0)
+    if present.sum() < 2 or np.linalg.matrix_rank(counts[:, present]) == present.sum():
+        return
+    symbols = [ase.data.chemical_symbols[z] for z, p in zip(atomic_types, present) if p]
+    one = len(np.unique(counts, axis=0)) == 1
+    (LOGGER.info if one else LOGGER.warning)(
+        "training_set: the structures labelled with %r are all in %s, which leaves the "
+        "split of the energy between %s undetermined: energies of other compositions will be "
+        "off by a constant per atom; add structures of other compositions, or set the "
+        "reference energies in '%s'",
+        target,
+        "one composition" if one else "compositions in one ratio of the elements",
+        ", ".join(symbols),
+        where,
+    )
 
 
 def _composition_fit(counts, energies, fixed, free) -> np.ndarray:
