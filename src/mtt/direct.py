@@ -76,6 +76,13 @@ def direct_tensormaps(
             continue
         property_name = output.split("/")[0]
         if quantity.endswith("/direct_forces"):
+            if outputs[output].sample_kind != "atom":
+                # metatomic passes such a request on (outputs per atom may be summed), but a
+                # sum of forces over the atoms is no force
+                raise ValueError(
+                    "'" + output + "' holds one force per atom: request it per atom "
+                    "(sample_kind 'atom' in its ModelOutput), as engines do"
+                )
             results[output] = force_tensormap(
                 value, graph.system_index, graph.n_atoms, property_name, selected_atoms
             )

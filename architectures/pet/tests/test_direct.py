@@ -40,6 +40,16 @@ def _direct(model, frames, selected=None):
     return forces.reshape(-1, 3).numpy(), stress.reshape(-1, 3, 3).numpy()
 
 
+def test_forces_asked_per_structure_are_refused():
+    """metatomic passes a request of a per-atom output per structure on to the model (to sum
+    it): per-atom forces came back anyway, under a request that said otherwise."""
+    model = random_model("pet", DIRECT, torch.float64, generic=False)
+    systems = systems_with_neighbors(model, [molecule()], torch.float64)
+    outputs = {"non_conservative_force": ModelOutput(unit="eV/angstrom", sample_kind="system")}
+    with pytest.raises(ValueError, match="'non_conservative_force' holds one force per atom"):
+        model(systems, outputs, None)
+
+
 def test_outputs_and_metadata():
     """Forces per atom (samples ``system, atom``; component ``xyz``) and stress per system
     (components ``xyz_1, xyz_2``), declared with energy/length units; zero stress for a
