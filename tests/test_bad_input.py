@@ -152,6 +152,26 @@ def train(capsys, options_file="options.yaml"):
 # ------------------------------------------------------------------------------ options
 
 
+def test_relative_paths_start_beside_the_options_and_fall_back_to_here(work, capsys):
+    """metatrain reads relative paths from the working directory, mtt from the options'
+    folder: a file only here is read from here; a second, different file of that name
+    beside the options is read, with a warning naming both."""
+    Path("cfg").mkdir()
+    write_options(options(validation_set=0.25), "cfg/options.yaml")
+    assert main(["train", "cfg/options.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "'train.xyz' is not beside the options file: read from the working directory" in out
+    ase.io.write("cfg/train.xyz", ethanol(8))
+    assert main(["train", "cfg/options.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"'train.xyz' is read from the options file's folder ({work / 'cfg' / 'train.xyz'}); "
+        "the working directory holds another 'train.xyz', which metatrain would read: give "
+        "an absolute path to pick one"
+    ) in out
+    assert "training_set: 6 structures" in out  # 8 beside the options, 2 for validation
+
+
 def test_unknown_top_level_option(work, capsys):
     write_options(options(seeed=1))
     assert train(capsys) == "unknown option 'seeed'; did you mean 'seed'?"

@@ -25,7 +25,7 @@ from . import hypers as hypers_module
 from . import plots, pretrained
 from .checkpoints import read_checkpoint
 from .console import prints_progress
-from .data.dataset import LabelledDataset, dataset_from_atoms, load_dataset
+from .data.dataset import LabelledDataset, dataset_from_atoms, load_dataset, resolve_input
 from .data.sets import as_dataset_options, load_sets
 from .data.targets import DatasetInfo
 from .errors import MttError, OptionsError
@@ -799,8 +799,7 @@ def _check_same_targets(info: DatasetInfo, restarted: DatasetInfo, checkpoint_pa
 
 def _read_pretrained(settings: Settings, base_dir: str):
     finetune = settings.train_hypers.finetune
-    path = finetune.read_from
-    path = path if os.path.isabs(path) else os.path.join(base_dir, path)
+    path = resolve_input(finetune.read_from, base_dir)
     name = settings.options.architecture.name
     if finetune.read_from in pretrained.names() and not os.path.exists(path):
         model = pretrained.load(finetune.read_from)  # e.g. sevennet-0, shipped weights

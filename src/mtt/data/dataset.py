@@ -99,7 +99,7 @@ def load_dataset(options: DatasetOptions, base_dir: str, where: str) -> Labelled
     if isinstance(systems, str):
         systems = SystemsOptions(read_from=systems)
     check_length_unit(systems.length_unit, f"{where}.systems.length_unit")
-    path = _resolve(systems.read_from, base_dir)
+    path = resolve_input(systems.read_from, base_dir)
     if is_packed(path):  # read structure by structure from disk (``mtt data pack``)
         from .lazy import open_packed
 
@@ -142,9 +142,29 @@ def dataset_from_atoms(
     return dataset
 
 
-def _resolve(path: str, base_dir: str) -> str:
+def resolve_input(path: str, base_dir: str) -> str:
+    """A path of the options: relative to the options file's folder (``base_dir``), so a
+    run reads the same files from any working directory. metatrain reads them from the
+    working directory: a file found only there is read from there, and one found in both
+    places as two different files is read beside the options, with a warning."""
     path = os.path.expanduser(path)
-    return path if os.path.isabs(path) else os.path.join(base_dir, path)
+    if os.path.isabs(path):
+        return path
+    beside, here = os.path.join(base_dir, path), os.path.abspath(path)
+    if not os.path.exists(here) or os.path.abspath(beside) == here:
+        return beside
+    if not os.path.exists(beside):
+        LOGGER.info("%r is not beside the options file: read from the working directory", path)
+        return here
+    if not os.path.samefile(beside, here):
+        LOGGER.warning(
+            "%r is read from the options file's folder (%s); the working directory holds "
+            "another %r, which metatrain would read: give an absolute path to pick one",
+            path,
+            beside,
+            path,
+        )
+    return beside
 
 
 def _specs(targets: Dict[str, TargetOptions], where: str) -> List[TargetSpec]:
@@ -165,7 +185,7 @@ class _FrameSources:
     def get(self, path: Optional[str], reader: Optional[str], default: str) -> Tuple[str, list]:
         if path is None:
             return default, self.cache[default]
-        path = _resolve(path, self.base_dir)
+        path = resolve_input(path, self.base_dir)
         if path not in self.cache:
             self.cache[path] = read_structures(path, reader)
         return path, self.cache[path]
