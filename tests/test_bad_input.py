@@ -901,6 +901,21 @@ def test_output_dir_that_is_a_file(work, capsys):
     assert Path("runs").read_text() == "my notes"
 
 
+@pytest.mark.parametrize("output", ["options.yaml", "train.xyz", "other.xyz", "my.ckpt"])
+def test_an_input_of_the_run_is_never_its_output_even_with_force(work, capsys, trained, output):
+    """The options, a data file (here also the validation set's) or the checkpoint the run
+    restarts from were replaced by the model with --force."""
+    shutil.copy(trained["checkpoint"], "my.ckpt")
+    ase.io.write("other.xyz", ethanol(4))
+    write_options(options(validation_set="other.xyz"))
+    before = Path(output).read_bytes()
+    command = ["train", "options.yaml", "-o", output, "--force"]
+    command += ["--restart", "my.ckpt"] if output == "my.ckpt" else []
+    message = fail(capsys, *command)
+    assert message == f"{output!r} is the file this command reads; write the output to another path"
+    assert Path(output).read_bytes() == before
+
+
 def test_output_that_is_a_directory_is_refused_before_training_even_with_force(work, capsys):
     write_options(options())
     Path("results").mkdir()

@@ -283,8 +283,9 @@ def train(
     output = _own_output(output, settings.train_hypers.distributed)
     # under torchrun or srun: one process per GPU, the main one writes (mtt.training.distributed)
     with distributed.session(settings.train_hypers.distributed, _uses_cuda(settings)) as world:
+        inputs = _inputs(options, settings, base_dir, restart)
         checkpoint_path, run_dir = distributed.from_main(
-            lambda: _start_run(output, force, output_dir, restart)
+            lambda: _start_run(output, force, output_dir, restart, inputs)
         )
         arguments = (settings, base_dir, run_dir, checkpoint_path, training_set, output, force)
         if not world.main:
@@ -365,9 +366,38 @@ def _uses_cuda(settings: Settings) -> bool:
     return pick_device(settings.options.device, supported).type == "cuda"
 
 
-def _start_run(output: str, force: bool, output_dir: str, restart: Optional[str]):
+def _inputs(options, settings: Settings, base_dir: str, restart: Optional[str]) -> List[str]:
+    """The files a run reads (the options, the data, a checkpoint, a pretrained model),
+    which ``-o`` never replaces, even with ``--force``."""
+    found = [options] if isinstance(options, str) else []
+    found += [restart] if restart not in (None, "auto") else []
+    raw = settings.expanded
+    named = [raw.get(name) for name in ("training_set", "validation_set", "test_set")]
+    finetune = raw.get("architecture", {}).get("training", {}).get("finetune") or {}
+    for value in _data_paths(named) + _data_paths(finetune.get("read_from")):
+        path = os.path.join(base_dir, os.path.expanduser(value))
+        found += [p for p in (path, os.path.abspath(value)) if os.path.exists(p)]
+    return found
+
+
+def _data_paths(value) -> List[str]:
+    """The paths a data set section names: itself as a string, ``systems`` as a string, and
+    every ``read_from`` within."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [path for item in value for path in _data_paths(item)]
+    if not isinstance(value, dict):
+        return []
+    paths = [v for k, v in value.items() if k in ("read_from", "systems") and isinstance(v, str)]
+    return paths + [p for v in value.values() if isinstance(v, dict) for p in _data_paths(v)]
+
+
+def _start_run(
+    output: str, force: bool, output_dir: str, restart: Optional[str], inputs: Sequence[str]
+):
     """The checkpoint to restart from (or None) and the run directory, made now."""
-    refuse_overwrite(output, force)
+    refuse_overwrite(output, force, inputs=inputs)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise MttError(
             f"--output-dir {output_dir!r} is a file; give a directory for the run directories"
