@@ -541,6 +541,28 @@ def test_a_cutoff_within_which_no_atom_has_a_neighbour(work, capsys, dry_run):
     )
 
 
+@pytest.mark.parametrize(
+    "cell, pbc, axis, height",
+    [
+        ([[5, 0, 0], [10, 0, 0], [0, 0, 5]], [True, True, False], 0, "0"),  # killed Python
+        ([[5, 0, 0], [0, 5, 0], [5, 0, 1e-4]], True, 0, "0.0001"),  # ran for ever
+    ],
+)
+def test_a_flat_periodic_cell(work, capsys, cell, pbc, axis, height):
+    """Parallel periodic vectors crashed the process in vesin (SIGFPE); a nearly flat cell
+    kept the neighbour search running for ever."""
+    frames = ethanol()
+    frames[3].cell, frames[3].pbc = cell, pbc
+    ase.io.write("train.xyz", frames)
+    write_options(options())
+    message = fail(capsys, "train", "options.yaml", "--dry-run")
+    assert message == (
+        f"structure 3 of {str(work / 'train.xyz')!r} has a flat periodic cell: cell vector "
+        f"{axis} is {height} from the span of the other periodic vectors (at least 0.1 is "
+        "needed); fix the cell or make a direction non-periodic"
+    )
+
+
 def test_a_cutoff_spanning_too_many_periodic_images(work, capsys, monkeypatch):
     """A cutoff in the wrong unit (1e6 for a cell of Å) ran vesin for hours, deaf to Ctrl-C;
     refused with the structure named (the limit lowered here so that the check is cheap to

@@ -15,6 +15,7 @@ from metatensor.torch import Labels, TensorBlock
 from metatomic.torch import NeighborListOptions, System, register_autograd_neighbors
 
 from ..errors import MttError
+from .reading import periodic_heights
 
 # more periodic images of a cell than this within the cutoff is a cutoff in the wrong unit (or
 # a cell given in the wrong unit): vesin would run for hours, deaf to Ctrl-C, and run out of
@@ -42,12 +43,9 @@ def neighbor_pairs(
 def refuse_too_many_images(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> None:
     """Along each periodic direction the images within ``cutoff`` are about
     ``2 cutoff / h + 1``, ``h`` the distance between the cell's lattice planes."""
-    periodic = np.asarray(cell, dtype=np.float64)[np.asarray(pbc, dtype=bool)]
-    if len(periodic) == 0:
-        return
-    heights = _heights(periodic)
-    if (heights <= 0).any():
-        return  # a flat cell: vesin refuses it with its own message
+    heights = periodic_heights(cell, pbc)
+    if len(heights) == 0 or (heights <= 0).any():
+        return  # no periodic direction, or a flat cell: vesin refuses it with its own message
     images = np.prod(2.0 * np.ceil(cutoff / heights) + 1.0)
     if images > MAX_PERIODIC_IMAGES:
         raise MttError(
@@ -55,17 +53,6 @@ def refuse_too_many_images(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> 
             f"{heights.min():.3g} high; is the cutoff (or the cell) in the length unit of "
             "the data?"
         )
-
-
-def _heights(vectors: np.ndarray) -> np.ndarray:
-    """Distance of each vector from the span of the others (a lattice plane spacing)."""
-
-    def volume(rows: np.ndarray) -> float:
-        return float(np.sqrt(max(np.linalg.det(rows @ rows.T), 0.0))) if len(rows) else 1.0
-
-    total = volume(vectors)
-    bases = [volume(np.delete(vectors, k, axis=0)) for k in range(len(vectors))]
-    return np.array([total / base if base > 0 else 0.0 for base in bases])
 
 
 def _neighbor_block(system: System, cutoff: float, full_list: bool) -> TensorBlock:

@@ -165,14 +165,39 @@ def check_structure(atoms: ase.Atoms, where: str) -> None:
     if not np.all(np.isfinite(cell)):
         raise MttError(f"{where} has a NaN or infinite cell")
     pbc = np.asarray(atoms.pbc, dtype=bool)
-    if pbc.all() and abs(np.linalg.det(cell)) < 1e-12:
-        raise MttError(f"{where} is periodic but its cell has zero volume; set a cell or pbc=F")
     for axis in np.nonzero(pbc)[0]:
         if np.linalg.norm(cell[axis]) < 1e-12:
             raise MttError(
                 f"{where} is periodic along cell vector {axis} but that vector is "
                 "zero; set the cell or make that direction non-periodic"
             )
+    heights = periodic_heights(cell, pbc)
+    if len(heights) and heights.min() < MIN_CELL_HEIGHT:
+        axis = int(np.nonzero(pbc)[0][np.argmin(heights)])
+        raise MttError(
+            f"{where} has a flat periodic cell: cell vector {axis} is {heights.min():.3g} from "
+            f"the span of the other periodic vectors (at least {MIN_CELL_HEIGHT} is needed); "
+            "fix the cell or make a direction non-periodic"
+        )
+
+
+# A periodic cell thinner than this (in the data's length unit) puts atoms on top of their own
+# images, and the neighbour search of a nearly flat cell runs for ever (or crashes, for
+# parallel vectors)
+MIN_CELL_HEIGHT = 0.1
+
+
+def periodic_heights(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Distance of each periodic cell vector from the span of the other periodic ones (the
+    spacing of the lattice planes along it)."""
+    vectors = np.asarray(cell, dtype=np.float64)[np.asarray(pbc, dtype=bool)]
+
+    def volume(rows: np.ndarray) -> float:
+        return float(np.sqrt(max(np.linalg.det(rows @ rows.T), 0.0))) if len(rows) else 1.0
+
+    total = volume(vectors)
+    bases = [volume(np.delete(vectors, k, axis=0)) for k in range(len(vectors))]
+    return np.array([total / base if base > 0 else 0.0 for base in bases])
 
 
 def _calculator_results(atoms: ase.Atoms) -> Dict[str, object]:
