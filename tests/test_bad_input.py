@@ -868,6 +868,21 @@ def test_dry_run_checks_the_restart(work, capsys, trained):
     assert not Path("outputs").exists() and not Path("model.pt").exists()
 
 
+def test_a_refused_restart_leaves_the_runs_options_as_they_are(work, capsys, trained):
+    """``--restart auto`` continues an interrupted run in its directory; refused (options of
+    another architecture), it had already replaced the run's options.yaml with its own."""
+    (run,) = (trained["root"] / "outputs").glob("*")
+    shutil.copytree(run, work / "outputs" / run.name)
+    interrupted = work / "outputs" / run.name
+    (interrupted / "model.pt").unlink()
+    (interrupted / "model.ckpt").unlink()
+    before = (interrupted / "options.yaml").read_text()
+    write_options(options(architecture__name="pet", architecture__model={}))
+    message = fail(capsys, "train", "options.yaml", "--restart", "auto")
+    assert "is a checkpoint of 'soap_bpnn', but the options ask for 'pet'" in message
+    assert (interrupted / "options.yaml").read_text() == before
+
+
 def test_restart_with_nothing_left_to_train(work, capsys, trained):
     """A checkpoint already at ``num_epochs`` is refused with the two ways on, not 'trained'
     for zero epochs into a new run directory."""

@@ -133,3 +133,23 @@ def test_output_made_while_training_is_kept(tmp_path, data_dir):
         "'model.pt' appeared while this run trained (another run writing the same -o?) and is "
         f"left as it is; this run's model is {os.path.relpath(run_dir, tmp_path)}/model.pt"
     ) in output
+
+
+def test_a_run_interrupted_after_its_last_epoch_finishes_with_restart_auto(tmp_path, data_dir):
+    """Interrupted in its final report or export (no model.pt yet), a run's ``--restart
+    auto`` said 'nothing to train' for ever; it now finishes that run, in its directory."""
+    options = options_file(tmp_path, data_dir)
+    command, kwargs = mtt("train", options, "-o", "model.pt", cwd=tmp_path)
+    subprocess.run(command, check=True, capture_output=True, **kwargs)
+    (run_dir,) = glob.glob(str(tmp_path / "outputs" / "*"))
+    weights, history = final(tmp_path / "outputs")
+    os.remove(os.path.join(run_dir, "model.pt"))
+    os.remove(tmp_path / "model.pt")
+
+    command, kwargs = mtt("train", options, "-o", "model.pt", "--restart", "auto", cwd=tmp_path)
+    subprocess.run(command, check=True, capture_output=True, **kwargs)
+    assert glob.glob(str(tmp_path / "outputs" / "*")) == [run_dir]
+    assert os.path.isfile(os.path.join(run_dir, "model.pt")) and (tmp_path / "model.pt").is_file()
+    finished_weights, finished_history = final(tmp_path / "outputs")
+    assert finished_history == history
+    assert all(torch.equal(weights[name], finished_weights[name]) for name in weights)

@@ -348,6 +348,16 @@ def _run_of(checkpoint_path: str) -> str:
     return os.path.dirname(os.path.dirname(checkpoint_path))
 
 
+def _exported(checkpoint_path: str) -> bool:
+    """Whether the run of a training checkpoint finished: it exported its model, the last
+    thing a run writes in its directory (``<run>/model.ckpt`` or
+    ``<run>/checkpoints/epoch_<n>.ckpt``)."""
+    run = os.path.dirname(os.path.abspath(checkpoint_path))
+    if os.path.basename(run) == "checkpoints":
+        run = os.path.dirname(run)
+    return os.path.exists(os.path.join(run, "model.pt"))
+
+
 def _remove_if_unused(run_dir: str) -> bool:
     """Remove the new run directory of a run refused before it trained (a mistake in the
     data or the options, reported on the command line): it holds only its options and log,
@@ -421,8 +431,10 @@ def _run_dir(checkpoint_path: Optional[str], output_dir: str, restart: Optional[
         LOGGER.info("no checkpoint found under %s: starting a new run", output_dir)
     if checkpoint_path is not None and restart == "auto":
         run = _run_of(checkpoint_path)
-        if not os.path.exists(os.path.join(run, "model.ckpt")):
-            return run  # an interrupted run continues in its directory
+        if not _exported(checkpoint_path):
+            # an interrupted run continues in its directory; one interrupted after its last
+            # epoch (in the final report or the export) only finishes
+            return run
         # a finished run trained further: its exported model and final checkpoint stay
         LOGGER.info("%s finished: continuing it in a new run directory", run)
     return new_run_dir(output_dir)
@@ -506,15 +518,14 @@ def _train_in(
     main: bool = True,
 ) -> str:
     """Train in ``run_dir``; only the ``main`` process writes anything there."""
-    if main:
-        with open(os.path.join(run_dir, "options.yaml"), "w") as file:
-            yaml.safe_dump(settings.expanded, file, sort_keys=False)
     LOGGER.info("run directory: %s", run_dir)
     run = _prepare(settings, base_dir, frames, checkpoint_path)
     model, trainer = run.model, run.trainer
-    if main and trainer.options != settings.expanded:  # the model's own hypers (restarts)
-        with open(os.path.join(run_dir, "options.yaml"), "w") as file:
-            yaml.safe_dump(trainer.options, file, sort_keys=False)
+    if main:  # once the restart is accepted: a refused one leaves the run's options as they are
+        # with the model's own hypers (a restart's, a pretrained model's)
+        with atomic_path(os.path.join(run_dir, "options.yaml"), suffix=".yaml") as tmp:
+            with open(tmp, "w") as file:
+                yaml.safe_dump(trainer.options, file, sort_keys=False)
     train_set, val_set, _ = run.sets
     forgetting = _forgetting_report(settings, base_dir, run)
     trainer.train(
@@ -710,7 +721,7 @@ def _model_and_trainer(
         _check_same_model(settings, model.hypers, checkpoint_path)
         _check_same_targets(info, model.dataset_info, checkpoint_path)
     trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
-    if trainer.epoch >= settings.train_hypers.num_epochs:
+    if trainer.epoch >= settings.train_hypers.num_epochs and _exported(checkpoint_path):
         raise MttError(
             f"{checkpoint_path!r} is at epoch {trainer.epoch} and "
             f"'architecture.training.num_epochs' is {settings.train_hypers.num_epochs}: "
