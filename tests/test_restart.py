@@ -153,3 +153,33 @@ def test_a_run_interrupted_after_its_last_epoch_finishes_with_restart_auto(tmp_p
     finished_weights, finished_history = final(tmp_path / "outputs")
     assert finished_history == history
     assert all(torch.equal(weights[name], finished_weights[name]) for name in weights)
+
+
+def test_restart_auto_does_not_join_a_run_that_still_trains(tmp_path, data_dir):
+    """A second job's ``--restart auto`` continued the run beside the first (both writing
+    its log, checkpoints and model); it is refused while the first process lives, and a
+    killed process's lock is taken over (see the SIGKILL test)."""
+    options = options_file(tmp_path, data_dir)
+    long = "architecture.training.num_epochs=100000"  # still training when the second starts
+    command, kwargs = mtt("train", options, "-o", "first.pt", "-r", long, cwd=tmp_path)
+    first = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    )
+    try:
+        wait_for(first, tmp_path / "outputs" / "*" / "checkpoints" / "epoch_1.ckpt")
+        (run_dir,) = glob.glob(str(tmp_path / "outputs" / "*"))
+        command, kwargs = mtt(
+            "train", options, "-o", "second.pt", "-r", long, "--restart", "auto", cwd=tmp_path
+        )
+        # (joining the run, it would train for ever)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 1
+    assert (
+        f"{os.path.relpath(run_dir, tmp_path)} is being trained by process {first.pid} on this "
+        "machine; wait for it to "
+        "finish or stop it before continuing the run"
+    ) in second.stderr
+    assert not (tmp_path / "second.pt").exists()

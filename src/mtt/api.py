@@ -22,7 +22,7 @@ import yaml
 from metatomic.torch import ModelMetadata
 
 from . import hypers as hypers_module
-from . import plots, pretrained
+from . import plots, pretrained, runlock
 from .checkpoints import read_checkpoint
 from .console import prints_progress
 from .data.dataset import LabelledDataset, dataset_from_atoms, load_dataset, resolve_input
@@ -308,6 +308,7 @@ def train(
         finally:
             LOGGER.removeHandler(handler)
             handler.close()
+            runlock.release(os.path.join(run_dir, runlock.LOCK))
 
 
 def _own_output(output: str, mode: str) -> str:
@@ -362,7 +363,7 @@ def _remove_if_unused(run_dir: str) -> bool:
     """Remove the new run directory of a run refused before it trained (a mistake in the
     data or the options, reported on the command line): it holds only its options and log,
     and such directories would pile up while the user fixes the mistake. Whether removed."""
-    if not set(os.listdir(run_dir)) <= {"options.yaml", "train.log"}:
+    if not set(os.listdir(run_dir)) <= {"options.yaml", "train.log", runlock.LOCK}:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     root = os.path.dirname(os.path.abspath(run_dir))
@@ -413,7 +414,13 @@ def _start_run(
             f"--output-dir {output_dir!r} is a file; give a directory for the run directories"
         )
     checkpoint_path = _restart_checkpoint(output_dir, restart)
-    return checkpoint_path, _run_dir(checkpoint_path, output_dir, restart)
+    run_dir = _run_dir(checkpoint_path, output_dir, restart)
+    runlock.acquire(run_dir)
+    if checkpoint_path is not None and run_dir == _run_of(checkpoint_path):
+        # checkpoints a killed process was writing (never complete: see mtt.io.atomic_path)
+        for stale in glob.glob(os.path.join(run_dir, "checkpoints", ".epoch_*.tmp")):
+            os.remove(stale)
+    return checkpoint_path, run_dir
 
 
 def _restart_checkpoint(output_dir: str, restart: Optional[str]) -> Optional[str]:
