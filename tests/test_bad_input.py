@@ -1218,6 +1218,67 @@ def test_python_training_sets_that_are_not_sequences(work, given, message):
     assert str(error.value).startswith(message)
 
 
+def _python_split(frames, seed: int, validation: float = 0.3):
+    """mtt.train's dry run on structures given from Python, split at random by ``seed``."""
+    from mtt.api import train as train_api
+
+    return train_api(options(seed=seed, validation_set=validation), frames, dry_run=True)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_bad_python_structure_is_named_by_its_index_in_the_list(work, seed):
+    """The split reorders the structures: a duplicated atom in list[12] was reported as
+    'structure 8 of the training_set', an index the user could not find."""
+    frames = ethanol(12)
+    bad = frames[0].copy()
+    bad.positions[3] = bad.positions[1]
+    frames.append(with_labels(bad, energy=-10.0))
+    with pytest.raises(MttError) as error:
+        _python_split(frames, seed)
+    assert str(error.value).startswith("structure 12 of the Python training_set (in the ")
+    assert "atoms 1 and 3 are 0 apart" in str(error.value)
+
+
+def test_an_element_that_the_split_put_in_the_python_validation_set_only(work):
+    """With data from Python, the advice 'add such structures to training_set' was wrong (they
+    are in it): the advice is about the split, as for a file, with the index in the list."""
+    frames = ethanol(12)
+    nitrogen = frames[0].copy()
+    nitrogen.numbers[-1] = 7
+    frames.append(with_labels(nitrogen, energy=-10.0))
+    order = [np.random.default_rng(seed).permutation(13) for seed in range(40)]
+    seed = next(seed for seed in range(40) if 12 in order[seed][:4])  # 4 = 0.3 of 13
+    with pytest.raises(MttError) as error:
+        _python_split(frames, seed)
+    assert str(error.value) == (
+        "structure 12 of the Python training_set (in the validation_set) has elements [7] that "
+        "the training set does not contain (it has [1, 6, 8]); the random split put every "
+        "structure with them in the validation_set: add more such structures to the Python "
+        "training_set, or remove these"
+    )
+
+
+def test_unlabelled_python_structures_are_named_by_their_index_in_the_list(work, caplog):
+    """The warning named a structure by its index in the split, and told of the validation
+    set that 'they train on their other labels only', though it trains nothing."""
+    frames = [atoms if i % 3 else with_labels(atoms) for i, atoms in enumerate(ethanol(12))]
+    caplog.set_level("WARNING", logger="mtt")
+    _python_split(frames, seed=0)
+    warnings = [
+        r.getMessage() for r in caplog.records if "have no 'energy' label" in r.getMessage()
+    ]
+    assert len(warnings) == 2, warnings
+    training, validation = sorted(warnings)
+    assert "(the first: structure 0 of the Python training_set (in the training_set))" in training
+    assert training.endswith("they train on their other labels only, if any")
+    assert "(the first: structure 9 of the Python training_set (in the validation_set))" in (
+        validation
+    )
+    assert validation.endswith(
+        "the validation_set errors are measured on their other labels only, if any"
+    )
+
+
 @pytest.mark.parametrize("configured", [False, True])
 def test_python_callers_see_the_report_unless_they_configured_logging(work, configured):
     """mtt.train from a script printed nothing (its messages went to an unconfigured logger),

@@ -990,15 +990,22 @@ def _warn_partly_labelled(dataset, present: List[set]) -> None:
             continue
         keys = available_keys([dataset.frames[missing[0]]], target.per_atom)
         LOGGER.warning(
-            "%s: %d of %d structures have no %r label (the first: %s%s); they train on "
-            "their other labels only, if any",
+            "%s: %d of %d structures have no %r label (the first: %s%s); %s",
             dataset.name,
             len(missing),
             len(dataset),
             name,
             dataset.describe(missing[0]),
             f", whose keys are {keys}" if keys else "",
+            _use_of_other_labels(dataset.name),
         )
+
+
+def _use_of_other_labels(set_name: str) -> str:
+    """What happens to structures without a label: only the training set trains."""
+    if set_name == "training_set":
+        return "they train on their other labels only, if any"
+    return f"the {set_name} errors are measured on their other labels only, if any"
 
 
 def _final_report(trainer, model, sets, device) -> None:

@@ -46,6 +46,7 @@ class LabelledDataset:
         name: str,
         source: str = "",
         origin: Optional[Sequence[int]] = None,
+        argument: str = "",
     ):
         self.frames = list(frames)
         self.labels = labels
@@ -55,6 +56,8 @@ class LabelledDataset:
         self.source = source  # the structure file ('' for data given in Python)
         # the index in that file of each structure (a split reorders them)
         self.origin = list(range(len(self.frames))) if origin is None else list(origin)
+        # for data given in Python: the argument that held it (a split renames the parts)
+        self.argument = argument
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -72,14 +75,18 @@ class LabelledDataset:
             name,
             self.source,
             [self.origin[i] for i in indices],
+            self.argument,
         )
 
     def describe(self, index: int) -> str:
         """Structure ``index`` for a message: where the user finds it (its index in the file,
         which a random split does not keep), and the set it is in."""
-        if not self.source:
-            return f"structure {index} of the {self.name}"
-        return f"structure {self.origin[index]} of {self.source!r} (in the {self.name})"
+        return f"structure {self.origin[index]} of {self.given} (in the {self.name})"
+
+    @property
+    def given(self) -> str:
+        """Where the user gave the structures: a file, or a sequence passed from Python."""
+        return repr(self.source) if self.source else f"the Python {self.argument or self.name}"
 
     @property
     def atomic_types(self) -> List[int]:
@@ -139,6 +146,7 @@ def dataset_from_atoms(
     check_length_unit(length_unit, f"{name} length unit")
     dataset = build_dataset(frames, _specs(targets, name), name, length_unit, name, None)
     dataset.source = ""  # no file: structures are named by their index in the sequence
+    dataset.argument = name
     return dataset
 
 

@@ -123,14 +123,25 @@ def _check_elements(training: LabelledDataset, dataset: LabelledDataset) -> None
     for index, atoms in enumerate(dataset.frames):
         extra = sorted(set(atoms.numbers.tolist()) - allowed)
         if extra:
-            split = bool(dataset.source) and dataset.source == training.source
             fix = (
                 f"the random split put every structure with them in the {dataset.name}: add "
-                "more such structures to the file, or remove these"
-                if split
+                f"more such structures to {_where_to_add(dataset)}, or remove these"
+                if _split_from(training, dataset)
                 else "add such structures to training_set"
             )
             raise MttError(
                 f"{dataset.describe(index)} has elements {extra} that the training set does "
                 f"not contain (it has {known}); {fix}"
             )
+
+
+def _split_from(training: LabelledDataset, dataset: LabelledDataset) -> bool:
+    """Whether ``dataset`` is a part of the training structures (a fraction taken out): of the
+    same file, or of the structures given from Python (which have no file)."""
+    if dataset.source:
+        return dataset.source == training.source
+    return not training.source and dataset.argument == training.argument
+
+
+def _where_to_add(dataset: LabelledDataset) -> str:
+    return "the file" if dataset.source else dataset.given
