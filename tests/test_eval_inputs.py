@@ -394,3 +394,115 @@ def test_labels_per_structure_of_an_output_offered_per_atom(tmp_path, capsys):
     np.testing.assert_allclose(
         written[0].info["charges"], frames[0].info["total"] - 0.25, atol=1e-6
     )
+
+
+@pytest.fixture(scope="module")
+def generic_model(tmp_path_factory):
+    """An untrained exported model with the outputs energy and mtt::charges, dipole, gap and
+    polar, for H, C and O."""
+    import torch
+
+    from mtt.api import save_model
+    from mtt.testing import random_model
+
+    model = random_model(
+        "soap_bpnn", {"cutoff": 3.0, "max_radial": 2, "max_angular": 1}, torch.float64
+    )
+    path = tmp_path_factory.mktemp("generic") / "model.pt"
+    save_model(model.export(), str(path))
+    return path
+
+
+SILANE = ase.Atoms("SiH4", [[0, 0, 0], [1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]])
+OUTPUTS = "['energy', 'mtt::charges', 'mtt::dipole', 'mtt::gap', 'mtt::polar']"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"names": ["mtt::dipol"]},
+            f"the model has no output 'mtt::dipol'; did you mean 'mtt::dipole'? it has {OUTPUTS}",
+        ),
+        (
+            {"names": ["dipole"]},
+            "the model has no output 'dipole'; did you mean 'mtt::dipole' (generic outputs are "
+            f"named mtt::<name>)? it has {OUTPUTS}",
+        ),
+        (
+            {"names": "mtt::dipole"},
+            "names is a string ('mtt::dipole'); give a list of outputs, e.g. ['mtt::dipole']",
+        ),
+        ({"model": "missing.pt"}, "model file not found: 'missing.pt'"),
+        (
+            {"model": {}},
+            "model is a dict, not an exported model; give the path of one (e.g. 'model.pt') or "
+            "mtt.evaluate.load_model(path)",
+        ),
+        (
+            {"frames": "data.xyz"},
+            "frames is a path ('data.xyz'), where structures are expected; read them with "
+            "ase.io.read(path, ':')",
+        ),
+        (
+            {"length_unit": "angstrm"},
+            "generic_outputs length_unit: 'angstrm' is not a valid length unit",
+        ),
+        (
+            {"frames": [SILANE]},
+            "structure 0 of the data has elements [14] the model was not trained on (it knows "
+            "[1, 6, 8]); such structures cannot be evaluated with this model",
+        ),
+    ],
+)
+def test_bad_input_to_generic_outputs_is_one_line(generic_model, change, message):
+    """mtt.evaluate.generic_outputs (the documented way to get generic targets in Python) gave
+    a bare KeyError for a misspelt output, an AttributeError for a path, metatomic's errors
+    for an unknown element or length unit; now each is one line saying what to give."""
+    from mtt.errors import MttError
+    from mtt.evaluate import generic_outputs, load_model
+    from mtt.testing import molecule
+
+    arguments = {
+        "model": load_model(str(generic_model)),
+        "frames": [molecule()],
+        "names": ["mtt::dipole"],
+        "length_unit": "angstrom",
+    }
+    arguments.update(change)
+    with pytest.raises(MttError) as error:
+        generic_outputs(**arguments)
+    assert str(error.value).startswith(message)
+
+
+def test_generic_outputs_and_predict_take_the_path_of_a_model(generic_model):
+    import numpy as np
+
+    from mtt.evaluate import generic_outputs, load_model, predict
+    from mtt.testing import molecule
+
+    frames = [molecule()]
+    model = load_model(str(generic_model))
+    for path in (str(generic_model), generic_model):
+        from_path = generic_outputs(path, frames, ["mtt::dipole"], "angstrom")
+        loaded = generic_outputs(model, frames, ["mtt::dipole"], "angstrom")
+        np.testing.assert_array_equal(from_path[0]["mtt::dipole"], loaded[0]["mtt::dipole"])
+        energy = predict(path, frames, "energy", "angstrom", "eV")[0]["energy"]
+        assert energy == predict(model, frames, "energy", "angstrom", "eV")[0]["energy"]
+
+
+@pytest.mark.parametrize(
+    "energy, energy_unit, message",
+    [
+        ("enrgy", "eV", "the model has no output 'enrgy'; it has ['energy']"),
+        ("energy", "eVV", "predict energy_unit: 'eVV' is not a valid energy unit"),
+    ],
+)
+def test_bad_energy_output_or_unit_given_to_predict(generic_model, energy, energy_unit, message):
+    from mtt.errors import MttError
+    from mtt.evaluate import predict
+    from mtt.testing import molecule
+
+    with pytest.raises(MttError) as error:
+        predict(str(generic_model), [molecule()], energy, "angstrom", energy_unit)
+    assert str(error.value).startswith(message)

@@ -20,10 +20,10 @@ from metatomic.torch import ModelEvaluationOptions, ModelOutput, System, load_at
 from .data.graph import MIN_DISTANCE, check_distances
 from .data.neighbors import attach_neighbor_lists, neighbor_pairs
 from .data.reading import is_per_atom_result
-from .errors import MttError
+from .errors import MttError, did_you_mean
 from .gradients import symmetric
 from .io import atomic_path, is_truncated_archive
-from .units import conversion
+from .units import check_energy_unit, check_length_unit, conversion
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -183,7 +183,12 @@ def predict(
     source: str = "the data",
 ) -> List[Dict[str, np.ndarray]]:
     """Energy, forces and (for periodic structures) stress of each frame; ``source`` names
-    the data in error messages."""
+    the data in error messages; ``model`` is an exported model or its path."""
+    model = _as_model(model)
+    check_length_unit(length_unit, "predict length_unit")
+    check_energy_unit(energy_unit, "predict energy_unit")
+    _check_frames(frames)
+    energy = pick_energy_output(model, energy)
     evaluator = Evaluator(model, length_unit, source)
     evaluator.check_structures(frames)
     results = []
@@ -193,15 +198,64 @@ def predict(
 
 
 def generic_outputs(
-    model, frames: List[ase.Atoms], names: List[str], length_unit: str, batch_size: int = 16
+    model,
+    frames: List[ase.Atoms],
+    names: List[str],
+    length_unit: str,
+    batch_size: int = 16,
+    source: str = "the data",
 ) -> List[Dict[str, np.ndarray]]:
     """Values of non-energy outputs (``mtt::<name>``) for each frame, in the model's units:
-    per structure ``[components..., k]`` or per atom ``[n_atoms, components..., k]``."""
-    evaluator = Evaluator(model, length_unit)
+    per structure ``[components..., k]`` or per atom ``[n_atoms, components..., k]``.
+    ``model`` is an exported model or its path; ``source`` names the data in error messages."""
+    model = _as_model(model)
+    check_length_unit(length_unit, "generic_outputs length_unit")
+    _check_frames(frames)
+    _check_output_names(names, model.capabilities().outputs)
+    evaluator = Evaluator(model, length_unit, source)
+    evaluator.check_structures(frames)
     results: List[Dict[str, np.ndarray]] = []
     for start in range(0, len(frames), batch_size):
         results += evaluator.generic(frames[start : start + batch_size], names)
     return results
+
+
+def _as_model(model):
+    """A loaded model as it is; a path loaded (with :func:`load_model`'s one-line errors)."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(os.fspath(model))
+    if not hasattr(model, "capabilities"):
+        raise MttError(
+            f"model is a {type(model).__name__}, not an exported model; give the path of one "
+            "(e.g. 'model.pt') or mtt.evaluate.load_model(path)"
+        )
+    return model
+
+
+def _check_frames(frames) -> None:
+    if isinstance(frames, ase.Atoms):
+        raise MttError("frames is a single ase.Atoms; give a list of them, e.g. [atoms]")
+    if isinstance(frames, (str, os.PathLike)):
+        raise MttError(
+            f"frames is a path ({os.fspath(frames)!r}), where structures are expected; read "
+            "them with ase.io.read(path, ':')"
+        )
+
+
+def _check_output_names(names: List[str], outputs) -> None:
+    """Every name one of the model's outputs; generic ones are named ``mtt::<name>``."""
+    if isinstance(names, str):
+        raise MttError(f"names is a string ({names!r}); give a list of outputs, e.g. [{names!r}]")
+    for name in names:
+        if name in outputs:
+            continue
+        prefixed = f"mtt::{name}"
+        hint = (
+            f"did you mean {prefixed!r} (generic outputs are named mtt::<name>)? "
+            if prefixed in outputs
+            else did_you_mean(name, outputs)
+        )
+        raise MttError(f"the model has no output {name!r}; {hint}it has {sorted(outputs)}")
 
 
 def _check_elements(
