@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 from ase.calculators.singlepoint import SinglePointCalculator
+from helpers import fill_disk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -782,6 +783,18 @@ def test_export_of_the_intact_checkpoint_works(work, capsys, trained):
     status, problems = run(capsys, "export", trained["checkpoint"], "-o", "exported.pt")
     assert (status, problems) == (0, [])
     assert Path("exported.pt").read_bytes()[:2] == b"PK"
+
+
+def test_export_onto_a_full_disk(work, capsys, trained, monkeypatch):
+    """torch writes TorchScript files in C++ and a full disk there aborted the process (exit
+    134, 'unexpected pos') with a hidden temporary file left; serialised in memory and
+    written by Python, it is one line naming the file, and nothing is left behind."""
+    from mtt import api
+
+    fill_disk(monkeypatch, api)
+    message = fail(capsys, "export", trained["checkpoint"], "-o", "exported.pt")
+    assert message.startswith("no space left on the device writing 'exported.pt'; free some")
+    assert os.listdir() == ["train.xyz"]
 
 
 def test_export_checkpoint_from_a_newer_mtt(work, capsys, trained):

@@ -31,7 +31,7 @@ from .data.targets import DatasetInfo
 from .errors import MttError, OptionsError
 from .finetune import apply_method, parse_method_config
 from .hypers import OptionsLoader
-from .io import atomic_path, refuse_overwrite
+from .io import atomic_path, refuse_overwrite, saved_in_memory
 from .options import Options, raw_target_problems
 from .runs import CREATED_ROOTS, checkpoint_epoch, find_auto_restart, new_run_dir
 from .training import distributed
@@ -1062,14 +1062,24 @@ def _composition_only(trainer, model, train_set) -> List[Any]:
 
 
 def save_model(exported, path: str) -> None:
-    """Save an ``AtomisticModel`` atomically (a crash never leaves half a file at ``path``)."""
+    """Save an ``AtomisticModel`` atomically (a crash never leaves half a file at ``path``);
+    a full disk is a one-line error naming ``path`` (see :func:`mtt.io.saved_in_memory`)."""
+    data = saved_in_memory(lambda name: _save_torchscript(exported, name))
     with atomic_path(path, suffix=".pt") as tmp:
-        try:
-            exported.save(tmp)
-        except RuntimeError as error:
-            cause = error.__cause__ or error
-            lines = [line for line in str(cause).splitlines() if line.strip()] or [repr(cause)]
-            raise MttError(f"could not export the model to TorchScript: {lines[0]}") from error
+        if data is None:  # no in-memory files on this system: torch writes the file
+            _save_torchscript(exported, tmp)
+        else:
+            with open(tmp, "wb") as file:
+                file.write(data)
+
+
+def _save_torchscript(exported, path: str) -> None:
+    try:
+        exported.save(path)
+    except RuntimeError as error:
+        cause = error.__cause__ or error
+        lines = [line for line in str(cause).splitlines() if line.strip()] or [repr(cause)]
+        raise MttError(f"could not export the model to TorchScript: {lines[0]}") from error
 
 
 def copy_file(source: str, destination: str, replace: bool = True) -> None:

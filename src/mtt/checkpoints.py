@@ -8,6 +8,7 @@ message to upgrade mtt.
 """
 
 import importlib
+import io
 import os
 import pickle
 import re
@@ -25,8 +26,12 @@ FORMAT = "mtt-checkpoint"
 
 def save_checkpoint(checkpoint: Dict[str, Any], path: str) -> None:
     checkpoint = dict(checkpoint, format=FORMAT)
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # serialised in memory, written by Python: torch's own file writer reports a full disk
+    # as "unexpected pos", where Python's is an OSError that atomic_path names the file for
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        file.write(buffer.getbuffer())
 
 
 def read_checkpoint(path: str) -> Dict[str, Any]:

@@ -1,10 +1,11 @@
 """Files written so that no crash leaves a half-written one behind."""
 
+import errno
 import os
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .errors import MttError
 
@@ -17,27 +18,85 @@ def atomic_path(path: str, suffix: str = ".tmp", replace: bool = True) -> Iterat
     flushed to disk first, so a power loss leaves either the old or the new file, never a mix.
     With ``replace=False`` a file that appeared at ``path`` meanwhile (another run writing
     the same output, long after the check before training) is kept: ``FileExistsError``.
+    A full, over-quota or read-only file system is an :class:`MttError` naming ``path``, and
+    the temporary file is removed.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory
-    )
-    os.close(handle)
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory
+        )
+        os.close(handle)
         yield tmp
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
-        # mkstemp makes the file private (0600); give it the permissions of any file the
-        # user creates, so that models and checkpoints can be shared with a group
-        os.chmod(tmp, 0o666 & ~_umask())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _move_if_absent(tmp, path)
+        _publish(tmp, path, replace)
+    except OSError as error:
+        unwritable = unwritable_error(error, path)
+        if unwritable is None:
+            raise
+        raise unwritable from error
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _publish(tmp: str, path: str, replace: bool) -> None:
+    """Move the finished ``tmp`` to ``path``, flushed to disk first."""
+    with open(tmp, "rb") as file:
+        os.fsync(file.fileno())
+    # mkstemp makes the file private (0600); give it the permissions of any file the
+    # user creates, so that models and checkpoints can be shared with a group
+    os.chmod(tmp, 0o666 & ~_umask())
+    if replace:
+        os.replace(tmp, path)
+    else:
+        _move_if_absent(tmp, path)
+
+
+def unwritable_error(error: OSError, path: str) -> Optional[MttError]:
+    """The one-line error for a file system that cannot take ``path`` (full, over its quota,
+    read-only); None for any other ``error``, which is not the user's to fix this way."""
+    if error.errno == errno.ENOSPC:
+        return MttError(
+            f"no space left on the device writing {path!r}; free some space there (or write "
+            "somewhere else), then run the command again"
+        )
+    if error.errno == errno.EDQUOT:
+        return MttError(
+            f"disk quota exceeded writing {path!r}; free some space under your quota (or "
+            "write somewhere else), then run the command again"
+        )
+    if error.errno == errno.EROFS:
+        directory = os.path.dirname(os.path.abspath(path))
+        return MttError(
+            f"cannot write {path!r}: {directory!r} is on a read-only file system; write to "
+            "another directory"
+        )
+    return None
+
+
+def saved_in_memory(save: Callable[[str], None]) -> Optional[bytes]:
+    """What ``save(path)`` writes, kept in memory; None where the system has no in-memory
+    file with a path (Linux has: ``memfd_create``, named under ``/proc/self/fd``).
+
+    For writers that take only a path (metatomic's ``AtomisticModel.save``, which calls
+    ``str()`` on a buffer): torch writes such files in C++, and a disk filling up there
+    aborts the whole process (exit 134, half a file left). Written by Python afterwards, the
+    same full disk is an ``OSError``, which :func:`atomic_path` reports.
+    """
+    if not hasattr(os, "memfd_create"):
+        return None
+    descriptor = os.memfd_create("mtt-save")
+    try:
+        name = f"/proc/self/fd/{descriptor}"
+        if not os.path.exists(name):  # (no /proc mounted)
+            return None
+        save(name)
+        with open(name, "rb") as file:
+            return file.read()
+    finally:
+        os.close(descriptor)
 
 
 def _move_if_absent(tmp: str, path: str) -> None:
