@@ -6,6 +6,7 @@ two property tests throw random options and random structures at the validators.
 """
 
 import copy
+import errno
 import math
 import os
 import pickle
@@ -964,6 +965,24 @@ def test_an_input_of_the_run_is_never_its_output_even_with_force(work, capsys, t
     message = fail(capsys, *command)
     assert message == f"{output!r} is the file this command reads; write the output to another path"
     assert Path(output).read_bytes() == before
+
+
+def test_output_dir_on_a_read_only_file_system(work, capsys, monkeypatch):
+    """A read-only mount (EROFS) was an internal error 'please report this bug'."""
+    real_mkdir = os.mkdir
+
+    def read_only_below_ro(path, *args, **kwargs):
+        if str(path).startswith("ro"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_below_ro)
+    write_options(options())
+    message = fail(capsys, "train", "options.yaml", "--output-dir", "ro/out")
+    assert message.startswith("cannot make the run directory 'ro/out/")
+    assert message.endswith(
+        "(Read-only file system); give --output-dir a directory you can write, or a new one"
+    )
 
 
 def test_output_that_is_a_directory_is_refused_before_training_even_with_force(work, capsys):

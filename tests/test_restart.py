@@ -13,6 +13,7 @@ import yaml
 from helpers import TINY_MODEL
 
 from mtt.checkpoints import read_checkpoint
+from mtt.runs import new_run_dir
 
 
 def options_file(tmp_path, data_dir):
@@ -183,3 +184,22 @@ def test_restart_auto_does_not_join_a_run_that_still_trains(tmp_path, data_dir):
         "finish or stop it before continuing the run"
     ) in second.stderr
     assert not (tmp_path / "second.pt").exists()
+
+
+def test_runs_starting_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    """Another run makes the directory named for this second between this run's look and
+    its own mkdir: this run takes the next name (it was refused as unwritable, or with
+    a check-then-make, two runs wrote into one directory)."""
+    real_mkdir = os.mkdir
+    taken = []
+
+    def mkdir_after_another_run(path, *args, **kwargs):
+        if os.path.dirname(path) == str(tmp_path) and not taken:
+            real_mkdir(path)  # the other run, first
+            taken.append(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_after_another_run)
+    path = new_run_dir(str(tmp_path))
+    assert path == f"{taken[0]}-2"
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in (taken[0], path)]

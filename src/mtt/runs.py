@@ -19,25 +19,37 @@ CREATED_ROOTS = set()
 
 
 def new_run_dir(root: str) -> str:
-    """``root/<date>_<time>``, made unique with a suffix if two runs start in one second."""
+    """Make ``root/<date>_<time>``, with a suffix (``-2``, ``-3``, ...) for runs that start in
+    the same second. Each run claims its directory by making it, which fails on a name that
+    another run took first; checking for the name and then making it let two runs starting
+    together take the same one."""
     if os.path.exists(root):
         CREATED_ROOTS.discard(os.path.abspath(root))
     else:
         CREATED_ROOTS.add(os.path.abspath(root))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     path = os.path.join(root, stamp)
-    suffix = 1
-    while os.path.exists(path):
-        suffix += 1
-        path = os.path.join(root, f"{stamp}-{suffix}")
     try:
-        os.makedirs(path)
-    except (NotADirectoryError, FileExistsError, PermissionError) as error:
+        os.makedirs(root, exist_ok=True)
+        suffix = 1
+        while not _claimed(path):
+            suffix += 1
+            path = os.path.join(root, f"{stamp}-{suffix}")
+    except OSError as error:  # a file in the way, no permission, a read-only file system...
         raise MttError(
-            f"cannot make the run directory {path!r} ({error.strerror}); give --output-dir a "
-            "directory you can write, or a new one"
+            f"cannot make the run directory {path!r} ({error.strerror or error}); give "
+            "--output-dir a directory you can write, or a new one"
         ) from None
     return path
+
+
+def _claimed(path: str) -> bool:
+    """Whether this process made the directory ``path`` (False: it exists already)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return False
+    return True
 
 
 def checkpoint_epoch(path: str) -> int:
