@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import torch
 import yaml
 from helpers import TINY_MODEL
 
-from mtt.checkpoints import read_checkpoint
-from mtt.runs import new_run_dir
+from mtt.checkpoints import read_checkpoint, save_checkpoint
+from mtt.runs import find_auto_restart, new_run_dir
 
 
 def options_file(tmp_path, data_dir):
@@ -203,3 +204,25 @@ def test_runs_starting_in_the_same_second_get_their_own_directories(tmp_path, mo
     path = new_run_dir(str(tmp_path))
     assert path == f"{taken[0]}-2"
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in (taken[0], path)]
+
+
+def test_restart_auto_takes_the_newest_run_by_the_time_in_its_name(tmp_path):
+    """Run directories were taken in reverse alphabetical order: a run the user renamed to
+    keep it ('archived_pet_run') won over every timestamped run, and the tenth run of a
+    second ('-10') lost to the ninth."""
+    names = ["2026-01-02_09-00-00-9", "archived_pet_run", "2026-01-02_09-00-00-10"]
+    for age, name in enumerate(names + ["2026-01-01_23-00-00", "older_archive"]):
+        os.makedirs(tmp_path / name / "checkpoints")
+        checkpoint = str(tmp_path / name / "checkpoints" / "epoch_2.ckpt")
+        save_checkpoint({}, checkpoint)
+        os.utime(checkpoint, (1e9 - age, 1e9 - age))  # written in order, newest first
+
+    def found():
+        return os.path.relpath(find_auto_restart(str(tmp_path)), tmp_path).split(os.sep)[0]
+
+    for expected in ["2026-01-02_09-00-00-10", "2026-01-02_09-00-00-9", "2026-01-01_23-00-00"]:
+        assert found() == expected
+        shutil.rmtree(tmp_path / expected)
+    assert found() == "archived_pet_run"  # then the others, by their checkpoints' times
+    shutil.rmtree(tmp_path / "archived_pet_run")
+    assert found() == "older_archive"

@@ -5,7 +5,7 @@ import glob
 import logging
 import os
 import re
-from typing import Optional
+from typing import Optional, Tuple
 
 from .checkpoints import read_checkpoint
 from .errors import MttError
@@ -59,13 +59,22 @@ def checkpoint_epoch(path: str) -> int:
 
 
 def find_auto_restart(root: str) -> Optional[str]:
-    """The newest complete training checkpoint under ``root``: the latest run directory (by its
-    timestamped name) that has one, and in it the highest epoch that loads. Files are written
-    atomically, but a file copied or damaged by hand is skipped rather than trusted."""
-    runs = sorted(glob.glob(os.path.join(root, "*", "checkpoints")), reverse=True)
-    for checkpoints in runs:
+    """The newest complete training checkpoint under ``root``: in the newest run directory
+    that has one, the highest epoch that loads. Files are written atomically, but a file
+    copied or damaged by hand is skipped rather than trusted.
+
+    Run directories are ordered by the time in their names (``YYYY-MM-DD_HH-MM-SS``, and
+    ``-N`` for the N-th run of that second, compared as a number: ``-10`` after ``-9``).
+    Directories named otherwise (a run renamed to keep it, ``archived_pet_run``) come only
+    after all of those, the one with the most recently written checkpoint first: ``--restart
+    auto`` continues the run that mtt started last, not a folder the user put aside.
+    """
+    runs = [os.path.dirname(c) for c in glob.glob(os.path.join(root, "*", "checkpoints"))]
+    for run in sorted(runs, key=_run_order, reverse=True):
         candidates = sorted(
-            glob.glob(os.path.join(checkpoints, "epoch_*.ckpt")), key=checkpoint_epoch, reverse=True
+            glob.glob(os.path.join(run, "checkpoints", "epoch_*.ckpt")),
+            key=checkpoint_epoch,
+            reverse=True,
         )
         for path in candidates:
             if checkpoint_epoch(path) < 0:
@@ -77,3 +86,18 @@ def find_auto_restart(root: str) -> Optional[str]:
                 continue
             return path
     return None
+
+
+#: the name new_run_dir gives a run directory: its start time, and -N for the N-th that second
+RUN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})(?:-(\d+))?")
+
+
+def _run_order(run: str) -> Tuple[bool, str, int, float]:
+    """Sorts run directories from the last to the first that ``--restart auto`` continues:
+    those of other names (by their newest checkpoint's modification time), then those named
+    by mtt, by the time in their names."""
+    match = RUN_NAME.fullmatch(os.path.basename(run))
+    if match is not None:
+        return (True, match.group(1), int(match.group(2) or 1), 0.0)
+    checkpoints = glob.glob(os.path.join(run, "checkpoints", "epoch_*.ckpt"))
+    return (False, "", 0, max((os.path.getmtime(c) for c in checkpoints), default=0.0))
