@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import signal
+import zipfile
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -757,6 +758,43 @@ def test_export_truncated_checkpoint(work, capsys, trained):
     message = fail(capsys, "export", "half.ckpt")
     assert message.startswith("'half.ckpt' is truncated or damaged")
     assert "earlier outputs/<run>/checkpoints/epoch_<n>.ckpt" in message
+
+
+def zero_the_largest_tensor(source: Path, destination: str) -> str:
+    """A copy of a torch archive with the bytes of its largest tensor zeroed, as a damaged
+    disk or copy leaves it: the archive's structure is intact, one checksum is not. Returns
+    the damaged member's name."""
+    raw = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        info = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+    header = raw[info.header_offset : info.header_offset + 30]
+    start = info.header_offset + 30 + int.from_bytes(header[26:28], "little")
+    start += int.from_bytes(header[28:30], "little")
+    raw[start : start + info.file_size] = bytes(info.file_size)
+    Path(destination).write_bytes(raw)
+    return info.filename
+
+
+def test_a_checkpoint_with_damaged_bytes_is_refused(work, capsys, trained):
+    """Zeroed tensor bytes (disk or NFS damage) loaded silently: torch does not check the
+    zip's checksums, and the model exported from it was silently wrong."""
+    member = zero_the_largest_tensor(trained["checkpoint"], "zeroed.ckpt")
+    message = fail(capsys, "export", "zeroed.ckpt")
+    assert message == (
+        f"'zeroed.ckpt' is damaged: the bytes of {member!r} in it do not match their checksum "
+        "(a disk or copy error); copy it again, or use another checkpoint such as an earlier "
+        "outputs/<run>/checkpoints/epoch_<n>.ckpt"
+    )
+
+
+def test_a_model_with_damaged_bytes_is_refused(work, capsys, trained):
+    zero_the_largest_tensor(trained["model"], "zeroed.pt")
+    ase.io.write("test.xyz", ethanol(1))
+    message = fail(capsys, "eval", "zeroed.pt", "test.xyz")
+    assert message.startswith("'zeroed.pt' is damaged: the bytes of ")
+    assert message.endswith("export it again with 'mtt export outputs/<run>/model.ckpt'")
 
 
 def test_eval_of_a_truncated_model(work, capsys, trained):

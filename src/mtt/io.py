@@ -4,6 +4,7 @@ import errno
 import os
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -181,3 +182,20 @@ def is_truncated_archive(path: str) -> bool:
     with open(path, "rb") as file:
         start = file.read(4)
     return start == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
+def damaged_member(path: str) -> Optional[str]:
+    """The first file inside the zip archive ``path`` whose bytes do not match the checksum
+    stored with them (damage on a disk or in a copy, which torch loads without a word), or
+    None when all match or ``path`` is not a complete zip archive."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            try:
+                with archive.open(info) as member:
+                    while member.read(1 << 24):
+                        pass
+            except (zipfile.BadZipFile, zlib.error, EOFError):
+                return info.filename
+    return None
