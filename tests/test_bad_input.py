@@ -841,8 +841,20 @@ def test_export_checkpoint_from_a_newer_mtt(work, capsys, trained):
     checkpoint["model_checkpoint_version"] = 999
     torch.save(checkpoint, "future.ckpt")
     message = fail(capsys, "export", "future.ckpt")
-    assert "version 999, newer than the" in message and "this mtt reads" in message
+    assert message.startswith("'future.ckpt': this checkpoint's model part has version 999,")
+    assert "newer than the" in message and "this mtt reads" in message
     assert "upgrade mtt (pip install --upgrade mtt)" in message
+
+
+def test_restart_from_a_checkpoint_whose_trainer_part_is_newer(work, capsys, trained):
+    """The version errors did not name the file (under --restart auto, the user had no way
+    to know which of the run's checkpoints it was)."""
+    checkpoint = checkpoint_dict(trained)
+    checkpoint["trainer_checkpoint_version"] = 999
+    torch.save(checkpoint, "future.ckpt")
+    write_options(options(architecture__training__num_epochs=5))
+    message = fail(capsys, "train", "options.yaml", "--restart", "future.ckpt")
+    assert message.startswith("'future.ckpt': this checkpoint's trainer part has version 999,")
 
 
 def test_export_checkpoint_of_unknown_architecture(work, capsys, trained):

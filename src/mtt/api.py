@@ -23,7 +23,7 @@ from metatomic.torch import ModelMetadata
 
 from . import hypers as hypers_module
 from . import plots, pretrained, runlock
-from .checkpoints import read_checkpoint
+from .checkpoints import naming_file, read_checkpoint
 from .console import prints_progress
 from .data.dataset import LabelledDataset, dataset_from_atoms, load_dataset, resolve_input
 from .data.sets import as_dataset_options, load_sets
@@ -727,7 +727,8 @@ def _model_and_trainer(
     if finetune is None:
         _check_same_model(settings, model.hypers, checkpoint_path)
         _check_same_targets(info, model.dataset_info, checkpoint_path)
-    trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
+    with naming_file(checkpoint_path):
+        trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
     if trainer.epoch >= settings.train_hypers.num_epochs and _exported(checkpoint_path):
         raise MttError(
             f"{checkpoint_path!r} is at epoch {trainer.epoch} and "
@@ -1100,7 +1101,8 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path: str, context: str):
         )
     architecture = architectures.load(name)
     try:
-        model = architecture.__model__.load_checkpoint(checkpoint, context)
+        with naming_file(path):
+            model = architecture.__model__.load_checkpoint(checkpoint, context)
     except MttError:
         raise
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:

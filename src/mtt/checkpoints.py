@@ -14,11 +14,12 @@ import pickle
 import re
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 
-from .errors import MttError
+from .errors import MttError, OptionsError
 from .io import atomic_path, damaged_member, is_truncated_archive
 
 FORMAT = "mtt-checkpoint"
@@ -159,6 +160,22 @@ def _metatrain_architecture(path: str) -> Optional[str]:
         return None
     length = int.from_bytes(match.group(1), "little")
     return head[match.end() : match.end() + min(length, 64)].decode("utf-8", "replace")
+
+
+@contextmanager
+def naming_file(path: str) -> Iterator[None]:
+    """Errors in the contents of the checkpoint read from ``path`` (a version newer than this
+    mtt reads, a missing part), raised where only its dict is known, name the file."""
+    try:
+        yield
+    except OptionsError as error:
+        raise OptionsError([_named(problem, path) for problem in error.problems]) from error
+    except MttError as error:
+        raise MttError(_named(str(error), path)) from error
+
+
+def _named(message: str, path: str) -> str:
+    return message if repr(path) in message else f"{path!r}: {message}"
 
 
 def upgrade_model_checkpoint(model_class, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
