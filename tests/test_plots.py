@@ -7,6 +7,7 @@ import glob
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -217,3 +218,43 @@ def test_without_tensorboard_one_info_line_and_no_files(tmp_path):
         logger.setLevel(level)
     assert [r.levelno for r in records] == [logging.INFO]
     assert os.listdir(tmp_path) == []
+
+
+def test_predictions_are_replaced_in_one_step(tmp_path, monkeypatch):
+    """A run stopped while writing predictions.npz (Ctrl-C, a full disk) keeps the previous
+    file; it was written in place, and left half a zip archive."""
+    path = str(tmp_path / "predictions.npz")
+    values = {"training_set": {"energy": np.arange(3.0)}}
+    plots.save_predictions(path, values, values, {"energy": "eV"})
+    before = Path(path).read_bytes()
+
+    def stopped_halfway(file, **arrays):
+        if isinstance(file, str):  # (as mtt wrote it before)
+            with open(file, "wb") as opened:
+                stopped_halfway(opened)
+        file.write(b"PK\x03\x04 half an archive")
+        file.flush()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez_compressed", stopped_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        plots.save_predictions(path, values, values, {"energy": "eV"})
+    assert Path(path).read_bytes() == before
+    assert os.listdir(tmp_path) == ["predictions.npz"]
+
+
+def test_plot_of_a_run_with_a_truncated_predictions_file(run, tmp_path, capsys):
+    """A truncated predictions.npz was an internal error (BadZipFile): one line naming the
+    file and how to do without it or draw the parity plot anew."""
+    _, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.png"))
+    npz = copy / "predictions.npz"
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    assert main(["plot", str(copy)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"mtt: error: {str(npz)!r} is truncated or damaged (BadZipFile: ")
+    assert line.endswith(
+        "delete it to draw the learning curves alone, and draw a parity plot anew with 'mtt "
+        "eval <run's model.pt> <structures> -o predictions.xyz'"
+    )

@@ -17,6 +17,8 @@ import glob
 import logging
 import os
 import re
+import zipfile
+import zlib
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -241,21 +243,40 @@ def parity_plot(
 
 def save_predictions(path: str, predictions: Pairs, references: Pairs, units) -> None:
     """``predictions.npz``: arrays ``<set>|<quantity>|predicted`` and ``...|reference``, and
-    strings ``unit|<quantity>``."""
+    strings ``unit|<quantity>``; replaced in one step (a stopped run leaves no half file)."""
+    from .io import atomic_path
+
     arrays = {f"unit|{q}": np.array(unit) for q, unit in units.items()}
     for name, values in predictions.items():
         for quantity, predicted in values.items():
             arrays[f"{name}|{quantity}|predicted"] = predicted
             arrays[f"{name}|{quantity}|reference"] = references[name][quantity]
-    np.savez_compressed(path, **arrays)
+    # (a file object: given a path, numpy would add .npz to the temporary name)
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as file:
+        np.savez_compressed(file, **arrays)
 
 
 def load_predictions(path: str) -> Tuple[Pairs, Pairs, Dict[str, str]]:
     """What :func:`save_predictions` wrote: predictions, references and units."""
+    from .errors import MttError
+
+    try:
+        return _read_predictions(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:
+        raise MttError(
+            f"{path!r} is truncated or damaged ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:120] if str(error) else 'unreadable'}); delete it "
+            "to draw the learning curves alone, and draw a parity plot anew with 'mtt eval "
+            "<run's model.pt> <structures> -o predictions.xyz'"
+        ) from None
+
+
+def _read_predictions(path: str) -> Tuple[Pairs, Pairs, Dict[str, str]]:
     predictions: Pairs = {}
     references: Pairs = {}
     units = {}
-    with np.load(path) as data:
+    # (a file of ours: numpy leaves its own open when the archive is damaged)
+    with open(path, "rb") as file, np.load(file) as data:
         for key in data.files:
             parts = key.split("|")
             if parts[0] == "unit":
