@@ -52,6 +52,37 @@ def assert_same_data(packed, read):
             np.testing.assert_array_equal(value, expected_labels[key])
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("converted", ["energy", "energy/pbe0"])
+def test_a_unit_conversion_scales_only_its_own_targets_labels(
+    tmp_path, data_dir, packed, converted
+):
+    """Fine-tuning converts each target to the pretrained model's unit. Converting 'energy'
+    also scaled the variant 'energy/pbe0' held in memory; a pack looked factors up by the
+    name's first part, so 'energy/pbe0' was never converted (and took 'energy''s)."""
+    frames = ase.io.read(os.path.join(data_dir, ETHANOL), ":4")
+    for atoms in frames:
+        atoms.info["e2"] = atoms.get_potential_energy() + 1.0
+        atoms.arrays["f2"] = atoms.get_forces() + 1.0
+    ase.io.write(tmp_path / "two.xyz", frames)
+    systems = str(tmp_path / "two.xyz")
+    if packed:
+        pack([systems], tmp_path / "pk")
+        systems = str(tmp_path / "pk")
+    targets = {
+        "energy": {"unit": "kcal/mol"},
+        "energy/pbe0": {"key": "e2", "unit": "kcal/mol", "forces": {"key": "f2"}},
+    }
+    data = dataset(systems, targets)
+    before = [dict(labels) for labels in data.labels]
+    data.scale_target(converted, 0.5)
+    for old, new in zip(before, data.labels):
+        assert sorted(old) == sorted(new)
+        for key in old:
+            own = key in (converted, f"{converted}/forces")
+            np.testing.assert_allclose(new[key], old[key] * (0.5 if own else 1.0), err_msg=key)
+
+
 def test_pack_round_trip_equals_the_ase_frames(tmp_path, data_dir):
     """Structures and every label come back as ASE read them (positions, cells, pbc,
     energies, forces, a 3x3 virial turned into a stress), in the order of the files."""

@@ -96,7 +96,7 @@ class LabelledDataset:
         """Multiply the labels of target ``name`` and its gradients by ``factor`` (a unit
         conversion)."""
         for labels in self.labels:
-            for key in [k for k in labels if k == name or k.startswith(name + "/")]:
+            for key in [k for k in labels if target_of_label(k) == name]:
                 labels[key] = labels[key] * factor
 
 
@@ -148,6 +148,15 @@ def dataset_from_atoms(
     dataset.source = ""  # no file: structures are named by their index in the sequence
     dataset.argument = name
     return dataset
+
+
+def target_of_label(key: str) -> str:
+    """The target a label belongs to: ``energy/pbe0/forces`` -> ``energy/pbe0`` (not
+    ``energy``: a variant is a target of its own, in a unit of its own)."""
+    for gradient in ("/forces", "/stress"):
+        if key.endswith(gradient) and not key.startswith("mtt::"):
+            return key[: -len(gradient)]
+    return key
 
 
 def resolve_input(path: str, base_dir: str) -> str:

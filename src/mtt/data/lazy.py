@@ -14,7 +14,14 @@ import ase
 import numpy as np
 
 from ..errors import MttError
-from .dataset import LabelledDataset, Labels, _as_matrix, _check_finite, _check_same_stress
+from .dataset import (
+    LabelledDataset,
+    Labels,
+    _as_matrix,
+    _check_finite,
+    _check_same_stress,
+    target_of_label,
+)
 from .packed import PackedArrays, open_arrays
 from .reading import lookup, missing_target_error
 from .targets import TargetInfo, TargetSpec
@@ -159,7 +166,7 @@ class PackedDataset(LabelledDataset):
             what = f"{quantity.what} of structure {i}"
             label = quantity.convert(value, n, arrays.pbc[i], arrays.cells[i], what)
             if label is not None:
-                factor = self.factors.get(quantity.name.split("/")[0])
+                factor = self.factors.get(target_of_label(quantity.name))
                 labels[quantity.name] = label * factor if factor is not None else label
         return labels
 
