@@ -12,9 +12,11 @@ import torch
 import yaml
 from helpers import TINY_MODEL
 
+from mtt.api import model_from_checkpoint
 from mtt.checkpoints import read_checkpoint
 from mtt.cli import main
 from mtt.evaluate import generic_outputs, load_model, predict
+from mtt.units import conversion
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "examples", "data")
 MODEL = dict(TINY_MODEL, max_radial=3, max_angular=2, num_neurons_per_layer=8)
@@ -76,6 +78,24 @@ def finetune(pretrained, tmp_path, monkeypatch, method="full", **options):
     assert main(["train", path, "-o", "ft.pt"]) == 0
     (checkpoint,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
     return read_checkpoint(checkpoint)
+
+
+def test_fixed_reference_energies_are_converted_with_the_labels(pretrained, tmp_path, monkeypatch):
+    """Given in the data's unit (kcal/mol) like the labels, which fine-tuning converts to the
+    pretrained model's eV: the fixed energy of H was applied as -10 eV, 23x too low."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    training = {
+        "num_epochs": 1,
+        "finetune": {"read_from": pretrained["checkpoint"], "method": "full"},
+        "fixed_composition_weights": {"energy": {"H": -10.0}},
+    }
+    assert main(["train", run(tmp_path, "ft", training, "dft_small.xyz"), "-o", "ft.pt"]) == 0
+    (path,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    _, model = model_from_checkpoint(read_checkpoint(path), path, "export")
+    hydrogen = model.atomic_types.index(1)
+    expected = -10.0 * conversion("kcal/mol", "eV")
+    assert float(model.baseline[0][hydrogen]) == pytest.approx(expected, rel=1e-6)
 
 
 def changed(before, after):

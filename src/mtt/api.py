@@ -470,6 +470,7 @@ def _prepare(settings: Settings, base_dir: str, frames, checkpoint_path) -> Prep
     train_set, val_set, test_set = load_sets(options, base_dir, python_set)
     if settings.train_hypers.finetune is not None:
         units = _read_pretrained(settings, base_dir).dataset_info
+        _fixed_weights_to_model_units(settings.train_hypers, train_set.targets, units)
         for dataset in (train_set, val_set, test_set):
             if dataset is not None:
                 _to_model_units(dataset, units)
@@ -867,6 +868,20 @@ def _read_pretrained(settings: Settings, base_dir: str):
         )
     _, model = model_from_checkpoint(checkpoint, path, "finetune")
     return model
+
+
+def _fixed_weights_to_model_units(hypers, targets, model_info: DatasetInfo) -> None:
+    """``fixed_composition_weights`` are in the unit of the target's labels, which fine-tuning
+    converts to the pretrained model's unit (:func:`_to_model_units`): so are they."""
+    converted = {}
+    for name, weights in hypers.fixed_composition_weights.items():
+        known, target = model_info.targets.get(name), targets.get(name)
+        if known is None or target is None or known.unit == target.unit:
+            converted[name] = weights
+            continue
+        factor = conversion(target.unit, known.unit)
+        converted[name] = {element: value * factor for element, value in weights.items()}
+    hypers.fixed_composition_weights = converted
 
 
 def _to_model_units(dataset: LabelledDataset, model_info: DatasetInfo) -> None:
