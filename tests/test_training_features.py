@@ -88,6 +88,28 @@ def test_an_average_too_slow_for_the_run_is_named(tmp_path, data_dir, monkeypatc
     ) in capsys.readouterr().out
 
 
+def test_a_restart_takes_the_options_optimizer_settings_and_a_new_average(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    """A restart brought back the checkpoint's weight decay over the options' (silently),
+    and one that turned ema_decay on failed with an internal KeyError."""
+    monkeypatch.chdir(tmp_path)
+    first = options(tmp_path, data_dir, num_epochs=1, optimizer="adamw", checkpoint_interval=1)
+    assert main(["train", first, "--output-dir", "first"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "first" / "*" / "checkpoints" / "epoch_1.ckpt"))
+    path = options(tmp_path, data_dir, num_epochs=2, optimizer="adamw", weight_decay=0.5)
+    capsys.readouterr()
+    assert main(["train", path, "--restart", checkpoint, "-o", "decay.pt"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer settings changed since the checkpoint: weight_decay 0.0 -> 0.5" in out
+    groups = final_checkpoint(tmp_path)["trainer_state"]["optimizer"]["param_groups"]
+    assert [group["weight_decay"] for group in groups] == [0.5] * len(groups)
+    path = options(tmp_path, data_dir, num_epochs=2, optimizer="adamw", ema_decay=0.5)
+    command = ["train", path, "--restart", checkpoint, "-o", "ema.pt", "--output-dir", "ema"]
+    assert main(command) == 0
+    assert "ema_decay is new on this restart" in capsys.readouterr().out
+
+
 def test_plateau_lowers_the_learning_rate_after_patience():
     """Reduce-on-plateau multiplies the rate by its factor once the loss stalls."""
     plateau = Plateau(factor=0.5, patience=1)

@@ -193,8 +193,7 @@ class Trainer(TrainerInterface):
         self.ema = WeightAverage(model, self.hypers.ema_decay) if self.hypers.ema_decay else None
         if "optimizer" in self.state:
             self._restore_optimizer(optimizer, scheduler, steps)
-            if self.ema is not None:
-                self.ema.load_state_dict(self.state["ema"])
+            self._restore_average()
         self.state["steps_per_epoch"] = steps
         self._check_comparable_metric(_metric_basis(loss, val_datasets, train_datasets[0]))
         for epoch in range(self.epoch, self.hypers.num_epochs):
@@ -226,7 +225,9 @@ class Trainer(TrainerInterface):
         the batch size; the schedule counts this run's steps). The restored step's rate is
         the checkpoint's unless these, or num_epochs, changed, which the log then says."""
         bases = list(scheduler.base_lrs)  # the options' rates, per parameter group
+        settings = [_group_settings(group) for group in optimizer.param_groups]
         optimizer.load_state_dict(self.state["optimizer"])
+        _apply_group_settings(optimizer, settings)
         scheduler.load_state_dict(self.state["scheduler"])
         self.plateau.load_state_dict(self.state["plateau"])
         saved = [group["lr"] for group in optimizer.param_groups]
@@ -247,6 +248,17 @@ class Trainer(TrainerInterface):
                 self.epoch,
                 saved[0],
             )
+
+    def _restore_average(self) -> None:
+        """The weight average of the checkpoint; one that ``ema_decay`` adds on restart starts
+        from the restored weights, and one it removes is dropped (not kept for a later
+        restart that adds it back)."""
+        if self.ema is None:
+            self.state.pop("ema", None)
+        elif "ema" in self.state:
+            self.ema.load_state_dict(self.state["ema"])
+        else:
+            LOGGER.info("ema_decay is new on this restart: the average starts from its weights")
 
     def _averaged(self, model):
         """The weight average in ``model`` while validating and keeping the best model."""
@@ -682,6 +694,25 @@ def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) ->
             " has" if len(larger) == 1 else "s have",
             max(larger),
         )
+
+
+def _group_settings(group: Dict[str, Any]) -> Dict[str, Any]:
+    """An optimizer group's settings from the options (weight decay, betas, eps, ...); the
+    learning rate is the schedule's."""
+    return {k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+
+
+def _apply_group_settings(optimizer, settings: List[Dict[str, Any]]) -> None:
+    """The options' settings over a restored checkpoint's (``load_state_dict`` brings the
+    checkpoint's back: a changed weight_decay was silently ignored), saying what changed."""
+    for group, own in zip(optimizer.param_groups, settings):
+        changed = sorted(k for k, v in own.items() if group.get(k) != v)
+        if changed:
+            LOGGER.info(
+                "optimizer settings changed since the checkpoint: %s",
+                ", ".join(f"{k} {group.get(k)} -> {own[k]}" for k in changed),
+            )
+        group.update(own)
 
 
 def _warn_slow_average(decay: Optional[float], steps: int) -> None:
