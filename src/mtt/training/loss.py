@@ -6,7 +6,7 @@ loss is dimensionless and the user's weights compare like with like.
 """
 
 import math
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 
@@ -76,13 +76,29 @@ class Loss:
     ) -> torch.Tensor:
         """The loss of a batch; of a share of one when given the ``counts`` of the whole."""
         counts = self.counts(labels) if counts is None else counts
-        total = torch.zeros((), dtype=torch.float64, device=labels.n_atoms.device)
+        return self.combine(self.sums(predictions, labels, counts), counts, labels.n_atoms.device)
+
+    def sums(
+        self, predictions: Dict[str, torch.Tensor], labels: LabelBatch, counts: Dict[str, int]
+    ) -> Dict[str, torch.Tensor]:
+        """Per weighed quantity with values (``counts``), the sum of its scaled residuals'
+        penalties: the loss is their weighted means (:meth:`combine`)."""
+        sums = {}
         for q in self.quantities:
             if self.weights[q] == 0.0 or counts[q] == 0:
                 continue
             pred, ref = residual_pair(q, predictions[q], labels, self.per_atom(q))
-            residual_sum = self._sum((pred - ref) / self.scales[q])
-            total = total + self.weights[q] * residual_sum / counts[q]
+            sums[q] = self._sum((pred - ref) / self.scales[q])
+        return sums
+
+    def combine(self, sums: Dict[str, Any], counts: Dict[str, int], device) -> torch.Tensor:
+        """The weighted sum of the quantities' means, ``sums[q] / counts[q]``. Over a whole
+        pass (the validation loss) the sums and counts are those of the pass, so the loss does
+        not depend on how the structures were batched."""
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for q, value in sums.items():
+            if counts[q] > 0:
+                total = total + self.weights[q] * value / counts[q]
         return total
 
     def _sum(self, residual: torch.Tensor) -> torch.Tensor:

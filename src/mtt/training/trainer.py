@@ -313,6 +313,9 @@ class Trainer(TrainerInterface):
         model.train(training)
         world = self.world
         metrics, total, count = Metrics(loss), 0.0, 0
+        # without optimisation (validation): the loss of the whole pass, from its sums
+        pass_sums = dict.fromkeys(loss.quantities, 0.0)
+        pass_counts = dict.fromkeys(loss.quantities, 0)
         # for augment(): depends only on seed, epoch and process, differs from the shuffling's
         generator = torch.Generator().manual_seed(
             self.seed * 100_003 + self.epoch + 7_777_777 + 1_000_003 * world.rank
@@ -336,10 +339,13 @@ class Trainer(TrainerInterface):
                 if training:
                     batch, labels = self.augment(batch, labels, generator)
                 predictions = self.predict(model, batch, loss.quantities, training)
-                value = loss(predictions, labels, counts)
+                sums = loss.sums(predictions, labels, counts)
+                value = loss.combine(sums, counts, device)
                 if training:
                     share = len(labels.n_atoms) / structures
                     value = value + share * self.regularization(model, batch)
+                else:
+                    _accumulate(pass_sums, pass_counts, sums, loss.counts(labels))
                 metrics.update(predictions, labels)
             total += float(value.detach()) * structures
             count += structures
@@ -349,6 +355,8 @@ class Trainer(TrainerInterface):
         (total,) = distributed.sum_over_processes([total], world)
         metrics.sum_over_processes(world)
         row = {f"{prefix}_loss": total / max(count, 1)}
+        if not training:
+            row[f"{prefix}_loss"] = _pass_loss(loss, pass_sums, pass_counts, world)
         for q, values in metrics.results().items():
             for name, value in values.items():
                 row[f"{prefix}_{metric_name(q, loss.per_atom(q))}_{name}"] = value
@@ -623,8 +631,11 @@ def _metric_basis(loss: Loss, val_datasets, train: LabelledDataset) -> str:
     would cost a pass over it)."""
     digest = hashlib.sha256()
     settings = {q: (loss.weights[q], loss.scales.get(q), loss.per_atom(q)) for q in loss.quantities}
+    # (the validation loss is a mean over the whole pass: a checkpoint's best before that
+    # was a mean of batch means, not comparable)
     digest.update(
         repr((sorted(settings.items()), loss.hypers.type, loss.hypers.huber_delta)).encode()
+        + b"pass mean"
     )
     if not val_datasets:
         digest.update(f"training set of {len(train)} structures".encode())
@@ -694,6 +705,25 @@ def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) ->
             " has" if len(larger) == 1 else "s have",
             max(larger),
         )
+
+
+def _accumulate(sums: Dict[str, float], counts: Dict[str, int], batch, batch_counts) -> None:
+    for q, value in batch.items():
+        sums[q] += float(value.detach())
+    for q, n in batch_counts.items():
+        counts[q] += n
+
+
+def _pass_loss(loss: Loss, sums: Dict[str, float], counts: Dict[str, int], world) -> float:
+    """The loss of a whole pass over all processes: each quantity's mean over every value of
+    the pass, not a mean of batch means (which moved with the batch size and, for a partly
+    labelled quantity, with which batches held its labels)."""
+    names = list(sums)
+    values = [sums[q] for q in names] + [float(counts[q]) for q in names]
+    totals = distributed.sum_over_processes(values, world)
+    summed = dict(zip(names, totals[: len(names)]))
+    numbers = {q: int(n) for q, n in zip(names, totals[len(names) :])}
+    return float(loss.combine(summed, numbers, "cpu"))
 
 
 def _group_settings(group: Dict[str, Any]) -> Dict[str, Any]:
