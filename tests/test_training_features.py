@@ -146,6 +146,22 @@ def test_the_validation_loss_does_not_depend_on_the_batching(data_dir):
     assert losses == pytest.approx([losses[0]] * 3, rel=1e-10)
 
 
+def test_a_restart_comparing_energies_otherwise_is_refused(tmp_path, data_dir, monkeypatch, capsys):
+    """The energy scale is fitted per atom or per structure once: a restart that switched
+    per_structure_targets weighed the energies ~N^2 differently without a word."""
+    monkeypatch.chdir(tmp_path)
+    first = options(tmp_path, data_dir, num_epochs=1, checkpoint_interval=1)
+    assert main(["train", first, "--output-dir", "first"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "first" / "*" / "checkpoints" / "epoch_1.ckpt"))
+    path = options(tmp_path, data_dir, num_epochs=2, per_structure_targets=["energy"])
+    capsys.readouterr()
+    assert main(["train", path, "--restart", checkpoint, "-o", "again.pt"]) == 1
+    assert (
+        "option 'architecture.training.per_structure_targets' is ['energy'], but the run of "
+        "this checkpoint fitted its loss's scales for []"
+    ) in capsys.readouterr().err
+
+
 def test_plateau_lowers_the_learning_rate_after_patience():
     """Reduce-on-plateau multiplies the rate by its factor once the loss stalls."""
     plateau = Plateau(factor=0.5, patience=1)

@@ -163,6 +163,7 @@ class Trainer(TrainerInterface):
         quantities = _labelled_quantities(model, train_datasets[0])
         if self.epoch == 0:
             self._fit_baseline(model, train_datasets[0], quantities)
+        self._refuse_other_comparison()
         loss = Loss(
             self.hypers.loss,
             quantities,
@@ -247,6 +248,19 @@ class Trainer(TrainerInterface):
                 now[0],
                 self.epoch,
                 saved[0],
+            )
+
+    def _refuse_other_comparison(self) -> None:
+        """The loss's energy scales were fitted for comparing energies per atom or per
+        structure as the checkpoint's run did; another choice on restart weighed energies
+        by about the squared number of atoms more (or less), without a word."""
+        fitted = self.state.get("per_structure_targets")  # (older checkpoints lack it)
+        now = sorted(self.hypers.per_structure_targets)
+        if fitted is not None and fitted != now:
+            raise MttError(
+                f"option 'architecture.training.per_structure_targets' is {now}, but the run "
+                f"of this checkpoint fitted its loss's scales for {fitted}; restore that "
+                "setting, or start a new run (a fine-tuning run from the checkpoint's model)"
             )
 
     def _restore_average(self) -> None:
@@ -537,6 +551,7 @@ class Trainer(TrainerInterface):
                 torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
             )
         self.state["scales"] = scales
+        self.state["per_structure_targets"] = sorted(self.hypers.per_structure_targets)
         LOGGER.info(
             "scales of the quantities: %s", ", ".join(f"{q}: {s:.4g}" for q, s in scales.items())
         )
