@@ -1035,6 +1035,30 @@ def test_output_dir_on_a_read_only_file_system(work, capsys, monkeypatch):
     )
 
 
+def test_output_that_is_a_pipe_or_device_is_refused_even_with_force(work, capsys):
+    """The model went to a temporary file renamed over the path: with --force, /dev/null
+    (or any device or pipe) became a regular file holding the model."""
+    os.mkfifo("pipe")
+    write_options(options())
+    message = fail(capsys, "train", "options.yaml", "-o", "pipe", "--force")
+    assert message == (
+        "'pipe' is not a regular file (a device, pipe or socket) and would be replaced by one; "
+        "give the path of a file to write"
+    )
+    assert not Path("pipe").is_file()
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_an_output_path_too_long_is_refused_before_training(work, capsys, deep):
+    """It failed after training, as an internal error (and a deep one left its directories)."""
+    write_options(options())
+    output = "abcdefghi/" * 420 + "m.pt" if deep else "a" * 300 + ".pt"
+    message = fail(capsys, "train", "options.yaml", "-o", output)
+    problem = "the path is longer than the 4096 bytes" if deep else "a name in it is 303 bytes"
+    assert message.startswith(f"cannot write {output[:40]!r}...: {problem}")
+    assert sorted(p.name for p in work.iterdir()) == ["options.yaml", "train.xyz"]
+
+
 def test_output_that_is_a_directory_is_refused_before_training_even_with_force(work, capsys):
     write_options(options())
     Path("results").mkdir()

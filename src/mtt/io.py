@@ -132,6 +132,11 @@ def refuse_overwrite(
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise MttError(f"{path!r} is a directory; give the path of a file to write")
     if os.path.exists(path):
+        if not os.path.isfile(path):  # the output replaces it: /dev/null would be a file
+            raise MttError(
+                f"{path!r} is not a regular file (a device, pipe or socket) and would be "
+                "replaced by one; give the path of a file to write"
+            )
         refuse_input_as_output(path, inputs)
         if not force:
             raise MttError(
@@ -167,6 +172,7 @@ def _check_writable(path: str) -> None:
         directory = os.path.dirname(directory)
     if not os.path.isdir(directory):
         raise MttError(f"cannot write {path!r}: {directory!r} is a file, not a directory")
+    _refuse_long_names(path, directory)
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
@@ -174,6 +180,26 @@ def _check_writable(path: str) -> None:
         raise MttError(
             f"cannot write {path!r}: {error.strerror or error} in {directory!r}"
         ) from None
+
+
+def _refuse_long_names(path: str, directory: str) -> None:
+    """Names and paths longer than the file system takes (checked before a run, which
+    otherwise failed at its end, after making the directories of the shorter parts)."""
+    longest_name = os.pathconf(directory, "PC_NAME_MAX")
+    longest_path = os.pathconf(directory, "PC_PATH_MAX")
+    full = os.path.abspath(path)
+    shown = repr(path) if len(path) <= 80 else f"{path[:40]!r}..."
+    for part in full.split(os.sep):
+        if len(os.fsencode(part)) > longest_name:
+            raise MttError(
+                f"cannot write {shown}: a name in it is {len(os.fsencode(part))} bytes long, "
+                f"longer than the {longest_name} a file name may have here; shorten it"
+            )
+    if len(os.fsencode(full)) >= longest_path:
+        raise MttError(
+            f"cannot write {shown}: the path is longer than the {longest_path} bytes a path "
+            "may have here; shorten it"
+        )
 
 
 def is_truncated_archive(path: str) -> bool:
