@@ -102,7 +102,8 @@ def test_sigterm_reports_where_to_continue_from(tmp_path, data_dir):
     """A scheduler's SIGTERM (a time limit) ends the run as Ctrl-C does, naming the last
     checkpoint and the command that continues from it; no model is written."""
     options = options_file(tmp_path, data_dir)
-    command, kwargs = mtt("train", options, "-o", "stopped.pt", cwd=tmp_path)
+    longer = "architecture.training.num_epochs=100000"
+    command, kwargs = mtt("train", options, "-o", "stopped.pt", "-r", longer, cwd=tmp_path)
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
     )
@@ -112,7 +113,18 @@ def test_sigterm_reports_where_to_continue_from(tmp_path, data_dir):
     assert process.returncode == 130, err
     assert "mtt: interrupted" in err
     assert "interrupted; the last checkpoint is " in out
-    assert "continue with 'mtt train <options> --restart auto'" in out
+    # with the run's -r: without it, the restart below would be another run
+    assert f"continue with 'mtt train <options> --restart auto -r {longer}'" in out
+    assert not (tmp_path / "stopped.pt").exists()
+    # restarted with fewer epochs than it has (without that -r, say), nothing is done (the
+    # run was taken as finished and exported)
+    fewer = "architecture.training.num_epochs=1"
+    command, kwargs = mtt(
+        "train", options, "-o", "stopped.pt", "--restart", "auto", "-r", fewer, cwd=tmp_path
+    )
+    restarted = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert restarted.returncode == 1
+    assert "and 'architecture.training.num_epochs' is 1: nothing to train" in restarted.stderr
     assert not (tmp_path / "stopped.pt").exists()
 
 

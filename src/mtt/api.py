@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -295,7 +296,7 @@ def train(
         try:
             return _train_in(*arguments)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (see mtt.cli)
-            _report_interruption(run_dir, output_dir)
+            _report_interruption(run_dir, output_dir, overrides)
             raise
         except Exception as error:
             # the traceback goes to the run's log only; the command line prints one line
@@ -323,7 +324,7 @@ def _own_output(output: str, mode: str) -> str:
     return f"{stem}-rank{rank}{extension}"
 
 
-def _report_interruption(run_dir: str, output_dir: str) -> None:
+def _report_interruption(run_dir: str, output_dir: str, overrides: Sequence[str] = ()) -> None:
     """Where an interrupted run can continue from (checkpoints are written every
     ``checkpoint_interval`` epochs; the epochs since the last one are lost)."""
     checkpoints = glob.glob(os.path.join(run_dir, "checkpoints", "epoch_*.ckpt"))
@@ -335,7 +336,9 @@ def _report_interruption(run_dir: str, output_dir: str) -> None:
         )
         return
     last = max(checkpoints, key=checkpoint_epoch)
-    option = "" if output_dir == "outputs" else f" --output-dir {output_dir}"
+    option = "" if output_dir == "outputs" else f" --output-dir {shlex.quote(output_dir)}"
+    # the run's own -r overrides: without them the restart would be another run
+    option += "".join(f" -r {shlex.quote(override)}" for override in overrides)
     LOGGER.warning(
         "interrupted; the last checkpoint is %s: continue with 'mtt train <options> --restart "
         "auto%s' (or --restart %s)",
@@ -730,7 +733,10 @@ def _model_and_trainer(
         _check_same_targets(info, model.dataset_info, checkpoint_path)
     with naming_file(checkpoint_path):
         trainer = trainer_class.load_checkpoint(checkpoint, settings.train_hypers, "restart")
-    if trainer.epoch >= settings.train_hypers.num_epochs and _exported(checkpoint_path):
+    # a run interrupted after its last epoch (in its report or export) finishes; past the
+    # options' num_epochs (a run of more epochs, restarted without its -r) nothing is done
+    last = settings.train_hypers.num_epochs
+    if trainer.epoch > last or (trainer.epoch == last and _exported(checkpoint_path)):
         raise MttError(
             f"{checkpoint_path!r} is at epoch {trainer.epoch} and "
             f"'architecture.training.num_epochs' is {settings.train_hypers.num_epochs}: "
