@@ -680,17 +680,14 @@ class _Recorder(Loss):
         super().__init__(*args)
         self.pairs: Dict[str, Tuple[list, list]] = {q: ([], []) for q in self.quantities}
 
-    def __call__(
-        self,
-        predictions: Dict[str, torch.Tensor],
-        labels: LabelBatch,
-        counts: Optional[Dict[str, int]] = None,
-    ) -> torch.Tensor:
+    def sums(
+        self, predictions: Dict[str, torch.Tensor], labels: LabelBatch, counts: Dict[str, int]
+    ) -> Dict[str, torch.Tensor]:
         for q, (predicted, reference) in self.pairs.items():
             pred, ref = residual_pair(q, predictions[q].detach(), labels, self.per_atom(q))
             predicted.append(pred.cpu().numpy().ravel())
             reference.append(ref.cpu().numpy().ravel())
-        return super().__call__(predictions, labels, counts)
+        return super().sums(predictions, labels, counts)
 
 
 def _fused_optimizer_supported(groups: List[Dict[str, Any]]) -> bool:
