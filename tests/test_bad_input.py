@@ -666,6 +666,7 @@ def test_existing_output_is_refused_before_training_and_force_overwrites(work, c
     )
     assert Path("model.pt").read_bytes() == b"my precious model"
     assert not Path("outputs").exists()  # refused before anything started
+    assert fail(capsys, "train", "options.yaml", "--dry-run") == message  # (it said all's well)
 
     status, problems = run(capsys, "train", "options.yaml", "-f")
     assert (status, problems) == (0, [])

@@ -279,7 +279,8 @@ def train(
     if training_set is not None:
         raw.setdefault("training_set", "<python dataset>")
     settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
-    if dry_run:
+    if dry_run:  # what the run would refuse first, it refuses too
+        _check_outputs(output, force, output_dir, _inputs(options, settings, base_dir, restart))
         return _dry_run(settings, base_dir, training_set, _restart_checkpoint(output_dir, restart))
     output = _own_output(output, settings.train_hypers.distributed)
     # under torchrun or srun: one process per GPU, the main one writes (mtt.training.distributed)
@@ -407,15 +408,19 @@ def _data_paths(value) -> List[str]:
     return paths + [p for v in value.values() if isinstance(v, dict) for p in _data_paths(v)]
 
 
-def _start_run(
-    output: str, force: bool, output_dir: str, restart: Optional[str], inputs: Sequence[str]
-):
-    """The checkpoint to restart from (or None) and the run directory, made now."""
+def _check_outputs(output: str, force: bool, output_dir: str, inputs: Sequence[str]) -> None:
     refuse_overwrite(output, force, inputs=inputs)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise MttError(
             f"--output-dir {output_dir!r} is a file; give a directory for the run directories"
         )
+
+
+def _start_run(
+    output: str, force: bool, output_dir: str, restart: Optional[str], inputs: Sequence[str]
+):
+    """The checkpoint to restart from (or None) and the run directory, made now."""
+    _check_outputs(output, force, output_dir, inputs)
     checkpoint_path = _restart_checkpoint(output_dir, restart)
     run_dir = _run_dir(checkpoint_path, output_dir, restart)
     runlock.acquire(run_dir)
