@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtt.errors import OptionsError
-from mtt.hypers import apply_overrides, describe_type, field_docs, parse, to_dict
+from mtt.hypers import (
+    OptionsLoader,
+    apply_overrides,
+    describe_type,
+    field_docs,
+    parse,
+    to_dict,
+)
 
 
 @dataclass
@@ -399,6 +406,24 @@ def test_field_docs_without_source():
 
 
 # ----------------------------------------------------------------------------- overrides
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1:30", "1:30"),
+        ("010", 10),
+        ("1_000", 1000),
+        ("1e-3", 1e-3),
+        ("+1e5", 1e5),
+        ("0x10", "0x10"),
+    ],
+)
+def test_numbers_are_read_as_yaml_1_2_reads_them(text, value):
+    """YAML 1.1 read 'seed: 1:30' as the base-60 number 90 and 010 as the octal 8: options
+    changed without a word (a string now fails the type check instead)."""
+    assert apply_overrides({}, [f"seed={text}"]) == {"seed": value}
+    assert yaml.load(f"seed: {text}", Loader=OptionsLoader) == {"seed": value}
 
 
 def test_overrides_create_nested_sections():

@@ -465,6 +465,43 @@ class OptionsLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _numbers_as_in_yaml_12(resolvers: Dict[Any, list]) -> Dict[Any, list]:
+    """PyYAML's implicit types with YAML 1.2's numbers: YAML 1.1 reads ``1:30`` as the
+    base-60 number 90 and ``010`` as the octal 8 (a seed or an epoch count changed without
+    a word), and ``1e-3`` as a string. Underscores between digits stay allowed."""
+    integer, real = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+    table = {
+        first: [(tag, regex) for tag, regex in entries if tag not in (integer, real)]
+        for first, entries in resolvers.items()
+    }
+    digits = r"[0-9][0-9_]*"
+    numbers = [
+        (integer, re.compile(rf"^[-+]?{digits}$"), "-+0123456789"),
+        (
+            real,
+            re.compile(
+                rf"^(?:[-+]?(?:{digits}(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+            ),
+            "-+0123456789.",
+        ),
+    ]
+    for tag, regex, firsts in numbers:
+        for first in firsts:
+            table.setdefault(first, []).append((tag, regex))
+    return table
+
+
+OptionsLoader.yaml_implicit_resolvers = _numbers_as_in_yaml_12(
+    yaml.SafeLoader.yaml_implicit_resolvers
+)
+# decimal, whatever the leading zeros (YAML 1.1's constructor would read 010 as octal)
+OptionsLoader.add_constructor(
+    "tag:yaml.org,2002:int",
+    lambda loader, node: int(loader.construct_scalar(node).replace("_", ""), 10),
+)
+
+
 def _split_override(override: str, problems: List[str]) -> Tuple[List[str], Any] | None:
     key, sep, text = override.partition("=")
     parts = key.strip().split(".")
