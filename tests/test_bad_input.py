@@ -175,6 +175,48 @@ def test_relative_paths_start_beside_the_options_and_fall_back_to_here(work, cap
     assert "training_set: 6 structures" in out  # 8 beside the options, 2 for validation
 
 
+@pytest.mark.parametrize("argv", [["--bogus"], ["-b", "abc"], []])
+def test_a_command_line_mistake_exits_1_with_the_commands_usage(work, capsys, argv):
+    """argparse's status 2 is mtt's status for a bug; and an unknown flag after the command
+    printed mtt's top-level usage, not the command's."""
+    write_options(options())
+    command = ["eval", "model.pt", "train.xyz", *argv] if argv[:1] == ["-b"] else ["train"]
+    command += [] if argv[:1] == ["-b"] else (["options.yaml", *argv] if argv else [])
+    with pytest.raises(SystemExit) as exit:
+        main(command)
+    assert exit.value.code == 1
+    assert f"usage: mtt {command[0]} " in capsys.readouterr().err
+
+
+def test_a_file_system_refusal_is_the_users_error_not_a_bug(work, capsys, monkeypatch):
+    """A full disk, a read-only or forbidden file met anywhere is one line naming the file
+    (status 1), not an internal error asking for a bug report (status 2)."""
+    import mtt.cli.train
+
+    def refused(args):
+        raise PermissionError(13, "Permission denied", "/shared/outputs/x.pt")
+
+    monkeypatch.setattr(mtt.cli.train, "run", refused)
+    assert main(["train", "options.yaml"]) == 1
+    assert capsys.readouterr().err == "mtt: error: '/shared/outputs/x.pt': Permission denied\n"
+
+
+def test_an_internal_error_keeps_earlier_reports(work, capsys, monkeypatch):
+    """The traceback of a bug went to ./mtt-error.log, replacing the report of the last one."""
+    import mtt.cli.train
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(mtt.cli.train, "run", bug)
+    Path("mtt-error.log").write_text("my earlier report")
+    assert main(["train", "options.yaml"]) == 2
+    assert main(["train", "options.yaml"]) == 2
+    assert Path("mtt-error.log").read_text() == "my earlier report"
+    assert len(list(Path(".").glob("mtt-error-*.log"))) == 2
+    assert "please report this bug with mtt-error-" in capsys.readouterr().err
+
+
 def test_unknown_top_level_option(work, capsys):
     write_options(options(seeed=1))
     assert train(capsys) == "unknown option 'seeed'; did you mean 'seed'?"

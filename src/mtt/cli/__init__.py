@@ -1,16 +1,20 @@
 """The ``mtt`` command. Each sub-command is a module with ``add_arguments`` and ``run``.
 
-A problem with the user's input prints one line (``mtt: error: ...``) and exits with status 1;
-during training the full traceback goes to the run's ``train.log``, and ``--debug`` prints it.
-An unexpected failure (a bug) exits with status 2 and keeps its traceback in ``mtt-error.log``.
+A problem with the user's input (the command line included) prints one line (``mtt: error:
+...``) and exits with status 1; during training the full traceback goes to the run's
+``train.log``, and ``--debug`` prints it. An unexpected failure (a bug) exits with status 2 and
+keeps its traceback in a new ``mtt-error-*.log``. Ctrl-C exits with 130, SIGTERM with 143.
 """
 
 import argparse
+import errno
+import os
 import signal
 import sys
+import tempfile
 import threading
 import traceback
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ..console import attach_console
 from ..errors import MttError
@@ -32,8 +36,20 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, exiting with 1 on a mistake in the command line (argparse's 2 is mtt's
+    status for a bug)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+SUBPARSERS: Dict[str, argparse.ArgumentParser] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mtt", description="Train, export and evaluate machine-learning models of atoms."
     )
     parser.add_argument("--version", action="version", version=f"mtt {__version__}")
@@ -43,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__)
+        SUBPARSERS[name] = sub
         # (SUPPRESS: absent after the command, 'mtt --debug train' keeps the top level's)
         sub.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -51,12 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C (partial files removed, where to continue reported)."""
+
+
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise _Terminated
+
+
+# errors of the user's files or file system (full, read-only, not allowed, a name too long),
+# not bugs: one line naming the file
+USER_OS_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.EPIPE,
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, with its usage (not mtt's)
+        SUBPARSERS[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     attach_console()
     # a scheduler's SIGTERM (SLURM's time limit, a killed job) ends a run as Ctrl-C does:
     # partial files removed, and where to continue from reported
@@ -67,9 +104,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         COMMANDS[args.command].run(args)
     except MttError as error:
         return _fail(args, error, 1, "error")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print("mtt: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(interruption, _Terminated) else 130
+    except OSError as error:
+        if error.errno not in USER_OS_ERRORS:
+            return _fail(args, error, 2, "internal error")
+        where = f"{error.filename!r}: " if error.filename else ""
+        return _fail(args, MttError(f"{where}{error.strerror or error}"), 1, "error")
     except Exception as error:  # a bug: still one line, with the traceback kept
         return _fail(args, error, 2, "internal error")
     finally:
@@ -94,11 +136,13 @@ def _fail(args, error: BaseException, status: int, kind: str) -> int:
     if log_file:
         print(f"mtt: the full traceback is in {log_file}", file=sys.stderr)
     elif kind == "internal error" and not args.debug:
-        try:
-            with open("mtt-error.log", "w") as file:
+        try:  # a new file: an earlier report is kept
+            handle, path = tempfile.mkstemp(prefix="mtt-error-", suffix=".log", dir=".")
+            with os.fdopen(handle, "w") as file:
                 traceback.print_exc(file=file)
             print(
-                "mtt: please report this bug with mtt-error.log (or rerun with --debug)",
+                f"mtt: please report this bug with {os.path.basename(path)} (or rerun with "
+                "--debug)",
                 file=sys.stderr,
             )
         except OSError:
