@@ -188,6 +188,18 @@ def test_a_command_line_mistake_exits_1_with_the_commands_usage(work, capsys, ar
     assert f"usage: mtt {command[0]} " in capsys.readouterr().err
 
 
+def test_a_device_as_options_or_a_directory_as_restart_is_named_for_what_it_is(work, capsys):
+    """They were said not to exist ('options file not found', 'no such checkpoint file')."""
+    assert fail(capsys, "train", "/dev/null") == (
+        "'/dev/null' is not a file (a device or pipe); give the options file"
+    )
+    write_options(options())
+    Path("outputs").mkdir()
+    message = fail(capsys, "train", "options.yaml", "--restart", "outputs")
+    assert message.startswith("--restart 'outputs': is a directory; give a .ckpt written by")
+    assert message.endswith("or 'auto' (with --output-dir for runs elsewhere than outputs/)")
+
+
 def test_a_file_system_refusal_is_the_users_error_not_a_bug(work, capsys, monkeypatch):
     """A full disk, a read-only or forbidden file met anywhere is one line naming the file
     (status 1), not an internal error asking for a bug report (status 2)."""

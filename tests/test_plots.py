@@ -161,6 +161,15 @@ def test_plot_command_errors_are_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"mtt: error: {str(tmp_path)!r} has no train.csv")
+    # a file given as the run; a train.csv of something else (internal errors before)
+    (tmp_path / "options.yaml").write_text("seed: 1\n")
+    assert main(["plot", str(tmp_path / "options.yaml")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"mtt: error: {str(tmp_path / 'options.yaml')!r} is a file; give a")
+    (tmp_path / "train.csv").write_text("epoch,lr\n1,abc\n")
+    assert main(["plot", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "train.csv' is not a train.csv written by mtt train" in line
 
 
 def test_eval_draws_a_parity_plot_when_there_are_labels(run, tmp_path):

@@ -60,8 +60,10 @@ def read_options(path: str) -> Dict[str, Any]:
     """``options.yaml`` as a dict (safe YAML only), with one-line errors."""
     if os.path.isdir(path):
         raise MttError(f"{path!r} is a directory; give the options file (e.g. options.yaml)")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise MttError(f"options file not found: {path!r}")
+    if not os.path.isfile(path):
+        raise MttError(f"{path!r} is not a file (a device or pipe); give the options file")
     try:
         with open(path, "rb") as file:  # YAML reads the encoding from the bytes
             data = yaml.load(file, Loader=OptionsLoader)  # a safe loader
@@ -434,9 +436,11 @@ def _start_run(
 def _restart_checkpoint(output_dir: str, restart: Optional[str]) -> Optional[str]:
     """The checkpoint ``--restart`` names (None: a new run, or 'auto' found none)."""
     if restart not in (None, "auto") and not os.path.isfile(restart):
+        what = "is a directory" if os.path.isdir(restart) else "no such checkpoint file"
         raise MttError(
-            f"--restart {restart!r}: no such checkpoint file; give a .ckpt written by mtt "
-            "train (outputs/<run>/checkpoints/epoch_<n>.ckpt) or 'auto'"
+            f"--restart {restart!r}: {what}; give a .ckpt written by mtt train "
+            "(outputs/<run>/checkpoints/epoch_<n>.ckpt), or 'auto' (with --output-dir for "
+            "runs elsewhere than outputs/)"
         )
     return find_auto_restart(output_dir) if restart == "auto" else restart
 

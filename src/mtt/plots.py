@@ -103,7 +103,14 @@ def read_csv(path: str) -> Dict[str, np.ndarray]:
         rows = list(csv.DictReader(file))
     if not rows:
         raise MttError(f"{path!r} has no epochs yet; plot again after the first epoch")
-    return {column: np.array([_number(row.get(column)) for row in rows]) for column in rows[0]}
+    columns = {c: np.array([_number(row.get(c)) for row in rows]) for c in rows[0] if c}
+    epochs = columns.get("epoch")
+    if epochs is None or not any(c.endswith("_loss") for c in columns) or np.isnan(epochs).all():
+        raise MttError(
+            f"{path!r} is not a train.csv written by mtt train (it needs the columns epoch "
+            "and <set>_loss, with numbers); give the run directory it came from"
+        )
+    return columns
 
 
 def _number(text: Optional[str]) -> float:

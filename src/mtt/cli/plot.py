@@ -18,6 +18,11 @@ def run(args: argparse.Namespace) -> None:
     from ..errors import MttError
     from ..plots import redraw
 
+    if os.path.exists(args.run_dir) and not os.path.isdir(args.run_dir):
+        raise MttError(
+            f"{args.run_dir!r} is a file; give a run directory of 'mtt train' "
+            "(outputs/<date>_<time>)"
+        )
     if not os.path.isdir(args.run_dir):
         raise MttError(f"run directory not found: {args.run_dir!r}")
     if not os.path.isfile(os.path.join(args.run_dir, "train.csv")):
