@@ -1090,6 +1090,17 @@ def test_output_dir_on_a_read_only_file_system(work, capsys, monkeypatch):
     )
 
 
+def test_output_inside_the_packed_data_the_run_reads_is_refused(work, capsys):
+    from mtt.data.packed import pack
+
+    pack(["train.xyz"], "pk")
+    manifest = Path("pk/manifest.json").read_text()
+    write_options(options(training_set__systems="pk"))
+    message = fail(capsys, "train", "options.yaml", "-o", "pk/manifest.json", "--force")
+    assert message.endswith("which this command reads; write the output outside it")
+    assert Path("pk/manifest.json").read_text() == manifest
+
+
 def test_output_that_is_a_pipe_or_device_is_refused_even_with_force(work, capsys):
     """The model went to a temporary file renamed over the path: with --force, /dev/null
     (or any device or pipe) became a regular file holding the model."""

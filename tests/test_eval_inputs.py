@@ -51,11 +51,17 @@ def test_existing_png_is_kept_when_no_parity_plot_is_drawn(work, capsys, trained
     assert Path("fig.png").read_text() == "my figure"
 
 
-def test_predictions_path_that_the_parity_plot_would_overwrite(work, capsys, trained):
+@pytest.mark.parametrize("output", ["out.png", "pred.traj"])
+def test_predictions_path_not_of_extended_xyz(work, capsys, trained, output):
+    """Predictions are extended XYZ text: a .traj held text ASE could not read, and a .png
+    was then overwritten by the parity plot."""
     write_options(LABELLED, "eval.yaml")
-    message = fail(capsys, "eval", trained["model"], "eval.yaml", "-o", "out.png")
-    assert message.startswith("-o 'out.png': the parity plot would overwrite the predictions;")
-    assert not Path("out.png").exists()
+    message = fail(capsys, "eval", trained["model"], "eval.yaml", "-o", output)
+    assert message == (
+        f"-o {output!r}: predictions are written as extended XYZ; give a path ending in .xyz "
+        "(ASE reads it, and converts it to other formats)"
+    )
+    assert not Path(output).exists()
 
 
 def test_unknown_length_unit_in_the_eval_yaml(work, capsys, trained):

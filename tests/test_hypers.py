@@ -408,6 +408,15 @@ def test_field_docs_without_source():
 # ----------------------------------------------------------------------------- overrides
 
 
+def test_a_section_with_every_key_commented_out_takes_its_defaults():
+    """``model:`` followed only by comments is null in YAML: it was refused as 'must be a
+    mapping, got None' (a nested dataclass section already took its defaults)."""
+    from mtt.options import ArchitectureOptions
+
+    parsed = parse(ArchitectureOptions, {"name": "x", "model": None}, "architecture")
+    assert parsed.model == {} and parsed.training == {}
+
+
 @pytest.mark.parametrize(
     "text, value",
     [

@@ -292,11 +292,7 @@ def test_eval_streams_the_predictions_of_the_model(trained, data_dir, capsys):
     manifest = (tmp_path / "ethanol" / "manifest.json").read_text()
     inside = str(tmp_path / "ethanol" / "manifest.json")
     assert main(["eval", models["xyz"], str(tmp_path / "ethanol"), "-o", inside, "-f"]) == 1
-    assert (
-        capsys.readouterr()
-        .err.strip()
-        .endswith("which this command reads; write the output outside it")
-    )
+    assert "predictions are written as extended XYZ" in capsys.readouterr().err
     assert (tmp_path / "ethanol" / "manifest.json").read_text() == manifest
 
 

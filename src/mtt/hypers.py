@@ -178,7 +178,10 @@ def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
             problems.append(_unknown_key(key, list(fields), path))
     kwargs = {}
     for name, field in fields.items():
-        if name in data:
+        if name in data and data[name] is None and typing.get_origin(hints[name]) in (dict, Dict):
+            # a section whose keys are all commented out: its defaults, as for a dataclass
+            kwargs[name] = {}
+        elif name in data:
             kwargs[name] = _convert(hints[name], data[name], _join(path, name), problems)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             problems.append(f"missing required option '{_join(path, name)}'")

@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pack: ASE format name of the files (default: guessed from each file name)",
     )
     parser.add_argument(
+        "-f",
+        "--force",
         "--overwrite",
+        dest="overwrite",
         action="store_true",
         help="pack: replace DIR if it exists (only a directory written by mtt data pack)",
     )

@@ -72,6 +72,11 @@ def run(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise MttError(f"-b/--batch-size must be at least 1, got {args.batch_size}")
+    if not args.output.lower().endswith((".xyz", ".extxyz")):
+        raise MttError(
+            f"-o {args.output!r}: predictions are written as extended XYZ; give a path ending "
+            "in .xyz (ASE reads it, and converts it to other formats)"
+        )
     refuse_overwrite(args.output, args.force, inputs=[args.data, args.model])
     model = load_model(args.model, args.extensions_dir)
     outputs = model.capabilities().outputs
