@@ -416,6 +416,29 @@ def test_a_model_in_bohr_evaluates_structures_given_in_angstrom():
     np.testing.assert_allclose(from_angstrom["stress"] * bohr**3, from_bohr["stress"], atol=1e-10)
 
 
+def test_eval_of_a_bare_file_with_a_bohr_model_says_the_file_is_read_in_angstrom(tmp_path, capsys):
+    """A structure file does not say its unit: read in Å, while a bohr model's own files
+    are in bohr (1.9x off, without a word)."""
+    import ase.io
+
+    from mtt.api import save_model
+    from mtt.architectures.soap_bpnn.model import SoapBpnn
+    from mtt.cli import main
+    from mtt.hypers import parse
+    from mtt.testing import periodic_crystal
+    from mtt.testing._tools import dataset_info
+
+    hypers = parse(SoapBpnn.__hypers__, dict(TINY_MODEL, cutoff=6.0), "architecture.model")
+    model = SoapBpnn(hypers, dataset_info((1, 6, 8), "bohr", generic=False)).double().eval()
+    save_model(model.export(), str(tmp_path / "bohr.pt"))
+    ase.io.write(tmp_path / "s.xyz", periodic_crystal())
+    output = str(tmp_path / "p.xyz")
+    assert main(["eval", str(tmp_path / "bohr.pt"), str(tmp_path / "s.xyz"), "-o", output]) == 0
+    assert "is read in angstrom (a structure file does not say its unit); the model works in " in (
+        capsys.readouterr().out
+    )
+
+
 def test_python_export_says_where_it_wrote(tmp_path):
     """``mtt.export`` prints what ``mtt export`` prints (getting-started says both do; it
     printed nothing), in a fresh process where nobody configured logging."""

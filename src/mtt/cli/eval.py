@@ -251,6 +251,7 @@ def _open(
                 "directory)"
             )
         structures = _noting_labels(_unlabelled(path, reader, _format_hint(path)), path)
+        _note_length_unit(path, model)
         return _Data(structures, "angstrom", model_unit)
     raw = read_options(path)
     if isinstance(raw, dict) and ({"architecture", "training_set"} & set(raw)):
@@ -371,6 +372,24 @@ def _noting_labels(pairs, path: str):
                     path,
                 )
         yield atoms, labels
+
+
+def _note_length_unit(path: str, model) -> None:
+    """A structure file says nothing of its length unit: it is read in Å, as ASE's files
+    are. A model of another length unit was trained on files in that unit, which would be
+    read 1.9x off (bohr) without a word."""
+    unit = model.capabilities().length_unit
+    if unit.lower() not in ("angstrom", "a", "å"):
+        LOGGER.warning(
+            "%s is read in angstrom (a structure file does not say its unit); the model works "
+            "in %s: if the file is in %s, evaluate a data set YAML with 'systems: {read_from: "
+            "%s, length_unit: %s}'",
+            path,
+            unit,
+            unit,
+            path,
+            unit,
+        )
 
 
 def _unlabelled(path: str, reader: Optional[str], hint: str):

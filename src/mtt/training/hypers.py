@@ -68,7 +68,9 @@ class TrainingHypers:
     weight_decay: Optional[float] = 0.0
     """Weight decay of the optimizer; null (metatrain's default) is 0, none."""
     warmup_epochs: float = 0.0
-    """Epochs of linear warm-up from zero to ``learning_rate`` (fractions allowed)."""
+    """Epochs of linear warm-up to ``learning_rate`` (fractions allowed): over ``n`` steps
+    the rate of step ``k`` is ``(k + 1) / (n + 1)`` of the peak, so the first step already
+    moves the weights."""
     scheduler: Literal["cosine", "constant", "plateau"] = "cosine"
     """After the warm-up: cosine decay to ``min_learning_rate_ratio`` of the peak, constant,
     or ``plateau``: multiplied by ``plateau_factor`` whenever the validation loss has not

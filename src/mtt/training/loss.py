@@ -1,8 +1,9 @@
 """Losses and error metrics, both built on the same masked residuals.
 
 Energies are compared per atom by default (a 100-atom cell should not weigh 100 times a
-1-atom one); each quantity is divided by its spread in the training set (its *scale*), so the
-loss is dimensionless and the user's weights compare like with like.
+1-atom one); each quantity is divided by a size of its values in the training set (its
+*scale*: the spread of the per-atom energies, the root mean square of forces and stress
+components), so the loss is dimensionless and the user's weights compare like with like.
 """
 
 import math
