@@ -238,3 +238,48 @@ def test_restart_auto_takes_the_newest_run_by_the_time_in_its_name(tmp_path):
     assert found() == "archived_pet_run"  # then the others, by their checkpoints' times
     shutil.rmtree(tmp_path / "archived_pet_run")
     assert found() == "older_archive"
+
+
+def test_an_interruption_keeps_the_last_complete_epoch(tmp_path, data_dir):
+    """With checkpoints every 100 epochs (the default), Ctrl-C or a scheduler's SIGTERM left
+    nothing to continue from, or lost up to 99 epochs; the last complete epoch is now saved
+    on the way out, and the run continues from it to the end an uninterrupted run reaches."""
+    options = options_file(tmp_path, data_dir)
+
+    def train(output_dir, *extra):
+        rare = "architecture.training.checkpoint_interval=100"
+        return mtt("train", options, "-r", rare, "--output-dir", output_dir, *extra, cwd=tmp_path)
+
+    command, kwargs = train("ref", "-o", "ref.pt")
+    subprocess.run(command, check=True, capture_output=True, **kwargs)
+    command, kwargs = train("runs", "-o", "stopped.pt")
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+    deadline = time.time() + 300
+    while _epochs_written(tmp_path / "runs") < 3:
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert "saved the last complete epoch" in out, out + err
+    (saved,) = glob.glob(str(tmp_path / "runs" / "*" / "checkpoints" / "epoch_*.ckpt"))
+    assert 2 <= read_checkpoint(saved)["trainer_state"]["epoch"] < 12
+
+    command, kwargs = train("runs", "-o", "stopped.pt", "--restart", "auto")
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stderr
+    reference_state, reference_history = final(tmp_path / "ref")
+    state, history = final(tmp_path / "runs")
+    assert history == reference_history
+    for key, value in reference_state.items():
+        assert torch.equal(value, state[key]), key
+
+
+def _epochs_written(root) -> int:
+    """Epochs in the train.csv of the run under ``root`` (0 before it exists)."""
+    found = glob.glob(str(root / "*" / "train.csv"))
+    if not found:
+        return 0
+    with open(found[0]) as file:
+        return max(len(file.readlines()) - 1, 0)

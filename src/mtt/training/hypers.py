@@ -101,7 +101,8 @@ class TrainingHypers:
     train together, one process per GPU (see the multi-GPU how-to); ``off``: every process
     trains alone, whatever launched it."""
     checkpoint_interval: int = 100
-    """Write a training checkpoint every this many epochs (and always at the end)."""
+    """Write a training checkpoint every this many epochs (and always at the end; on Ctrl-C
+    or a scheduler's SIGTERM, the last complete epoch's)."""
     log_interval: int = 1
     """Print a line of metrics every this many epochs."""
     progress_bar: bool = True

@@ -70,6 +70,8 @@ class Trainer(TrainerInterface):
         self.history: List[Dict[str, float]] = []
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "state_dict"}
         self.options: Dict[str, Any] = {}
+        # the checkpoint of the last epoch when it was not written (see _end_epoch)
+        self._unsaved: Optional[Tuple[int, Dict[str, Any]]] = None
         # fine-tuning: targets the pretrained model already had, and its weights (for L2-SP)
         self.pretrained_targets: List[str] = []
         self.ema: Optional[WeightAverage] = None
@@ -197,10 +199,14 @@ class Trainer(TrainerInterface):
             self._restore_average()
         self.state["steps_per_epoch"] = steps
         self._check_comparable_metric(_metric_basis(loss, val_datasets, train_datasets[0]))
-        for epoch in range(self.epoch, self.hypers.num_epochs):
-            row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
-            if self._end_epoch(model, row, optimizer, scheduler):
-                break
+        try:
+            for epoch in range(self.epoch, self.hypers.num_epochs):
+                row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
+                if self._end_epoch(model, row, optimizer, scheduler):
+                    break
+        except KeyboardInterrupt:  # Ctrl-C, a scheduler's SIGTERM
+            self._save_last_epoch()
+            raise
         self.world = distributed.World()  # evaluations after training run in one process
 
     def _check_comparable_metric(self, basis: str) -> None:
@@ -474,9 +480,27 @@ class Trainer(TrainerInterface):
                 self.best["epoch"],
             )
         if self.world.main and (self.epoch % self.hypers.checkpoint_interval == 0 or last):
-            path = os.path.join(self.run_dir, "checkpoints", f"epoch_{self.epoch}.ckpt")
-            self.save_checkpoint(model, path)
+            self.save_checkpoint(model, self._epoch_path(self.epoch))
+            self._unsaved = None
+        elif self.world.main:
+            # kept in memory until the next epoch ends, written if the run is interrupted
+            # before that: an interruption loses the epoch it stops, not all those since the
+            # last checkpoint (up to checkpoint_interval). Replaced only once complete: an
+            # interruption while copying keeps the previous epoch's
+            snapshot = (self.epoch, copy.deepcopy(self.checkpoint(model)))
+            self._unsaved = snapshot
         return stop
+
+    def _epoch_path(self, epoch: int) -> str:
+        return os.path.join(self.run_dir, "checkpoints", f"epoch_{epoch}.ckpt")
+
+    def _save_last_epoch(self) -> None:
+        if self._unsaved is None:
+            return
+        epoch, checkpoint = self._unsaved
+        save_checkpoint(checkpoint, self._epoch_path(epoch))
+        self._unsaved = None
+        LOGGER.info("saved the last complete epoch (%d) before stopping", epoch)
 
     # --- set-up -----------------------------------------------------------------------------
     def _fit_baseline(self, model, dataset: LabelledDataset, quantities: List[str]) -> None:
@@ -594,6 +618,10 @@ class Trainer(TrainerInterface):
 
     # --- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, model, path) -> None:
+        save_checkpoint(self.checkpoint(model), str(path))
+
+    def checkpoint(self, model) -> Dict[str, Any]:
+        """What :meth:`save_checkpoint` writes (the tensors are the live ones)."""
         checkpoint = model.get_checkpoint()
         checkpoint.update(
             mtt_version=__version__,
@@ -610,7 +638,7 @@ class Trainer(TrainerInterface):
             },
             options=self.options,
         )
-        save_checkpoint(checkpoint, str(path))
+        return checkpoint
 
     @classmethod
     def upgrade_checkpoint(cls, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
