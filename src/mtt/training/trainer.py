@@ -487,9 +487,19 @@ class Trainer(TrainerInterface):
             # before that: an interruption loses the epoch it stops, not all those since the
             # last checkpoint (up to checkpoint_interval). Replaced only once complete: an
             # interruption while copying keeps the previous epoch's
-            snapshot = (self.epoch, copy.deepcopy(self.checkpoint(model)))
+            snapshot = (self.epoch, self._snapshot(model))
             self._unsaved = snapshot
         return stop
+
+    def _snapshot(self, model) -> Dict[str, Any]:
+        """A copy of the checkpoint that training will not change: the tensors copied; the
+        history's rows (never changed once written) and the best model's weights (replaced,
+        never changed in place) shared, else each epoch would copy all the epochs before."""
+        shared: Dict[int, Any] = {id(self.history): list(self.history)}
+        if self.best is not None:
+            shared[id(self.best["state_dict"])] = self.best["state_dict"]
+        shared.update((id(row), row) for row in self.history)
+        return copy.deepcopy(self.checkpoint(model), memo=shared)
 
     def _epoch_path(self, epoch: int) -> str:
         return os.path.join(self.run_dir, "checkpoints", f"epoch_{epoch}.ckpt")
