@@ -314,6 +314,15 @@ def test_atoms_on_top_of_each_other_are_refused_not_predicted_as_nan(
     assert not Path("out.xyz").exists()
 
 
+def test_a_file_of_no_structure_format_is_named_as_such(work, capsys, trained):
+    """ASE's message is the bare extension: 'could not read structure 0 of ...: pt'."""
+    message = fail(capsys, "eval", trained["model"], trained["model"], "-o", "p.xyz")
+    assert message.startswith(
+        f"{str(trained['model'])!r} is not a structure file ASE can read (no format for 'pt': "
+        "a model or an options file?); give a structure file, or "
+    )
+
+
 def test_the_training_options_file_given_to_eval(work, capsys, trained):
     write_options(test_bad_input.options())
     message = fail(capsys, "eval", trained["model"], "options.yaml")

@@ -13,6 +13,7 @@ import ase
 import ase.db
 import ase.io
 import numpy as np
+from ase.io.formats import UnknownFileTypeError
 
 from ..errors import MttError, did_you_mean
 
@@ -64,6 +65,11 @@ def iter_structures(
             atoms = next(frames)
         except StopIteration:
             return
+        except UnknownFileTypeError as error:  # its message is the bare extension
+            raise MttError(
+                f"{path!r} is not a structure file ASE can read (no format for {str(error)!r}: "
+                f"a model or an options file?); give a structure file, or {format_hint}"
+            ) from None
         except Exception as error:  # ASE raises many types for malformed files
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             if isinstance(error, KeyError):  # ASE's own word for an unknown element symbol
