@@ -408,6 +408,22 @@ def test_field_docs_without_source():
 # ----------------------------------------------------------------------------- overrides
 
 
+def test_an_override_replacing_a_section_says_which_keys_it_drops(caplog):
+    """-r 'architecture.model={cutoff: 2.5}' dropped the file's other model keys silently."""
+    data = {"architecture": {"model": {"cutoff": 4.0, "num_neurons_per_layer": 8}}}
+    with caplog.at_level("WARNING", logger="mtt"):
+        result = apply_overrides(data, ["architecture.model={cutoff: 2.5}"])
+    assert result["architecture"]["model"] == {"cutoff": 2.5}
+    assert caplog.messages == [
+        "override of 'architecture.model' replaces the whole section: num_neurons_per_layer of "
+        "the options file no longer apply; to change single keys, give each as -r "
+        "architecture.model.cutoff=..."
+    ]
+    caplog.clear()
+    apply_overrides(data, ["architecture.model.cutoff=2.5"])
+    assert caplog.messages == []
+
+
 def test_a_section_with_every_key_commented_out_takes_its_defaults():
     """``model:`` followed only by comments is null in YAML: it was refused as 'must be a
     mapping, got None' (a nested dataclass section already took its defaults)."""

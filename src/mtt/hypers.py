@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import logging
 import math
 import re
 import textwrap
@@ -48,6 +49,8 @@ from typing import Any, Dict, List, Literal, Tuple, Union
 import yaml
 
 from mtt.errors import OptionsError
+
+LOGGER = logging.getLogger("mtt")
 
 __all__ = [
     "parse",
@@ -538,7 +541,26 @@ def _set_path(
             )
             return
         node = child
+    _say_dropped_keys(node.get(parts[-1]), value, parts)
     node[parts[-1]] = value
+
+
+def _say_dropped_keys(old: Any, new: Any, parts: List[str]) -> None:
+    """An override sets its value whole: a mapping replaces the file's section, whose other
+    keys go back to their defaults. Legal, but rarely meant: said, with the per-key form."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return
+    dropped = sorted(str(key) for key in set(old) - set(new))
+    if dropped:
+        where = ".".join(parts)
+        example = f"{where}.{next(iter(new))}=..." if new else f"{where}.<key>=..."
+        LOGGER.warning(
+            "override of '%s' replaces the whole section: %s of the options file no longer "
+            "apply; to change single keys, give each as -r %s",
+            where,
+            ", ".join(dropped),
+            example,
+        )
 
 
 def cutoff_problems(section: Any, width: float | None = None) -> List[Tuple[str, str]]:
