@@ -1008,9 +1008,9 @@ def test_restart_with_nothing_left_to_train(work, capsys, trained):
     write_options(options())
     message = fail(capsys, "train", "options.yaml", "--restart", trained["checkpoint"])
     assert message == (
-        f"{str(trained['checkpoint'])!r} is at epoch 1 and 'architecture.training.num_epochs' "
-        "is 1: nothing to train; raise num_epochs to train further (-r "
-        "architecture.training.num_epochs=N), or export the checkpoint with 'mtt export'"
+        f"{str(trained['checkpoint'])!r} is of a finished run (epoch 1): nothing to train; "
+        "raise num_epochs (or early_stopping_patience) to train further, or export the "
+        "checkpoint with 'mtt export'"
     )
     assert not Path("model.pt").exists() and not list(Path("outputs").glob("*"))
 

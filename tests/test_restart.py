@@ -169,6 +169,32 @@ def test_a_run_interrupted_after_its_last_epoch_finishes_with_restart_auto(tmp_p
     assert all(torch.equal(weights[name], finished_weights[name]) for name in weights)
 
 
+def test_a_run_that_stopped_early_only_finishes_on_restart(tmp_path, data_dir):
+    """Stopped early, then interrupted in its final report: ``--restart auto`` trained on
+    past the stop (the best epoch and the model changed); it now only finishes the run."""
+    options = options_file(tmp_path, data_dir)
+    stop = ["-r", "architecture.training.early_stopping_patience=1"]
+    stop += ["-r", "architecture.training.learning_rate=1e-12"]
+    command, kwargs = mtt("train", options, "-o", "model.pt", *stop, cwd=tmp_path)
+    done = subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+    assert "early stopping" in done.stdout
+    (run_dir,) = glob.glob(str(tmp_path / "outputs" / "*"))
+    weights, history = final(tmp_path / "outputs")
+    assert len(history) < 12
+    os.remove(os.path.join(run_dir, "model.pt"))
+    os.remove(tmp_path / "model.pt")
+
+    command, kwargs = mtt(
+        "train", options, "-o", "model.pt", "--restart", "auto", *stop, cwd=tmp_path
+    )
+    restarted = subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+    assert "the run stopped early after epoch" in restarted.stdout
+    finished_weights, finished_history = final(tmp_path / "outputs")
+    assert finished_history == history
+    assert all(torch.equal(weights[name], finished_weights[name]) for name in weights)
+    assert (tmp_path / "model.pt").is_file()
+
+
 def test_restart_auto_does_not_join_a_run_that_still_trains(tmp_path, data_dir):
     """A second job's ``--restart auto`` continued the run beside the first (both writing
     its log, checkpoints and model); it is refused while the first process lives, and a

@@ -355,6 +355,20 @@ def _run_of(checkpoint_path: str) -> str:
     return os.path.dirname(os.path.dirname(checkpoint_path))
 
 
+def _say_other_length(checkpoint: Dict[str, Any], settings: Settings, epoch: int) -> None:
+    """A restart whose num_epochs differs from its run's (often a -r left out): said, since
+    the schedule and the end of the run follow the options."""
+    before = checkpoint.get("train_hypers", {}).get("num_epochs")
+    now = settings.train_hypers.num_epochs
+    if before is not None and before != now and epoch < now:
+        LOGGER.info(
+            "num_epochs is %d where the checkpoint's run had %d: the run goes on to epoch %d",
+            now,
+            before,
+            now,
+        )
+
+
 def _exported(checkpoint_path: str) -> bool:
     """Whether the run of a training checkpoint finished: it exported its model, the last
     thing a run writes in its directory (``<run>/model.ckpt`` or
@@ -745,7 +759,17 @@ def _model_and_trainer(
     # a run interrupted after its last epoch (in its report or export) finishes; past the
     # options' num_epochs (a run of more epochs, restarted without its -r) nothing is done
     last = settings.train_hypers.num_epochs
-    if trainer.epoch > last or (trainer.epoch == last and _exported(checkpoint_path)):
+    trainer.refuse_other_comparison()  # (before options.yaml is written)
+    ended = trainer.epoch == last or trainer.stopped_early()
+    if ended and _exported(checkpoint_path):
+        raise MttError(
+            f"{checkpoint_path!r} is of a finished run (epoch {trainer.epoch}"
+            f"{', stopped early' if trainer.stopped_early() else ''}): nothing to train; raise "
+            "num_epochs (or early_stopping_patience) to train further, or export the "
+            "checkpoint with 'mtt export'"
+        )
+    _say_other_length(checkpoint, settings, trainer.epoch)
+    if trainer.epoch > last:
         raise MttError(
             f"{checkpoint_path!r} is at epoch {trainer.epoch} and "
             f"'architecture.training.num_epochs' is {settings.train_hypers.num_epochs}: "

@@ -165,7 +165,7 @@ class Trainer(TrainerInterface):
         quantities = _labelled_quantities(model, train_datasets[0])
         if self.epoch == 0:
             self._fit_baseline(model, train_datasets[0], quantities)
-        self._refuse_other_comparison()
+        self.refuse_other_comparison()
         loss = Loss(
             self.hypers.loss,
             quantities,
@@ -199,8 +199,12 @@ class Trainer(TrainerInterface):
             self._restore_average()
         self.state["steps_per_epoch"] = steps
         self._check_comparable_metric(_metric_basis(loss, val_datasets, train_datasets[0]))
+        end = self.hypers.num_epochs
+        if self.stopped_early():  # (restored: interrupted in its final report or export)
+            LOGGER.info("the run stopped early after epoch %d: finishing it", self.epoch)
+            end = self.epoch
         try:
-            for epoch in range(self.epoch, self.hypers.num_epochs):
+            for epoch in range(self.epoch, end):
                 row = self._epoch(model, loss, train, val, optimizer, scheduler, epoch, device)
                 if self._end_epoch(model, row, optimizer, scheduler):
                     break
@@ -256,7 +260,14 @@ class Trainer(TrainerInterface):
                 saved[0],
             )
 
-    def _refuse_other_comparison(self) -> None:
+    def stopped_early(self) -> bool:
+        """Whether the (restored) run had stopped early: its validation loss has not improved
+        for ``early_stopping_patience`` epochs, so it trains no more."""
+        patience = self.hypers.early_stopping_patience
+        stale = self.state.get("plateau", {}).get("stale", 0)
+        return patience is not None and stale >= patience
+
+    def refuse_other_comparison(self) -> None:
         """The loss's energy scales were fitted for comparing energies per atom or per
         structure as the checkpoint's run did; another choice on restart weighed energies
         by about the squared number of atoms more (or less), without a word."""
