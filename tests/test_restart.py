@@ -264,6 +264,11 @@ def test_restart_auto_takes_the_newest_run_by_the_time_in_its_name(tmp_path):
     assert found() == "archived_pet_run"  # then the others, by their checkpoints' times
     shutil.rmtree(tmp_path / "archived_pet_run")
     assert found() == "older_archive"
+    # the newest run stopped before its first checkpoint: a new run, not an older one's
+    # continuation (it trained the older run on with the new run's options)
+    os.makedirs(tmp_path / "2026-01-03_08-00-00")
+    (tmp_path / "2026-01-03_08-00-00" / "train.log").write_text("")
+    assert find_auto_restart(str(tmp_path)) is None
 
 
 def test_an_interruption_keeps_the_last_complete_epoch(tmp_path, data_dir):

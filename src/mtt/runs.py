@@ -59,8 +59,8 @@ def checkpoint_epoch(path: str) -> int:
 
 
 def find_auto_restart(root: str) -> Optional[str]:
-    """The newest complete training checkpoint under ``root``: in the newest run directory
-    that has one, the highest epoch that loads. Files are written atomically, but a file
+    """The newest complete training checkpoint of the newest run under ``root``: the highest
+    epoch that loads (None when that run has none). Files are written atomically, but a file
     copied or damaged by hand is skipped rather than trusted.
 
     Run directories are ordered by the time in their names (``YYYY-MM-DD_HH-MM-SS``, and
@@ -69,22 +69,28 @@ def find_auto_restart(root: str) -> Optional[str]:
     after all of those, the one with the most recently written checkpoint first: ``--restart
     auto`` continues the run that mtt started last, not a folder the user put aside.
     """
-    runs = [os.path.dirname(c) for c in glob.glob(os.path.join(root, "*", "checkpoints"))]
-    for run in sorted(runs, key=_run_order, reverse=True):
-        candidates = sorted(
-            glob.glob(os.path.join(run, "checkpoints", "epoch_*.ckpt")),
-            key=checkpoint_epoch,
-            reverse=True,
-        )
-        for path in candidates:
-            if checkpoint_epoch(path) < 0:
-                continue
-            try:
-                read_checkpoint(path)
-            except MttError as error:
-                LOGGER.warning("skipping %s: %s", path, error)
-                continue
-            return path
+    runs = [os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "train.log"))]
+    runs += [os.path.dirname(c) for c in glob.glob(os.path.join(root, "*", "checkpoints"))]
+    if not runs:
+        return None
+    # only the newest run: one stopped before its first checkpoint starts afresh (an older
+    # run continued in its place would train on with these options, in a new directory)
+    newest = max(set(runs), key=_run_order)
+    candidates = sorted(
+        glob.glob(os.path.join(newest, "checkpoints", "epoch_*.ckpt")),
+        key=checkpoint_epoch,
+        reverse=True,
+    )
+    for path in candidates:
+        if checkpoint_epoch(path) < 0:
+            continue
+        try:
+            read_checkpoint(path)
+        except MttError as error:
+            LOGGER.warning("skipping %s: %s", path, error)
+            continue
+        return path
+    LOGGER.info("the newest run, %s, has no checkpoint to continue from", newest)
     return None
 
 
