@@ -162,6 +162,28 @@ def test_a_restart_comparing_energies_otherwise_is_refused(tmp_path, data_dir, m
     ) in capsys.readouterr().err
 
 
+def test_a_second_ctrl_c_waits_for_the_last_epochs_checkpoint(tmp_path, monkeypatch):
+    """Written on the way out of an interrupted run, it was lost to a second Ctrl-C (with
+    checkpoints every 100 epochs, every epoch of the run)."""
+    import signal
+
+    import mtt.training.trainer as trainer_module
+    from mtt.training.hypers import TrainingHypers
+
+    def impatient_write(checkpoint, path):
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again meanwhile
+        with open(path, "w") as file:
+            file.write("complete")
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", impatient_write)
+    trainer = trainer_module.Trainer(TrainingHypers())
+    trainer.run_dir = str(tmp_path)
+    os.makedirs(tmp_path / "checkpoints")
+    trainer._unsaved = (3, {"epoch": 3})
+    trainer._save_last_epoch()
+    assert (tmp_path / "checkpoints" / "epoch_3.ckpt").read_text() == "complete"
+
+
 def test_plateau_lowers_the_learning_rate_after_patience():
     """Reduce-on-plateau multiplies the rate by its factor once the loss stalls."""
     plateau = Plateau(factor=0.5, patience=1)

@@ -17,6 +17,8 @@ import hashlib
 import logging
 import math
 import os
+import signal
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -519,7 +521,8 @@ class Trainer(TrainerInterface):
         if self._unsaved is None:
             return
         epoch, checkpoint = self._unsaved
-        save_checkpoint(checkpoint, self._epoch_path(epoch))
+        with _signals_held():  # a second Ctrl-C while writing would leave nothing
+            save_checkpoint(checkpoint, self._epoch_path(epoch))
         self._unsaved = None
         LOGGER.info("saved the last complete epoch (%d) before stopping", epoch)
 
@@ -785,6 +788,21 @@ def _pass_loss(loss: Loss, sums: Dict[str, float], counts: Dict[str, int], world
     summed = dict(zip(names, totals[: len(names)]))
     numbers = {q: int(n) for q, n in zip(names, totals[len(names) :])}
     return float(loss.combine(summed, numbers, "cpu"))
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block ends (the process is stopping already)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda *_: None) for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _group_settings(group: Dict[str, Any]) -> Dict[str, Any]:
