@@ -314,3 +314,22 @@ def _epochs_written(root) -> int:
         return 0
     with open(found[0]) as file:
         return max(len(file.readlines()) - 1, 0)
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    """A run killed with -9 leaves <run>/.lock; once its process number belongs to another
+    program (after a reboot), the run was refused for ever as 'being trained'."""
+    import socket
+
+    from mtt import runlock
+
+    other = subprocess.Popen(["sleep", "60"])  # not mtt, alive, with some number
+    try:
+        (tmp_path / ".lock").write_text(f"{other.pid} {socket.gethostname()}")
+        path = runlock.acquire(str(tmp_path))
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()} {socket.gethostname()}"
+        runlock.release(path)
+        assert not (tmp_path / ".lock").exists()
+    finally:
+        other.kill()
+        other.wait()

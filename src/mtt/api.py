@@ -283,7 +283,10 @@ def train(
     settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
     if dry_run:  # what the run would refuse first, it refuses too
         _check_outputs(output, force, output_dir, _inputs(options, settings, base_dir, restart))
-        return _dry_run(settings, base_dir, training_set, _restart_checkpoint(output_dir, restart))
+        checkpoint_path = _restart_checkpoint(output_dir, restart)
+        if restart == "auto" and checkpoint_path is not None:
+            runlock.check(_run_of(checkpoint_path))
+        return _dry_run(settings, base_dir, training_set, checkpoint_path)
     output = _own_output(output, settings.train_hypers.distributed)
     # under torchrun or srun: one process per GPU, the main one writes (mtt.training.distributed)
     with distributed.session(settings.train_hypers.distributed, _uses_cuda(settings)) as world:

@@ -11,6 +11,7 @@ it lives: its lock is taken over with a warning.
 import logging
 import os
 import socket
+import time
 from typing import Optional, Tuple
 
 from .errors import MttError
@@ -29,12 +30,30 @@ def acquire(run_dir: str) -> str:
         try:
             handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            if _being_written(path):
+                time.sleep(0.05)  # another process made it this instant: read it then
+                continue
             _refuse_live_holder(path, run_dir)
             _remove(path)  # a dead holder's: try again to create it (another may be first)
             continue
         with os.fdopen(handle, "w") as file:
             file.write(mine)
         return path
+
+
+def check(run_dir: str) -> None:
+    """Refuse as :func:`acquire` would, taking nothing (a dry run)."""
+    path = os.path.join(run_dir, LOCK)
+    if os.path.exists(path):
+        _refuse_live_holder(path, run_dir)
+
+
+def _being_written(path: str) -> bool:
+    """An empty lock younger than a second: its maker has not written its line yet."""
+    try:
+        return os.path.getsize(path) == 0 and time.time() - os.path.getmtime(path) < 1.0
+    except OSError:
+        return False
 
 
 def release(path: str) -> None:
@@ -59,7 +78,8 @@ def _refuse_live_holder(path: str, run_dir: str) -> None:
     if _alive(pid):
         raise MttError(
             f"{run_dir} is being trained by process {pid} on this machine; wait for it to "
-            "finish or stop it before continuing the run"
+            "finish or stop it before continuing the run (if no mtt runs as that process, "
+            f"the lock is stale: remove {path})"
         )
 
 
@@ -80,8 +100,20 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+        pass  # exists, owned by someone else
+    return _runs_python(pid)
+
+
+def _runs_python(pid: int) -> bool:
+    """Whether process ``pid`` is a Python (mtt) process: after a reboot or a long time, the
+    number of a killed run's process may belong to any other program. True where the
+    system does not say (no /proc)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            command = file.read()
+    except OSError:
+        return True
+    return b"python" in command or b"mtt" in command
 
 
 def _remove(path: str) -> None:
