@@ -1101,6 +1101,17 @@ def test_output_inside_the_packed_data_the_run_reads_is_refused(work, capsys):
     assert Path("pk/manifest.json").read_text() == manifest
 
 
+def test_an_output_path_through_a_missing_directory_and_back(work, capsys):
+    """'./missing/../model.pt' names model.pt here for mtt (the directory of its temporary
+    file) but not for the system: an existing model.pt passed the check, and the run failed
+    at its end with an internal error."""
+    write_options(options())
+    Path("model.pt").write_bytes(b"my precious model")
+    message = fail(capsys, "train", "options.yaml", "-o", "./missing/../model.pt")
+    assert message.startswith("'model.pt' already exists")
+    assert Path("model.pt").read_bytes() == b"my precious model"
+
+
 def test_output_that_is_a_pipe_or_device_is_refused_even_with_force(work, capsys):
     """The model went to a temporary file renamed over the path: with --force, /dev/null
     (or any device or pipe) became a regular file holding the model."""

@@ -22,6 +22,9 @@ def atomic_path(path: str, suffix: str = ".tmp", replace: bool = True) -> Iterat
     A full, over-quota or read-only file system is an :class:`MttError` naming ``path``, and
     the temporary file is removed.
     """
+    # (as the directory of the temporary file is: './missing/../x.pt' is './x.pt' here,
+    # where the system would look for 'missing')
+    path = os.path.normpath(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -129,6 +132,7 @@ def refuse_overwrite(
     training, when the file would be moved there), as is that the file can be written."""
     if not path.strip():
         raise MttError("the output path is empty; give the path of a file to write (-o)")
+    path = os.path.normpath(path) if not path.endswith(("/", os.sep)) else path
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise MttError(f"{path!r} is a directory; give the path of a file to write")
     if os.path.exists(path):
