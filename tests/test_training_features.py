@@ -184,6 +184,33 @@ def test_a_second_ctrl_c_waits_for_the_last_epochs_checkpoint(tmp_path, monkeypa
     assert (tmp_path / "checkpoints" / "epoch_3.ckpt").read_text() == "complete"
 
 
+def test_restarting_from_a_runs_model_ckpt_says_it_mixes_two_epochs(caplog):
+    """model.ckpt holds the best epoch's weights with the last epoch's optimizer: a restart
+    from it went on from that mix without a word."""
+    from mtt.training.hypers import TrainingHypers
+    from mtt.training.trainer import Trainer
+
+    def checkpoint(**marks):
+        state = {"epoch": 5, "seed": 0, "history": [], "best_epoch": 3, "best_metric": 1.0}
+        return {
+            "trainer_checkpoint_version": Trainer.__checkpoint_version__,
+            "trainer_state": dict(state, **marks),
+            "best_model_state_dict": {},
+        }
+
+    with caplog.at_level("WARNING", logger="mtt"):
+        Trainer.load_checkpoint(checkpoint(), TrainingHypers(), "restart")
+        assert caplog.messages == []
+        trainer = Trainer.load_checkpoint(
+            checkpoint(best_weights=True), TrainingHypers(), "restart"
+        )
+    assert caplog.messages[0].startswith(
+        "this checkpoint holds the run's best weights (epoch 3) with the optimizer of its last "
+        "epoch (5)"
+    )
+    assert "best_weights" not in trainer.state  # not carried into the run's checkpoints
+
+
 def test_plateau_lowers_the_learning_rate_after_patience():
     """Reduce-on-plateau multiplies the rate by its factor once the loss stalls."""
     plateau = Plateau(factor=0.5, patience=1)

@@ -574,7 +574,10 @@ def _train_in(
         model.load_state_dict(trainer.best["state_dict"])
     if trainer.hypers.uncertainty == "llpr":
         _calibrate_uncertainty(model, run.sets)
+    # the best weights, with the last epoch's optimizer: said if restarted from
+    trainer.state["best_weights"] = True
     trainer.save_checkpoint(model, os.path.join(run_dir, "model.ckpt"))
+    del trainer.state["best_weights"]
     _final_report(trainer, model, list(run.sets), run.device)
     if forgetting is not None:
         forgetting.finish(model, train_set, run_dir)

@@ -687,6 +687,15 @@ class Trainer(TrainerInterface):
                 "metric": best_metric,
                 "state_dict": checkpoint["best_model_state_dict"],
             }
+        if state.pop("best_weights", False) and best_epoch != trainer.epoch:
+            LOGGER.warning(
+                "this checkpoint holds the run's best weights (epoch %d) with the optimizer "
+                "of its last epoch (%d): training goes on from that mix; to continue the run "
+                "as it was, restart from its checkpoints/epoch_%d.ckpt",
+                best_epoch,
+                trainer.epoch,
+                trainer.epoch,
+            )
         trainer.state = state
         return trainer
 
