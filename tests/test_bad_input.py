@@ -716,7 +716,8 @@ def test_existing_output_is_refused_before_training_and_force_overwrites(work, c
     Path("model.pt").write_bytes(b"my precious model")
     message = train(capsys)
     assert message == (
-        "'model.pt' already exists; choose another output path or pass --force to overwrite it"
+        "'model.pt' already exists; choose another output path or pass --force (force=True in "
+        "Python) to overwrite it"
     )
     assert Path("model.pt").read_bytes() == b"my precious model"
     assert not Path("outputs").exists()  # refused before anything started

@@ -125,7 +125,7 @@ def _umask() -> int:
 
 
 def refuse_overwrite(
-    path: str, force: bool, flag: str = "--force", inputs: Sequence[str] = ()
+    path: str, force: bool, flag: str = "--force (force=True in Python)", inputs: Sequence[str] = ()
 ) -> None:
     """Never overwrite what a user made without being asked, nor ever the file a command
     reads (``inputs``); a directory is never replaced. Checked before any work (not after

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
             f"-o {args.output!r}: predictions are written as extended XYZ; give a path ending "
             "in .xyz (ASE reads it, and converts it to other formats)"
         )
-    refuse_overwrite(args.output, args.force, inputs=[args.data, args.model])
+    refuse_overwrite(args.output, args.force, "--force", inputs=[args.data, args.model])
     model = load_model(args.model, args.extensions_dir)
     outputs = model.capabilities().outputs
     # metatrain's models also offer mtt::aux::<...> outputs (last-layer features, ...)
