@@ -333,3 +333,18 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_interruption_after_the_export_points_at_the_model(tmp_path, monkeypatch, caplog):
+    """Stopped between the run's model.pt and its copy to -o, the hint said to continue with
+    --restart auto, which then had nothing to train."""
+    from mtt import api
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch_3.ckpt").write_bytes(b"")
+    (tmp_path / "model.pt").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="mtt"):
+        api._report_interruption(str(tmp_path), "outputs")
+    assert caplog.messages == [
+        f"interrupted after the export: the model is {tmp_path / 'model.pt'}; copy it"
+    ]

@@ -331,8 +331,12 @@ def _own_output(output: str, mode: str) -> str:
 
 
 def _report_interruption(run_dir: str, output_dir: str, overrides: Sequence[str] = ()) -> None:
-    """Where an interrupted run can continue from (checkpoints are written every
-    ``checkpoint_interval`` epochs; the epochs since the last one are lost)."""
+    """Where an interrupted run can continue from (the last complete epoch is saved on the
+    way out, see ``Trainer``)."""
+    exported = os.path.join(run_dir, "model.pt")
+    if os.path.exists(exported):  # stopped while copying it to -o: the run is finished
+        LOGGER.warning("interrupted after the export: the model is %s; copy it", exported)
+        return
     checkpoints = glob.glob(os.path.join(run_dir, "checkpoints", "epoch_*.ckpt"))
     if not checkpoints:
         LOGGER.warning(
