@@ -262,3 +262,40 @@ def test_a_validation_set_too_small_to_calibrate_falls_back_to_the_training_set(
         "least 5): calibrated on the training set, where errors are smaller than on new "
         "structures; give a larger validation_set"
     ]
+
+
+def test_structures_without_energies_neither_fit_nor_calibrate_silently(monkeypatch):
+    """Training structures without an energy label entered the covariance (the model was
+    confident on geometries it had no energy for: 3x smaller uncertainties); a target
+    without labels to calibrate it was left at a scale of 1 without a word."""
+    from mtt import uncertainty
+    from mtt.data.dataset import dataset_from_atoms
+    from mtt.options import EnergyTargetOptions
+
+    frames = ase.io.read(os.path.join(DATA, "ethanol_reduced_100.xyz"), ":20")
+    targets = {"energy": EnergyTargetOptions(unit="kcal/mol")}
+    squeezed = []
+    for atoms in frames[10:]:
+        atoms = atoms.copy()  # (without the calculator: no energy label)
+        atoms.positions *= 0.85
+        squeezed.append(atoms)
+    warnings = []
+    monkeypatch.setattr(uncertainty.LOGGER, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+    labelled = dataset_from_atoms(frames[:10], targets)
+    mixed = dataset_from_atoms(frames[:10] + squeezed, targets)
+    model = random_model("soap_bpnn", TINY_MODEL, torch.float64)
+    uncertainty.fit_uncertainty(model, labelled, labelled)
+    alone = model.uncertainty.state_dict()
+    uncertainty.fit_uncertainty(model, mixed, labelled)
+    for name, value in model.uncertainty.state_dict().items():
+        torch.testing.assert_close(alone[name], value)
+    assert warnings == []
+    unlabelled = dataset_from_atoms(frames[10:], targets)
+    for labels in unlabelled.labels:  # (a set of other labels only, as after fine-tuning)
+        labels.clear()
+    uncertainty.fit_uncertainty(model, labelled, unlabelled)
+    assert warnings == [
+        "energy_uncertainty: no 'energy' labels to calibrate it with, so it is uncalibrated (a "
+        "scale of 1 in the target's unit): do not trust it, or add such labels to the "
+        "validation set"
+    ]

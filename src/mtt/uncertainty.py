@@ -200,7 +200,10 @@ def fit_uncertainty(model, train_set, calibration_set: Optional[Any]) -> Dict[st
     was_training = model.training
     model.eval()
     try:
-        train_features, _, _ = _structure_features(model, train_set)
+        train_features, _, train_reference = _structure_features(model, train_set)
+        # structures without any energy label tell nothing of the energies' errors: in the
+        # covariance they made the model confident where it had no energy data
+        train_features = train_features[~np.isnan(train_reference).all(axis=1)]
         if calibration_set is None or len(calibration_set) == 0:
             LOGGER.warning(
                 "no validation set: energy uncertainties are calibrated on the training set, "
@@ -233,7 +236,7 @@ def fit_uncertainty(model, train_set, calibration_set: Optional[Any]) -> Dict[st
         total, alphas = 0.0, []
         for t in range(len(model.target_names)):
             labelled = ~np.isnan(reference[:, t])
-            if not labelled.any():
+            if not labelled.any():  # (said once, after the search)
                 alphas.append(1.0)
                 continue
             alpha2, nll = _calibrate(q[labelled], predicted[labelled, t] - reference[labelled, t])
@@ -244,6 +247,14 @@ def fit_uncertainty(model, train_set, calibration_set: Optional[Any]) -> Dict[st
     if best is None:
         raise MttError("could not calibrate energy uncertainties: the features are degenerate")
     _, whitening, alphas = best
+    for t, name in enumerate(model.target_names):
+        if np.isnan(reference[:, t]).all():
+            LOGGER.warning(
+                "%s: no %r labels to calibrate it with, so it is uncalibrated (a scale of 1 in "
+                "the target's unit): do not trust it, or add such labels to the validation set",
+                uncertainty_name(name),
+                name,
+            )
     model.uncertainty.set_state(
         {"whitening": torch.from_numpy(whitening), "alpha2": torch.tensor(alphas)},
         len(model.target_names),
