@@ -299,3 +299,20 @@ def test_structures_without_energies_neither_fit_nor_calibrate_silently(monkeypa
         "scale of 1 in the target's unit): do not trust it, or add such labels to the "
         "validation set"
     ]
+
+
+def test_exporting_an_epoch_checkpoint_says_it_has_no_uncertainties(
+    calibrated_run, tmp_path, caplog
+):
+    """The run calibrates at its end: its epoch checkpoints exported models without
+    energy_uncertainty, without a word."""
+    _, run_dir, _ = calibrated_run
+    (epoch,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    with caplog.at_level("WARNING", logger="mtt"):
+        mtt.export(str(run_dir / "model.ckpt"), str(tmp_path / "final.pt"))
+        assert caplog.messages == []
+        mtt.export(str(epoch), str(tmp_path / "epoch.pt"))
+    assert caplog.messages == [
+        f"{epoch} is from before its run calibrated the energy uncertainties (at the end): the "
+        "exported model has none; export the run's model.ckpt for them"
+    ]

@@ -1198,6 +1198,20 @@ def export(
         if wanted not in architecture.__model__.__supported_dtypes__:
             raise MttError(f"{checkpoint.get('architecture')} does not support {dtype}")
         model = model.to(wanted)
+    _say_missing_uncertainty(checkpoint, model, checkpoint_path)
     save_model(model.export(metadata, second_derivatives=second_derivatives), output)
     LOGGER.info("exported %s to %s", checkpoint_path, output)
     return output
+
+
+def _say_missing_uncertainty(checkpoint: Dict[str, Any], model, path: str) -> None:
+    """A run with ``uncertainty: llpr`` calibrates at its end: its epoch checkpoints export
+    models without energy uncertainties, which the user may be counting on."""
+    asked = (checkpoint.get("train_hypers") or {}).get("uncertainty") == "llpr"
+    uncertainty = getattr(model, "uncertainty", None)
+    if asked and uncertainty is not None and not uncertainty.calibrated():
+        LOGGER.warning(
+            "%s is from before its run calibrated the energy uncertainties (at the end): the "
+            "exported model has none; export the run's model.ckpt for them",
+            path,
+        )
