@@ -278,8 +278,10 @@ def train(
     """
     base_dir = os.path.dirname(os.path.abspath(options)) if isinstance(options, str) else "."
     raw = read_options(options) if isinstance(options, str) else dict(options)
-    if training_set is not None:
+    if training_set is not None:  # the structures are given: a section needs no systems
         raw.setdefault("training_set", "<python dataset>")
+        if isinstance(raw["training_set"], dict):
+            raw["training_set"] = {"systems": "<python dataset>", **raw["training_set"]}
     settings = validate_options(hypers_module.apply_overrides(raw, list(overrides)))
     if dry_run:  # what the run would refuse first, it refuses too
         _check_outputs(output, force, output_dir, _inputs(options, settings, base_dir, restart))
