@@ -98,6 +98,20 @@ def test_weight_of_a_gradient_that_is_turned_off_says_which_option_turns_it_off(
     assert "'training_set.targets.energy.forces' is false" in found
 
 
+def test_metatrain_keys_of_pet_and_of_the_loss_say_what_mtt_does_instead():
+    """They were answered 'did you mean num_heads?' (d_head is a width) and with the list of
+    the loss's keys (metatrain weighs forces inside a per-target section)."""
+    raw = options(
+        architecture__name="pet",
+        architecture__model={"d_head": 32},
+        architecture__training__loss={"energy": {"gradients": {"positions": {"weight": 10}}}},
+    )
+    found = problems(raw)
+    assert len(found) == 2
+    assert any("per-target loss sections are mtt's 'weights'" in p for p in found)
+    assert any("the output heads' hidden width is d_pet here" in p for p in found)
+
+
 def test_generic_targets_have_no_composition_baseline_or_per_structure_comparison():
     raw = with_target(
         "mtt::mu",

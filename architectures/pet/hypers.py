@@ -11,6 +11,12 @@ from mtt.training.hypers import TrainingHypers
 class ModelHypers:
     """``architecture.model`` for ``pet``."""
 
+    # metatrain's pet hypers that this pet does without (a hint, not "did you mean")
+    __metatrain__ = {
+        "d_head": "the output heads' hidden width is d_pet here; remove it",
+        "d_node": "no separate node width here: the features are d_pet wide; remove it",
+    }
+
     cutoff: float = 4.5
     """Radius of each atom's neighbourhood, in the length unit of the data (Å by default).
     Engines must provide neighbours up to ``cutoff * num_gnn_layers`` (the declared

@@ -178,7 +178,7 @@ def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
-            problems.append(_unknown_key(key, list(fields), path))
+            problems.append(_unknown_key(key, list(fields), path, _metatrain_keys(cls)))
     kwargs = {}
     for name, field in fields.items():
         if name in data and data[name] is None and typing.get_origin(hints[name]) in (dict, Dict):
@@ -228,10 +228,20 @@ METATRAIN_OPTIONS = {
 }
 
 
-def _unknown_key(key: Any, valid: List[str], path: str) -> str:
+def _metatrain_keys(cls: Any) -> Dict[str, str]:
+    """What a section says of metatrain's keys that it lacks: ``__metatrain__`` of its
+    dataclass (``"*"``: any unknown key), with the training loop's for training sections."""
+    own = dict(getattr(cls, "__metatrain__", {}))
+    if any(c.__name__ == "TrainingHypers" for c in getattr(cls, "__mro__", ())):
+        own = {**METATRAIN_OPTIONS, **own}
+    return own
+
+
+def _unknown_key(key: Any, valid: List[str], path: str, metatrain: Dict[str, str]) -> str:
     message = f"unknown option '{_join(path, key)}'"
-    if key in METATRAIN_OPTIONS and path.endswith("training"):
-        return f"{message} (metatrain's): {METATRAIN_OPTIONS[key]}"
+    hint = metatrain.get(str(key), metatrain.get("*"))
+    if hint is not None:
+        return f"{message} (metatrain's): {hint}"
     close = difflib.get_close_matches(str(key), valid, n=1)
     if close:
         return f"{message}; did you mean '{close[0]}'?"

@@ -20,6 +20,11 @@ class LossHypers:
     mse}``, as in metatrain)."""
 
     __shorthand__ = "type"
+    # metatrain's loss has a section per target (its gradients' weights inside)
+    __metatrain__ = {
+        "*": "per-target loss sections are mtt's 'weights', one per quantity, e.g. "
+        "{energy: 1.0, energy/forces: 10.0}; 'type' and 'huber_delta' apply to all"
+    }
 
     type: Literal["mse", "mae", "huber"] = "mse"
     """Mean squared error, mean absolute error, or Huber (quadratic below ``huber_delta``)."""
