@@ -237,6 +237,18 @@ def test_llpr_without_an_energy_target_is_refused_before_training(tmp_path, data
     assert not [name for _, _, files in os.walk("runs") for name in files if ".ckpt" in name]
 
 
+def assert_same_calibration(model, first, second) -> None:
+    """``fit_uncertainty`` on the (training, calibration) sets ``first`` and ``second``
+    leaves the same whitening and scales."""
+    from mtt import uncertainty
+
+    uncertainty.fit_uncertainty(model, *first)
+    expected = model.uncertainty.state_dict()
+    uncertainty.fit_uncertainty(model, *second)
+    for name, value in model.uncertainty.state_dict().items():
+        torch.testing.assert_close(expected[name], value)
+
+
 def test_a_validation_set_too_small_to_calibrate_falls_back_to_the_training_set(monkeypatch):
     """One validation structure fits every regulariser equally: the choice was arbitrary and
     gave per-atom uncertainties of 1e4 eV, without a word. Below 5 structures the training
@@ -252,11 +264,7 @@ def test_a_validation_set_too_small_to_calibrate_falls_back_to_the_training_set(
     warnings = []
     monkeypatch.setattr(uncertainty.LOGGER, "warning", lambda *a: warnings.append(a[0] % a[1:]))
     model = random_model("soap_bpnn", TINY_MODEL, torch.float64)
-    uncertainty.fit_uncertainty(model, train, small)
-    fallback = model.uncertainty.state_dict()
-    uncertainty.fit_uncertainty(model, train, train)
-    for name, value in model.uncertainty.state_dict().items():
-        torch.testing.assert_close(fallback[name], value)
+    assert_same_calibration(model, (train, small), (train, train))
     assert warnings == [
         "the validation set has 1 structure(s), too few to calibrate energy uncertainties (at "
         "least 5): calibrated on the training set, where errors are smaller than on new "
@@ -284,11 +292,7 @@ def test_structures_without_energies_neither_fit_nor_calibrate_silently(monkeypa
     labelled = dataset_from_atoms(frames[:10], targets)
     mixed = dataset_from_atoms(frames[:10] + squeezed, targets)
     model = random_model("soap_bpnn", TINY_MODEL, torch.float64)
-    uncertainty.fit_uncertainty(model, labelled, labelled)
-    alone = model.uncertainty.state_dict()
-    uncertainty.fit_uncertainty(model, mixed, labelled)
-    for name, value in model.uncertainty.state_dict().items():
-        torch.testing.assert_close(alone[name], value)
+    assert_same_calibration(model, (labelled, labelled), (mixed, labelled))
     assert warnings == []
     unlabelled = dataset_from_atoms(frames[10:], targets)
     for labels in unlabelled.labels:  # (a set of other labels only, as after fine-tuning)
