@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import torch
 
 from .errors import MttError, OptionsError
-from .io import atomic_path, damaged_member, is_truncated_archive
+from .io import atomic_path, is_truncated_archive, refuse_damaged
 
 FORMAT = "mtt-checkpoint"
 
@@ -63,7 +63,11 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             f"{path!r} is not a checkpoint (not a file written by torch: a text or other "
             "file?); give a .ckpt file written by 'mtt train'"
         )
-    _refuse_damaged(path)
+    refuse_damaged(
+        path,
+        "copy it again, or use another checkpoint such as an earlier "
+        "outputs/<run>/checkpoints/epoch_<n>.ckpt",
+    )
     try:
         with warnings.catch_warnings():  # e.g. on pickle protocols: the error below says it all
             warnings.simplefilter("ignore")
@@ -101,16 +105,6 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
             "(outputs/<run>/model.ckpt)"
         )
     return checkpoint
-
-
-def _refuse_damaged(path: str) -> None:
-    member = damaged_member(path)
-    if member is not None:
-        raise MttError(
-            f"{path!r} is damaged: the bytes of {member!r} in it do not match their checksum "
-            "(a disk or copy error); copy it again, or use another checkpoint such as an "
-            "earlier outputs/<run>/checkpoints/epoch_<n>.ckpt"
-        )
 
 
 def _is_exported_model(path: str) -> bool:

@@ -22,7 +22,7 @@ from .data.neighbors import attach_neighbor_lists, neighbor_pairs
 from .data.reading import is_per_atom_result
 from .errors import MttError, did_you_mean
 from .gradients import symmetric
-from .io import atomic_path, damaged_member, is_truncated_archive
+from .io import atomic_path, is_truncated_archive, refuse_damaged
 from .units import check_energy_unit, check_length_unit, conversion
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -42,13 +42,9 @@ def load_model(path: str, extensions_directory: Optional[str] = None):
             f"{path!r} is not a model (not an archive written by torch); give an exported "
             "model, e.g. the model.pt of 'mtt train' or 'mtt export'"
         )
-    member = damaged_member(path)
-    if member is not None:
-        raise MttError(
-            f"{path!r} is damaged: the bytes of {member!r} in it do not match their checksum "
-            "(a disk or copy error); copy it again, or export it again with 'mtt export "
-            "outputs/<run>/model.ckpt'"
-        )
+    refuse_damaged(
+        path, "copy it again, or export it again with 'mtt export outputs/<run>/model.ckpt'"
+    )
     if extensions_directory is not None and not os.path.isdir(extensions_directory):
         raise MttError(f"extensions directory not found: {extensions_directory!r}")
     try:

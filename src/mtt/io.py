@@ -214,6 +214,16 @@ def is_truncated_archive(path: str) -> bool:
     return start == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
+def refuse_damaged(path: str, fix: str) -> None:
+    """A one-line error naming the damaged part of the archive ``path``, and ``fix``."""
+    member = damaged_member(path)
+    if member is not None:
+        raise MttError(
+            f"{path!r} is damaged: the bytes of {member!r} in it do not match their checksum "
+            f"(a disk or copy error); {fix}"
+        )
+
+
 def damaged_member(path: str) -> Optional[str]:
     """The first file inside the zip archive ``path`` whose bytes do not match the checksum
     stored with them (damage on a disk or in a copy, which torch loads without a word), or
