@@ -410,6 +410,27 @@ def test_element_that_the_split_put_in_the_validation_set_only(work, capsys):
     )
 
 
+def test_a_target_that_the_split_left_without_training_labels(work, capsys):
+    """Only structure 9 has 'mtt::q', and the split put it in the validation set: training went
+    on with a loss of 0 for mtt::q and exported an untrained output for it, without a word."""
+    frames = ethanol(12)
+    frames[9].info["q"] = 0.5
+    ase.io.write("train.xyz", frames)
+    targets = {"energy": {"unit": "kcal/mol"}, "mtt::q": {"unit": "e"}}
+    for seed in range(40):  # a seed whose split puts structure 9 in the validation set
+        write_options(options(validation_set=0.25, seed=seed, training_set__targets=targets))
+        status, problems = run(capsys, "train", "options.yaml", "--dry-run")
+        if status == 1:
+            break
+    assert problems == [
+        "training_set: no structure has the label 'mtt::q' (the validation_set has 1), so the "
+        "model would not learn it: put labelled structures in the training set (label more of "
+        "them, or change 'seed' or the fractions of the split), or remove 'mtt::q' from "
+        "'training_set.targets'"
+    ]
+    fail(capsys, "train", "options.yaml")  # nothing is trained or left behind
+
+
 # ------------------------------------------------------------------------------ structure files
 
 

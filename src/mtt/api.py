@@ -1033,16 +1033,39 @@ def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
 def _log_sets(*sets) -> None:
     """Each set's size and label counts, and a warning for a target labelled in some of its
     structures only; the labels are read once (a packed set reads them from disk)."""
+    counts = {}
     for dataset in sets:
         if dataset is not None:
             present = [set(labels) for labels in dataset.labels]
-            labels = ", ".join(
-                f"{q}: {sum(q in keys for keys in present)}"
+            counts[dataset.name] = {
+                q: sum(q in keys for keys in present)
                 for t in dataset.targets.values()
                 for q in t.quantities
-            )
+            }
+            labels = ", ".join(f"{q}: {n}" for q, n in counts[dataset.name].items())
             LOGGER.info("%s: %d structures (%s)", dataset.name, len(dataset), labels)
             _warn_partly_labelled(dataset, present)
+    if sets[0] is not None:
+        _refuse_unlabelled_targets(list(sets[0].targets), counts)
+
+
+def _refuse_unlabelled_targets(names: List[str], counts: Dict[str, Dict[str, int]]) -> None:
+    """A target without a label in the training set: the file has some, but the split put them
+    all in the validation or test set. Training went on with a loss of 0 for it and exported a
+    model whose output for it was never trained."""
+    training = counts.get("training_set", {})
+    for name in (name for name in names if training.get(name) == 0):
+        elsewhere = ", ".join(
+            f"the {other} has {found[name]}"
+            for other, found in counts.items()
+            if other != "training_set" and found.get(name)
+        )
+        raise MttError(
+            f"training_set: no structure has the label {name!r}"
+            f"{f' ({elsewhere})' if elsewhere else ''}, so the model would not learn it: put "
+            "labelled structures in the training set (label more of them, or change 'seed' or "
+            f"the fractions of the split), or remove {name!r} from 'training_set.targets'"
+        )
 
 
 def _warn_partly_labelled(dataset, present: List[set]) -> None:
