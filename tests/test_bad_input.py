@@ -351,6 +351,19 @@ def test_bad_units(work, capsys, key, unit, expected):
     assert f"e.g. {'eV' if kind == 'energy' else 'angstrom'!r}" in message  # the fix
 
 
+@pytest.mark.parametrize("variant", ["forces", "stress", "virial"])
+def test_an_energy_variant_named_like_a_gradient_is_refused(work, capsys, variant):
+    """'energy/forces' is the name of the forces of 'energy': a variant so named mixed its
+    labels with them and crashed with an internal error (a shape mismatch)."""
+    targets = {"energy": {"unit": "kcal/mol"}, f"energy/{variant}": {"unit": "kcal/mol"}}
+    write_options(options(training_set__targets=targets))
+    assert train(capsys) == (
+        f"target name 'energy/{variant}' is taken by the {variant} of 'energy': declare them "
+        f"in its section ('energy: {{{variant}: <key>}}'), and give another energy a variant "
+        "name such as 'energy/pbe0'"
+    )
+
+
 @pytest.mark.parametrize("unit", ["kcal", "kJ"])
 def test_an_energy_unit_per_structure_instead_of_per_mole(work, capsys, unit):
     write_options(options(training_set__targets__energy__unit=unit))

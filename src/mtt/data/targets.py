@@ -80,6 +80,13 @@ class DatasetInfo:
 def target_kind(name: str) -> str:
     """``energy`` for ``energy`` and ``energy/<variant>``, ``generic`` for ``mtt::<name>``."""
     if re.fullmatch(r"energy(/[A-Za-z0-9_.\-]+)?", name):
+        variant = name.partition("/")[2]
+        if variant in DEFAULT_GRADIENT_KEYS:  # 'energy/forces' names the energy's own forces
+            raise MttError(
+                f"target name {name!r} is taken by the {variant} of 'energy': declare them in "
+                f"its section ('energy: {{{variant}: <key>}}'), and give another energy a "
+                "variant name such as 'energy/pbe0'"
+            )
         return "energy"
     if re.fullmatch(r"mtt::[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z0-9_.\-]+)?", name):
         return "generic"
