@@ -211,6 +211,25 @@ def test_predictions_keep_the_structures_own_labels(tmp_path):
     np.testing.assert_array_equal(read.arrays["charges_ref"], [0.4, 0.4, -0.8])
 
 
+def test_a_label_moved_aside_does_not_overwrite_a_key_of_that_name(tmp_path):
+    """The carbon allotropes have 'class' (one-hot) and 'class_label' (diamond, ...): the
+    predicted mtt::class moved 'class' to 'class_label', overwriting the names of the phases."""
+    import ase
+    import ase.io
+    import numpy as np
+
+    from mtt.evaluate import write_predictions
+
+    atoms = ase.Atoms("C2", positions=[[0, 0, 0], [0, 0, 1.5]])
+    atoms.info.update({"class": np.array([1.0, 0.0, 0.0]), "class_label": "diamond"})
+    generic = {"mtt::class": np.array([0.9, 0.1, 0.0])}
+    write_predictions(str(tmp_path / "p.xyz"), [atoms], [{}], [generic])
+    (read,) = ase.io.read(tmp_path / "p.xyz", ":")
+    assert read.info["class_label"] == "diamond"
+    np.testing.assert_array_equal(read.info["class_label_2"], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(read.info["class"], [0.9, 0.1, 0.0])
+
+
 def test_predictions_keep_the_labels_ase_read_as_calculator_results(tmp_path):
     """An extxyz file's energy, forces and stress are read by ASE as calculator results; the
     predictions take the calculator, and the labels stay next to them as <key>_label."""

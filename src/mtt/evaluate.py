@@ -421,9 +421,19 @@ def _keep_as_label(atoms: ase.Atoms, key: str) -> None:
     """Move the structure's own ``key`` (in ``info`` or ``arrays``) to ``<key>_label``, where a
     prediction is about to be written under ``key``."""
     if key in atoms.info:
-        atoms.info[f"{key}_label"] = atoms.info.pop(key)
+        atoms.info[_free_name(atoms, f"{key}_label")] = atoms.info.pop(key)
     if key in atoms.arrays:
-        atoms.arrays[f"{key}_label"] = atoms.arrays.pop(key)
+        atoms.arrays[_free_name(atoms, f"{key}_label")] = atoms.arrays.pop(key)
+
+
+def _free_name(atoms: ase.Atoms, name: str) -> str:
+    """``name``, or ``name_2``, ... if the structure has a key ``name`` already: the carbon
+    allotropes' ``class_label`` (diamond, ...) was overwritten by their one-hot ``class``."""
+    found, count = name, 1
+    while found in atoms.info or found in atoms.arrays:
+        count += 1
+        found = f"{name}_{count}"
+    return found
 
 
 def write_predictions(path: str, frames: List[ase.Atoms], predictions, generic=None) -> None:
