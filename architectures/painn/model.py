@@ -42,6 +42,7 @@ from torch import Tensor
 from mtt.data.graph import Graph, edge_vectors
 from mtt.data.targets import DatasetInfo
 from mtt.energy_model import EnergyModel
+from mtt.heads import generic_in_units
 
 from .hypers import ModelHypers
 from .modules.heads import EquivariantHead
@@ -139,8 +140,9 @@ class Painn(EnergyModel):
         values: List[Tensor] = []
         for index, head in enumerate(self.generic_heads):
             raw = head(s, v)
-            scale = self.generic_scale[index].to(raw.dtype)
-            values.append(raw * scale + self.generic_shift[index].to(raw.dtype))
+            values.append(
+                generic_in_units(raw, self.generic_scale[index], self.generic_shift[index])
+            )
         return values
 
     def head_modules(self) -> List[str]:

@@ -42,7 +42,7 @@ from .data.targets import DatasetInfo
 from .direct import declared_outputs, direct_tensormaps, structure_stress
 from .errors import MttError, did_you_mean
 from .gradients import energies_and_gradients
-from .heads import GenericHead, generic_tensormap, reduce_atoms
+from .heads import GenericHead, generic_in_units, generic_tensormap, reduce_atoms
 from .hypers import parse, to_dict
 from .lean_gradients import linked_energies
 from .lora import adapter_config, merge_adapters, restore_adapters
@@ -337,8 +337,9 @@ class EnergyModel(ModelInterface):
         values: List[torch.Tensor] = []
         for index, head in enumerate(self.generic_heads):
             raw = head(features, vectors, graph.edge_i)
-            scale = self.generic_scale[index].to(raw.dtype)
-            values.append(raw * scale + self.generic_shift[index].to(raw.dtype))
+            values.append(
+                generic_in_units(raw, self.generic_scale[index], self.generic_shift[index])
+            )
         return values
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:

@@ -81,6 +81,19 @@ class GenericHead(torch.nn.Module):
         return (coefficients * radial.unsqueeze(1)).sum(dim=2)
 
 
+def generic_in_units(raw: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """A head's per-atom output ``[N, C, k]`` (numbers of order one) in the target's units:
+    times the scale, plus the shift for scalars and the shift times the identity for rank-2
+    tensors (``training.composition.generic_normalization``); a vector's shift is zero."""
+    values = raw * scale.to(raw.dtype)
+    if raw.shape[1] == 1:
+        return values + shift.to(raw.dtype)
+    if raw.shape[1] == 9:
+        identity = torch.eye(3, dtype=raw.dtype, device=raw.device).reshape(1, 9, 1)
+        return values + shift.to(raw.dtype) * identity
+    return values
+
+
 def reduce_atoms(
     values: torch.Tensor, system_index: torch.Tensor, n_atoms: torch.Tensor, reduction: str
 ) -> torch.Tensor:

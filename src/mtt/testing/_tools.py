@@ -71,8 +71,10 @@ def random_model(
     baseline = torch.linspace(-3.0, -1.0, n_types, dtype=torch.float64).reshape(1, -1)
     model.set_baseline(baseline, torch.tensor([0.7], dtype=torch.float64))
     if generic:
+        # the polarizability's shift is an isotropic tensor (a shift of every component
+        # would not rotate); vectors are never shifted
         model.set_generic_normalization(
-            torch.tensor([0.0, 0.0, 0.1, 0.2]), torch.tensor([1.5, 2.0, 0.5, 0.3])
+            torch.tensor([0.0, 0.4, 0.1, 0.2]), torch.tensor([1.5, 2.0, 0.5, 0.3])
         )
     return model.to(dtype).eval()
 

@@ -299,18 +299,29 @@ def baseline_rmse(
 
 def generic_normalization(dataset: LabelledDataset, target) -> Tuple[float, float]:
     """Per-atom shift and scale of a generic target's head, from the training labels: the
-    head then predicts numbers of order one. Only scalars are shifted (a constant vector or
-    tensor would break rotational equivariance)."""
+    head then predicts numbers of order one. Scalars are shifted by their mean and rank-2
+    tensors by their mean isotropic part (the shift times the identity, which every rotation
+    leaves unchanged: a polarizability's trace is most of its size); vectors are not shifted
+    (no constant vector is rotation invariant). The scale is the spread about that shift."""
     divide = not target.per_atom and target.reduction == "sum"
-    per_atom = Moments.of(
-        labels[target.name] / len(atoms) if divide else labels[target.name]
-        for atoms, labels in zip(dataset.frames, dataset.labels)
-        if target.name in labels
-    )
-    if not per_atom.count:
+
+    def per_atom():  # a generator, read again for each statistic: memory stays flat
+        for atoms, labels in zip(dataset.frames, dataset.labels):
+            if target.name in labels:
+                yield labels[target.name] / len(atoms) if divide else labels[target.name]
+
+    # rank 2: labels [rows, 9, k], the trace is components 0, 4 and 8
+    moments = Moments.of(v[:, [0, 4, 8]] if target.rank == 2 else v for v in per_atom())
+    if not moments.count:
         return 0.0, 1.0
-    shift = per_atom.mean if target.rank == 0 else 0.0
-    spread = per_atom.std if target.rank == 0 else per_atom.rms
+    if target.rank == 0:
+        shift, spread = moments.mean, moments.std
+    elif target.rank == 2:
+        identity = np.eye(3).reshape(1, 9, 1)
+        shift = moments.mean
+        spread = Moments.of(v - shift * identity for v in per_atom()).rms
+    else:
+        shift, spread = 0.0, moments.rms
     return shift, spread if spread > 1e-10 else 1.0
 
 
