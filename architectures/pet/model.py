@@ -81,9 +81,10 @@ class Pet(EnergyModel):
         super().__init__(hypers, dataset_info, metadata, hypers.cutoff)
         if self.generic_names:
             raise MttError(
-                f"pet predicts energies only, not {self.generic_names}: its features are not "
-                "rotation invariant by construction, so vectors and tensors would come out in "
-                "the wrong frame; train these targets with soap_bpnn or painn"
+                f"pet predicts energies only, not {self.generic_names}: it has no heads for "
+                "other targets, scalars included (vectors and tensors would also need "
+                "features that are rotation invariant by construction, which pet's are not); "
+                "train these targets with soap_bpnn or painn"
             )
         # an atom's energy depends on atoms up to one cutoff per message-passing layer away
         self.interaction_range = self.cutoff * hypers.num_gnn_layers

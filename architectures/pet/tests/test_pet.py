@@ -16,6 +16,7 @@ from mtt.checkpoints import read_checkpoint
 from mtt.data.dataset import dataset_from_atoms
 from mtt.data.graph import atoms_to_graph, collate_graphs
 from mtt.data.targets import DatasetInfo, TargetInfo
+from mtt.errors import MttError
 from mtt.hypers import parse
 from mtt.options import EnergyTargetOptions
 from mtt.testing import (
@@ -75,6 +76,15 @@ def test_interaction_range_covers_every_message_passing_layer():
     hypers = dict(HYPERS, num_gnn_layers=3)
     model = random_model("pet", hypers, torch.float64, generic=False)
     assert model.export().capabilities().interaction_range == pytest.approx(9.0)
+
+
+def test_generic_targets_are_refused_with_the_architectures_that_have_them():
+    """pet has no heads for generic targets; a scalar (metatrain's pet trains them) is
+    refused with the same advice as a tensor, not an explanation about vectors."""
+    targets = {"mtt::gap": TargetInfo("mtt::gap", "eV", kind="generic")}
+    info = DatasetInfo("angstrom", [1, 6], targets)
+    with pytest.raises(MttError, match=r"not \['mtt::gap'\].*scalars included.*soap_bpnn or painn"):
+        Pet(parse(ModelHypers, HYPERS), info)
 
 
 def _train(frames, random_rotations: bool, num_epochs: int, run_dir: str, every: int = 100):
