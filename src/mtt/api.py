@@ -1111,12 +1111,12 @@ def _final_report(trainer, model, sets, device) -> None:
                 quantity = key[len(dataset.name) + 1 :].rsplit("_", 1)[0]
                 unit = quantity_unit(quantity, model)
                 LOGGER.info(
-                    "%s: %s %s = %.5g %s",
+                    "%s: %s %s = %.5g%s",
                     dataset.name,
                     quantity,
                     key.rsplit("_", 1)[1].upper(),
                     value,
-                    unit,
+                    f" {unit}" if unit else "",  # (a unitless target: no trailing space)
                 )
         for index, name in enumerate(model.target_names):
             whole = name in per_structure  # compared per structure, like its errors above
