@@ -213,6 +213,36 @@ def included_yaml(path: str, text: str) -> Iterator[Tuple[int, str]]:
                 yield number, file.read()
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip()) if line.strip() else -1
+
+
+def included_files_with_stray_content(text: str) -> List[int]:
+    """Lines of ``.. literalinclude::`` directives whose options are followed by an indented
+    line: docutils takes it as the directive's content, refuses it (``no content permitted``,
+    which fails ``tox -e docs``) and drops that paragraph from the page."""
+    lines, found = text.splitlines(), []
+    for number, line in enumerate(lines, 1):
+        if re.match(r"^\s*\.\. literalinclude::", line):
+            rest = (item for item in lines[number:] if item.strip())  # blank lines end nothing
+            following = next((item for item in rest if not re.match(r"^\s+:\w", item)), "")
+            if _indent(following) > _indent(line):  # deeper than the directive: its content
+                found.append(number)
+    return found
+
+
+def test_included_files_have_no_stray_content():
+    """A paragraph after an included file starts unindented after a blank line."""
+    problems = []
+    for path in _hand_written():
+        with open(path, encoding="utf-8") as file:
+            lines = included_files_with_stray_content(file.read())
+        problems += [f"{os.path.relpath(path, ROOT)}:{line}" for line in lines]
+    assert not problems, f"literalinclude followed by indented text: {problems}"
+    broken = ".. literalinclude:: a.yaml\n   :language: yaml\n\n x\n"
+    assert included_files_with_stray_content(broken) == [1]  # the check can fail
+
+
 def _documented_options():
     cases = []
     for path in _hand_written():
