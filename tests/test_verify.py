@@ -85,3 +85,23 @@ def test_a_directory_or_a_text_file_given_as_the_model(tmp_path, capsys, monkeyp
     ):
         assert main(["verify", given]) == 1
         assert capsys.readouterr().err.startswith(f"mtt: error: {message}")
+
+
+def test_a_model_that_needs_extensions_is_not_sent_to_a_missing_option(
+    tmp_path, capsys, monkeypatch
+):
+    """A model of another tool built with compiled extensions (metatrain's soap_bpnn) was
+    told to 'give their directory with -e/--extensions-dir', which mtt verify does not have;
+    it is told that such a model holds nothing to verify, and where -e exists."""
+    import mtt.evaluate
+
+    def missing(path, extensions_directory=None):
+        raise RuntimeError(f"failed to load '{path}': missing TorchScript extensions.\nmore")
+
+    monkeypatch.setattr(mtt.evaluate, "load_atomistic_model", missing)
+    path = str(tmp_path / "other.pt")
+    save_model(random_model("soap_bpnn", HYPERS, torch.float64).export(), path)
+    assert main(["verify", path]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--extensions-dir" not in line
+    assert "not exported by mtt" in line and "'mtt eval -e <directory>'" in line

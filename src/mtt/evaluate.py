@@ -28,9 +28,18 @@ from .units import check_energy_unit, check_length_unit, conversion
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def load_model(path: str, extensions_directory: Optional[str] = None):
+EXTENSIONS_FIX = (
+    "give their directory with -e/--extensions-dir (metatrain exports them to 'extensions/' "
+    "next to its model)"
+)
+
+
+def load_model(
+    path: str, extensions_directory: Optional[str] = None, extensions_fix: str = EXTENSIONS_FIX
+):
     """An exported model, with one-line errors for missing or foreign files; models of other
-    tools that need compiled TorchScript extensions load them from ``extensions_directory``."""
+    tools that need compiled TorchScript extensions load them from ``extensions_directory``
+    (``extensions_fix`` says what to do without it: commands without ``-e`` say otherwise)."""
     if os.path.isdir(path):
         inside = os.path.join(path, "model.pt")
         hint = f" ({inside!r} is one)" if os.path.isfile(inside) else ""
@@ -56,8 +65,7 @@ def load_model(path: str, extensions_directory: Optional[str] = None):
             hint = f" ({beside!r} exists)" if os.path.isdir(beside) else ""
             raise MttError(
                 f"could not load {path!r}: it needs compiled TorchScript extensions that "
-                "are not loaded; give their directory with -e/--extensions-dir (metatrain "
-                f"exports them to 'extensions/' next to its model){hint}"
+                f"are not loaded; {extensions_fix}{hint}"
             ) from None
         if is_truncated_archive(path):
             raise MttError(

@@ -14,7 +14,12 @@ def run(args: argparse.Namespace) -> None:
     from ..evaluate import load_model
     from ..verification import METADATA_KEY, read_stored, verify
 
-    model = load_model(args.model)
+    # a model that needs extensions is another tool's: it stores nothing to verify
+    not_ours = (
+        "such a model was not exported by mtt (mtt's models need none), so it holds no "
+        "reference results to verify; evaluate it with 'mtt eval -e <directory>' instead"
+    )
+    model = load_model(args.model, extensions_fix=not_ours)
     stored = model.metadata().extra.get(METADATA_KEY)
     if stored is None:
         raise MttError(
