@@ -268,7 +268,7 @@ def test_union_messages():
     ]
     assert training_problems({"scheduler": None}) == [
         "option 'architecture.training.scheduler' must be a finite number or a mapping, "
-        "got None (NoneType)"
+        "got None (NoneType); or leave the key out for its default, 0.5"
     ]
 
 

@@ -405,3 +405,17 @@ def test_settings_that_would_do_nothing_are_refused(training, problem):
     """Each ran without effect (identical runs) or without reaching its purpose (a warm-up
     longer than the run peaked at 2e-4 of the rate), without a word."""
     assert problems(options(architecture__training=training)) == [problem]
+
+
+def test_a_null_length_unit_says_the_default_is_the_key_left_out():
+    """metatrain's ``length_unit: null`` got only 'must be a string, got None'; as the page on
+    metatrain's files says, it names the key and how to get the default."""
+    raw = {
+        "architecture": {"name": "soap_bpnn"},
+        "training_set": {"systems": {"read_from": "data.xyz", "length_unit": None}},
+    }
+    with pytest.raises(OptionsError) as error:
+        validate_options(raw)
+    (problem,) = error.value.problems
+    assert problem.startswith("option 'training_set.systems.length_unit' must be a string")
+    assert problem.endswith("or leave the key out for its default, 'angstrom'")

@@ -186,6 +186,8 @@ def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
             kwargs[name] = {}
         elif name in data:
             kwargs[name] = _convert(hints[name], data[name], _join(path, name), problems)
+            if kwargs[name] is _BAD and data[name] is None:
+                _null_means_default(field, problems)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             problems.append(f"missing required option '{_join(path, name)}'")
     if len(problems) > start:
@@ -194,6 +196,18 @@ def _build(cls: Any, data: Any, path: str, problems: List[str]) -> Any:
     instance = cls(**kwargs)
     _run_validate_hook(instance, path, problems)
     return instance if len(problems) == start else _BAD
+
+
+def _null_means_default(field: dataclasses.Field, problems: List[str]) -> None:
+    """metatrain's files write ``null`` for "unset": a refused null says that leaving the key
+    out gives its default (the type alone did not tell how to get it)."""
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        return
+    problems[-1] += f"; or leave the key out for its default, {_yaml_repr(default)}"
 
 
 def _validate_the_rest(cls: Any, kwargs: Dict[str, Any], path: str, problems: List[str]) -> None:
