@@ -419,3 +419,26 @@ def test_a_null_length_unit_says_the_default_is_the_key_left_out():
     (problem,) = error.value.problems
     assert problem.startswith("option 'training_set.systems.length_unit' must be a string")
     assert problem.endswith("or leave the key out for its default, 'angstrom'")
+
+
+@pytest.mark.parametrize(
+    "where, key, value, hint",
+    [
+        ("", "print_stats", "auto", "always prints the structures and labels"),
+        ("", "final_eval", True, "always reports the errors on every set"),
+        ("", "wandb", {"project": "x"}, "train.csv"),
+        ("training_set", "indices", [0, 1], "write the frames you want to their own file"),
+        ("training_set", "extra_data", {}, "reads no extra data"),
+    ],
+)
+def test_metatrain_top_level_and_data_set_keys_say_what_mtt_does(where, key, value, hint):
+    """metatrain's print_stats, final_eval, wandb and a data set's indices and extra_data got
+    a bare 'unknown option' listing the valid keys; they say what mtt does instead."""
+    raw = {"architecture": {"name": "soap_bpnn"}, "training_set": {"systems": "data.xyz"}}
+    (raw[where] if where else raw)[key] = value
+    with pytest.raises(OptionsError) as error:
+        validate_options(raw)
+    (problem,) = error.value.problems
+    name = f"{where}.{key}" if where else key
+    assert problem.startswith(f"unknown option '{name}' (metatrain's): ")
+    assert hint in problem

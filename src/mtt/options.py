@@ -206,6 +206,13 @@ class SystemsOptions:
 class DatasetOptions:
     """A data set: structures and the targets to learn from them."""
 
+    # metatrain's keys that mtt does without: said so, not only 'unknown option'
+    __metatrain__ = {
+        "indices": "mtt reads every frame of a file; write the frames you want to their own "
+        "file (ase.io.write) and name it",
+        "extra_data": "mtt reads no extra data; remove it",
+    }
+
     systems: Union[str, SystemsOptions]
     """A file path, or a section with ``read_from``, ``reader`` and ``length_unit``."""
     targets: Dict[str, TargetOptions] = field(default_factory=lambda: {"energy": TargetOptions()})
@@ -227,6 +234,13 @@ class ArchitectureOptions:
 @dataclass
 class Options:
     """The whole ``options.yaml``."""
+
+    # metatrain's keys that mtt does without: said so, not only 'unknown option'
+    __metatrain__ = {
+        "print_stats": "mtt always prints the structures and labels of each set; remove it",
+        "final_eval": "mtt always reports the errors on every set at the end; remove it",
+        "wandb": "mtt logs to train.csv and, when installed, TensorBoard; remove it",
+    }
 
     architecture: ArchitectureOptions
     """The architecture section: ``name``, ``model`` and ``training``."""
