@@ -371,6 +371,18 @@ def test_a_list_of_files_as_a_set_says_how_to_combine_them(work, capsys):
     [
         ("mps", "option 'device' is 'mps', but this architecture runs on cuda, cpu (or auto)"),
         ("multi-cuda", "option 'device' must be auto, cpu, cuda or cuda:N, got 'multi-cuda'"),
+        # metatrain's names: 'must be auto, cpu, cuda or cuda:N' did not say which to use
+        (
+            "gpu",
+            "option 'device' is 'gpu' (metatrain's): here it is 'cuda' (or 'auto', the "
+            "default, which takes a GPU when there is one)",
+        ),
+        (
+            "multi-gpu",
+            "option 'device' is 'multi-gpu' (metatrain's): here several GPUs are "
+            "several processes: keep 'auto' and launch with 'torchrun --nproc_per_node=N -m mtt "
+            "train' or srun",
+        ),
     ],
 )
 def test_a_device_that_cannot_run_is_reported_with_the_other_options(device, message):

@@ -226,11 +226,23 @@ def _architecture_sections(raw: Any, problems: List[str]):
     return architecture, parsed
 
 
+# metatrain's device names that torch does not know
+_METATRAIN_DEVICES = {
+    "gpu": "here it is 'cuda' (or 'auto', the default, which takes a GPU when there is one)",
+    "multi-gpu": "here several GPUs are several processes: keep 'auto' and launch with "
+    "'torchrun --nproc_per_node=N -m mtt train' or srun",
+}
+
+
 def pick_device(requested: str, supported: Sequence[str]) -> torch.device:
     if requested == "auto":
         if torch.cuda.is_available() and "cuda" in supported:
             return torch.device("cuda")
         return torch.device("cpu")
+    if requested in _METATRAIN_DEVICES:
+        raise MttError(
+            f"option 'device' is {requested!r} (metatrain's): " + _METATRAIN_DEVICES[requested]
+        )
     try:
         device = torch.device(requested)
     except RuntimeError:
