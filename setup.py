@@ -4,10 +4,13 @@ Every sub-folder of ``architectures/`` becomes ``mtt.architectures.<name>`` with
 anywhere: adding an architecture touches only its folder.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
+# namespace discovery: folders holding only data (tests/checkpoints) are packages too, or
+# recent setuptools warns at every install that they would be left out
 architectures = ["mtt.architectures"] + [
-    f"mtt.architectures.{name}" for name in find_packages("architectures")
+    f"mtt.architectures.{name}"
+    for name in find_namespace_packages("architectures", exclude=["*__pycache__*"])
 ]
 
 setup(
