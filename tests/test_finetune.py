@@ -602,3 +602,32 @@ def test_a_restart_continues_the_fine_tuning_it_was(pretrained, tmp_path, monkey
         f"option 'architecture.training.finetune.read_from' ({str(other)!r}) holds another "
         f"model than the one the run of {checkpoint!r} fine-tuned"
     )
+
+
+def _carbon_run(tmp_path, name, virial, finetune=None):
+    """Options for a tiny model on carbon_reduced_100.xyz (forces under 'force', virials)."""
+    training = {"num_epochs": 1, "batch_size": 4}
+    if finetune:
+        training["finetune"] = {"read_from": finetune}
+    energy = {"unit": "eV", "forces": "force", "stress": False, "virial": virial}
+    options = {
+        "architecture": {"name": "soap_bpnn", "model": MODEL, "training": training},
+        "training_set": {"systems": "carbon.xyz", "targets": {"energy": energy}},
+        "validation_set": 0.25,
+    }
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(options))
+    return f"{name}.yaml"
+
+
+def test_stress_labels_new_to_the_pretrained_model_train(tmp_path, monkeypatch):
+    """A model pretrained without stress, fine-tuned on data with stress: the stress labels
+    were read and counted in the log, then left out of the loss and the metrics."""
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("carbon.xyz", ase.io.read(os.path.join(DATA, "carbon_reduced_100.xyz"), ":16"))
+    pre = _carbon_run(tmp_path, "pre", virial=False)
+    assert main(["train", pre, "-o", "pre.pt", "--output-dir", "pre"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "pre" / "*" / "model.ckpt"))
+    options = _carbon_run(tmp_path, "ft", virial=True, finetune=checkpoint)
+    assert main(["train", options, "-o", "ft.pt", "--output-dir", "ft"]) == 0
+    (csv,) = glob.glob(str(tmp_path / "ft" / "*" / "train.csv"))
+    assert "train_energy/stress_rmse" in Path(csv).read_text().splitlines()[0]

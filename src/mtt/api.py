@@ -1038,8 +1038,23 @@ def _pretrained(settings: Settings, info: DatasetInfo, base_dir: str, trainer):
     trainer.state["pretrained_fingerprint"] = _weights_fingerprint(model)
     LOGGER.info("fine-tuning %s from %s", settings.options.architecture.name, finetune.read_from)
     model = model.restart(info, finetune.inherit_heads)
+    _learn_new_gradients(model, info)
     apply_method(model, finetune, trainer.teacher.generic_names)
     return model
+
+
+def _learn_new_gradients(model, info: DatasetInfo) -> None:
+    """Forces or stress that the new data label for an energy the pretrained model was
+    trained without (stress on a model pretrained on molecules or on data without stress):
+    they are gradients of that energy, so they train too. Without this, the labels were read
+    and counted in the log, and silently left out of the loss and the metrics."""
+    targets = dict(model.dataset_info.targets)
+    for name, known in targets.items():
+        new = info.targets.get(name)
+        if new is not None and known.kind == "energy" and new.kind == "energy":
+            forces, stress = known.forces or new.forces, known.stress or new.stress
+            targets[name] = replace(known, forces=forces, stress=stress)
+    model.dataset_info = DatasetInfo(model.dataset_info.length_unit, model.atomic_types, targets)
 
 
 def _log_sets(*sets) -> None:
