@@ -147,6 +147,20 @@ def test_freeze_keeps_matching_parameters(pretrained, tmp_path, monkeypatch):
     assert not any(n.startswith("networks.0.") or n.startswith("networks.1.0.") for n in moved)
 
 
+def test_freeze_of_every_parameter_is_refused(pretrained, tmp_path, monkeypatch, capsys):
+    """Patterns that freeze the whole model ran every epoch with 0 parameters training (pet
+    names all its parameters 'layers.*', so 'layers.*' froze it all without a word)."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    section = {"read_from": pretrained["checkpoint"], "method": "freeze"}
+    section["config"] = {"patterns": ["networks.*"]}
+    options = run(tmp_path, "frozen", {"finetune": section}, "dft_small.xyz")
+    message = _error(capsys, "train", options, "--dry-run")
+    assert message.startswith(
+        "'architecture.training.finetune.config.patterns' ['networks.*'] match every parameter"
+    )
+
+
 def test_lora_trains_adapters_and_export_equals_merged_model(pretrained, tmp_path, monkeypatch):
     """LoRA trains only the adapters (base weights unchanged) and the exported model, with the
     adapters merged into the weights, predicts what the adapted model predicts."""

@@ -178,6 +178,12 @@ def apply_method(
                 parameter.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    if finetune.method == "freeze" and trainable == 0:  # epochs that would change nothing
+        raise MttError(
+            f"'architecture.training.finetune.config.patterns' {config.patterns} match every "
+            "parameter of the model, so nothing would train; name fewer (parameter names look "
+            f"like {[n for n, _ in model.named_parameters()][-4:]}), or use method: heads"
+        )
     LOGGER.info("fine-tuning (%s): %d of %d parameters train", finetune.method, trainable, total)
 
 
