@@ -247,6 +247,22 @@ def test_dry_run_refuses_an_element_the_pretrained_model_lacks(
     assert "elements [7]" in capsys.readouterr().err
 
 
+def test_data_in_another_length_unit_is_refused_with_a_conversion(
+    pretrained, tmp_path, monkeypatch, capsys
+):
+    """Data in bohr for a model in angstrom: the error asked to 'declare the length unit the
+    model uses', i.e. to call bohr positions angstrom, which trains on stretched structures."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    path = run(tmp_path, "bohr", {"finetune": {"read_from": pretrained["checkpoint"]}}, "x")
+    options = yaml.safe_load(Path(path).read_text())
+    options["training_set"]["systems"] = {"read_from": "dft_small.xyz", "length_unit": "bohr"}
+    Path(path).write_text(yaml.safe_dump(options))
+    message = _error(capsys, "train", path, "--dry-run")
+    assert "convert the positions, cells, forces and stress of the file to 'angstrom'" in message
+    assert message.endswith("declare length_unit: angstrom")
+
+
 def test_finetuning_adds_a_generic_target_and_keeps_the_energy(tmp_path, monkeypatch):
     """Fine-tuning an energy-only model (QM9 U0) on dipole magnitudes (``mtt::mu``) adds a
     head for the new target and keeps the energy: the exported model predicts both, the

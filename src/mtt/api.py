@@ -950,9 +950,13 @@ def _fixed_weights_to_model_units(hypers, targets, model_info: DatasetInfo) -> N
 def _to_model_units(dataset: LabelledDataset, model_info: DatasetInfo) -> None:
     """Convert a data set's labels to a pretrained model's energy units, in place."""
     if dataset.length_unit != model_info.length_unit:
+        # declaring the model's unit for data in another one (what the message used to
+        # suggest) would train on structures scaled by the ratio of the units
         raise MttError(
             f"{dataset.name} is in {dataset.length_unit!r} but the pretrained model works in "
-            f"{model_info.length_unit!r}; declare the length unit the model uses"
+            f"{model_info.length_unit!r}, and fine-tuning does not convert lengths: convert "
+            f"the positions, cells, forces and stress of the file to {model_info.length_unit!r}"
+            f" and declare length_unit: {model_info.length_unit}"
         )
     for name, target in list(dataset.targets.items()):
         known = model_info.targets.get(name)
