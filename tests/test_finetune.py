@@ -661,3 +661,24 @@ def test_stress_labels_new_to_the_pretrained_model_train(tmp_path, monkeypatch):
     assert main(["train", options, "-o", "ft.pt", "--output-dir", "ft"]) == 0
     (csv,) = glob.glob(str(tmp_path / "ft" / "*" / "train.csv"))
     assert "train_energy/stress_rmse" in Path(csv).read_text().splitlines()[0]
+
+
+def test_a_restart_without_the_pretrained_file_names_the_option(
+    pretrained, tmp_path, monkeypatch, capsys
+):
+    """The pretrained checkpoint moved away after fine-tuning started: the restart said
+    'checkpoint not found' of a file the user did not name on the command line."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    shutil.copy(pretrained["checkpoint"], tmp_path / "pre.ckpt")
+    section = {"read_from": "pre.ckpt", "method": "heads"}
+    path = run(tmp_path, "ft", {"finetune": section, "num_epochs": 1}, "dft_small.xyz")
+    assert main(["train", path, "-o", "ft.pt"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    os.remove(tmp_path / "pre.ckpt")
+    longer = ["-r", "architecture.training.num_epochs=2", "--restart", checkpoint]
+    message = _error(capsys, "train", path, *longer, "-o", "more.pt")
+    assert message.startswith(
+        f"option 'architecture.training.finetune.read_from': {str(tmp_path / 'pre.ckpt')!r} "
+        "does not exist"
+    )

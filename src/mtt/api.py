@@ -922,6 +922,12 @@ def _read_pretrained(settings: Settings, base_dir: str):
                 f"ask for {name!r}; set architecture.name: {model.__architecture__}"
             )
         return model
+    if not os.path.exists(path):  # at a restart, the file --restart names exists: say which
+        raise MttError(
+            f"option 'architecture.training.finetune.read_from': {path!r} does not exist; give "
+            "the pretrained model's .ckpt written by 'mtt train' (a restart of a fine-tuning "
+            "run reads it again: keep it where read_from says)"
+        )
     checkpoint = read_checkpoint(path)
     if checkpoint.get("architecture") != name:
         raise MttError(
