@@ -682,3 +682,27 @@ def test_a_restart_without_the_pretrained_file_names_the_option(
         f"option 'architecture.training.finetune.read_from': {str(tmp_path / 'pre.ckpt')!r} "
         "does not exist"
     )
+
+
+@pytest.mark.parametrize("learning_rate, worse", [(0.3, True), (1e-4, False)])
+def test_a_fine_tune_worse_than_the_pretrained_model_is_said(
+    pretrained, tmp_path, monkeypatch, capsys, learning_rate, worse
+):
+    """The pretrained model's validation loss before fine-tuning is recorded, and a best
+    fine-tuned model above it is warned about with the learning rate to lower (pet at 1e-3
+    went from 8.9 to 47 meV/atom on 36 structures, exported without a word)."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    section = {"read_from": pretrained["checkpoint"], "method": "full"}
+    training = {"finetune": section, "learning_rate": learning_rate}
+    assert main(["train", run(tmp_path, "ft", training, "dft_small.xyz"), "-o", "ft.pt"]) == 0
+    (path,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    state = read_checkpoint(path)["trainer_state"]
+    before = state["pretrained_validation"]["loss"]
+    out = capsys.readouterr().out
+    assert f"validation loss of the pretrained model before fine-tuning: {before:.6g}" in out
+    assert (state["best_metric"] > before) == worse, (state["best_metric"], before)
+    warned = "is worse than the pretrained model was before fine-tuning" in out
+    assert warned == worse
+    if worse:
+        assert f"lower the learning rate ({learning_rate:g} now" in out
