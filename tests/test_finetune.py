@@ -706,3 +706,20 @@ def test_a_fine_tune_worse_than_the_pretrained_model_is_said(
     assert warned == worse
     if worse:
         assert f"lower the learning rate ({learning_rate:g} now" in out
+
+
+def test_a_restart_refuses_stress_labels_its_run_did_not_train(tmp_path, monkeypatch, capsys):
+    """A run trained without stress, restarted with the data's virial declared: the labels
+    were read and counted, then silently left out of the loss (fine-tuning trains them)."""
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("carbon.xyz", ase.io.read(os.path.join(DATA, "carbon_reduced_100.xyz"), ":16"))
+    first = _carbon_run(tmp_path, "first", virial=False)
+    assert main(["train", first, "-o", "first.pt", "-r", "architecture.training.num_epochs=1"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "outputs" / "*" / "model.ckpt"))
+    again = _carbon_run(tmp_path, "again", virial=True)
+    message = _error(capsys, "train", again, "--restart", checkpoint, "-o", "again.pt")
+    assert message.startswith(
+        f"the training data label the stress of 'energy', which the run of {checkpoint!r} did "
+        "not train on"
+    )
+    assert "'training_set.targets.energy.stress: false' (and no virial)" in message

@@ -908,6 +908,19 @@ def _check_same_targets(info: DatasetInfo, restarted: DatasetInfo, checkpoint_pa
             "model: remove them, or start a new run from these weights with "
             "'architecture.training.finetune' (read_from), which can add targets"
         )
+    for name, target in info.targets.items():
+        trained = restarted.targets[name]
+        for gradient in ("forces", "stress"):
+            if getattr(target, gradient) and not getattr(trained, gradient):
+                raise MttError(
+                    f"the training data label the {gradient} of {name!r}, which the run of "
+                    f"{checkpoint_path!r} did not train on (its loss was fitted without "
+                    f"them); a restart continues the same training: set "
+                    f"'training_set.targets.{name}.{gradient}: false'"
+                    f"{' (and no virial)' if gradient == 'stress' else ''}, or train them in "
+                    "a new run from these weights with 'architecture.training.finetune' "
+                    "(read_from)"
+                )
 
 
 def _read_pretrained(settings: Settings, base_dir: str):
