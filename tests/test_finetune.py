@@ -723,3 +723,15 @@ def test_a_restart_refuses_stress_labels_its_run_did_not_train(tmp_path, monkeyp
         "not train on"
     )
     assert "'training_set.targets.energy.stress: false' (and no virial)" in message
+
+
+def test_a_config_for_a_method_without_one_says_so(pretrained, tmp_path, monkeypatch, capsys):
+    """``method: full`` with lora's ``config: {rank: 2}`` said 'valid options here are none'."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(pretrained["root"] / "dft_small.xyz", tmp_path / "dft_small.xyz")
+    section = {"read_from": pretrained["checkpoint"], "method": "full", "config": {"rank": 2}}
+    path = run(tmp_path, "ft", {"finetune": section}, "dft_small.xyz")
+    assert _error(capsys, "train", path, "--dry-run") == (
+        "unknown option 'architecture.training.finetune.config.rank': "
+        "'architecture.training.finetune.config' takes no options here; remove it"
+    )

@@ -106,8 +106,8 @@ class FinetuneHypers:
     ``sevennet-0`` (``pip install -e ".[sevenn]"`` in the clone)."""
     method: Literal["full", "heads", "lora", "freeze"] = "full"
     """``full``: train every weight; ``heads``: only the output layers; ``lora``: low-rank
-    adapters, merged into the weights at export; ``freeze``: all but the parameters matching
-    ``config.patterns``."""
+    adapters, merged into the weights at export; ``freeze``: every weight but the parameters
+    matching ``config.patterns``, which stay fixed."""
     config: Dict[str, Any] = field(default_factory=dict)
     """Settings of the method: ``{rank, alpha, layers}`` for lora, ``{patterns}`` for freeze."""
     inherit_heads: Dict[str, str] = field(default_factory=dict)

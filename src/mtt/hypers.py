@@ -259,7 +259,9 @@ def _unknown_key(key: Any, valid: List[str], path: str, metatrain: Dict[str, str
     close = difflib.get_close_matches(str(key), valid, n=1)
     if close:
         return f"{message}; did you mean '{close[0]}'?"
-    listed = ", ".join(f"'{name}'" for name in valid) or "none"
+    if not valid:  # e.g. finetune.config of method full
+        return f"{message}: '{path}' takes no options here; remove it"
+    listed = ", ".join(f"'{name}'" for name in valid)
     return f"{message}; valid options here are {listed}"
 
 
