@@ -399,7 +399,10 @@ def test_element_in_validation_set_that_training_set_lacks(work, capsys):
     message = train(capsys)
     where = f"structure 1 of {str(work / 'validation.xyz')!r} (in the validation_set)"
     assert message.startswith(f"{where} has elements [7]")
-    assert "add such structures to training_set" in message
+    assert message.endswith(
+        "add such structures to training_set, or remove these from the validation_set (a "
+        "fine-tuned model knows only its pretrained elements)"
+    )
 
 
 def test_element_that_the_split_put_in_the_validation_set_only(work, capsys):

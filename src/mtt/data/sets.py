@@ -127,7 +127,8 @@ def _check_elements(training: LabelledDataset, dataset: LabelledDataset) -> None
                 f"the random split put every structure with them in the {dataset.name}: add "
                 f"more such structures to {_where_to_add(dataset)}, or remove these"
                 if _split_from(training, dataset)
-                else "add such structures to training_set"
+                else f"add such structures to training_set, or remove these from the "
+                f"{dataset.name} (a fine-tuned model knows only its pretrained elements)"
             )
             raise MttError(
                 f"{dataset.describe(index)} has elements {extra} that the training set does "
