@@ -1716,3 +1716,21 @@ def test_negative_plateau_patience_is_refused():
     with pytest.raises(OptionsError) as error:
         parse(TrainingHypers, {"plateau_patience": -3})
     assert error.value.problems == ["option 'plateau_patience' must not be negative, got -3"]
+
+
+def test_a_generic_label_of_the_other_kind_is_named_in_the_partial_label_warning(work, capsys):
+    """One structure holds its per-structure label per atom instead: the warning listed only
+    the keys of the info and missed where the label is."""
+    frames = ethanol()
+    for index, atoms in enumerate(frames):
+        if index == 5:
+            atoms.arrays["q"] = np.zeros(len(atoms))
+        else:
+            atoms.info["q"] = 0.0
+    ase.io.write("train.xyz", frames)
+    targets = {"energy": {"unit": "kcal/mol"}, "mtt::q": {"key": "q", "unit": ""}}
+    write_options(options(validation_set=0.0, training_set__targets=targets))
+    assert main(["train", "options.yaml", "--dry-run"]) == 0
+    (warning,) = [line for line in capsys.readouterr().out.splitlines() if "'mtt::q' label" in line]
+    assert "(the first: structure 5 of" in warning
+    assert "; per atom: ['energy', 'forces', 'q']" in warning

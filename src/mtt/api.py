@@ -1128,15 +1128,22 @@ def _warn_partly_labelled(dataset, present: List[set]) -> None:
         missing = [i for i, keys in enumerate(present) if name not in keys]
         if not missing or len(missing) == len(dataset):
             continue
-        keys = available_keys([dataset.frames[missing[0]]], target.per_atom)
+        first = [dataset.frames[missing[0]]]
+        keys = available_keys(first, target.per_atom)
+        other = ""
+        if target.kind == "generic":  # a label of the other kind (per atom, per structure)?
+            kind = "per structure" if target.per_atom else "per atom"
+            other_keys = available_keys(first, not target.per_atom)
+            other = f"; {kind}: {other_keys}" if other_keys else ""
         LOGGER.warning(
-            "%s: %d of %d structures have no %r label (the first: %s%s); %s",
+            "%s: %d of %d structures have no %r label (the first: %s%s%s); %s",
             dataset.name,
             len(missing),
             len(dataset),
             name,
             dataset.describe(missing[0]),
             f", whose keys are {keys}" if keys else "",
+            other,
             _use_of_other_labels(dataset.name),
         )
 
