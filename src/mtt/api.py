@@ -25,7 +25,7 @@ from metatomic.torch import ModelMetadata
 from . import hypers as hypers_module
 from . import plots, pretrained, runlock
 from .checkpoints import naming_file, read_checkpoint
-from .console import prints_progress
+from .console import counted, prints_progress
 from .data.dataset import LabelledDataset, dataset_from_atoms, load_dataset, resolve_input
 from .data.sets import as_dataset_options, load_sets
 from .data.targets import DatasetInfo
@@ -1093,7 +1093,7 @@ def _log_sets(*sets) -> None:
                 for q in t.quantities
             }
             labels = ", ".join(f"{q}: {n}" for q, n in counts[dataset.name].items())
-            LOGGER.info("%s: %d structures (%s)", dataset.name, len(dataset), labels)
+            LOGGER.info("%s: %s (%s)", dataset.name, counted(len(dataset), "structure"), labels)
             _warn_partly_labelled(dataset, present)
     if sets[0] is not None:
         _refuse_unlabelled_targets(list(sets[0].targets), counts)

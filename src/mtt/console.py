@@ -9,6 +9,11 @@ import sys
 LOGGER = logging.getLogger("mtt")
 
 
+def counted(count: int, noun: str) -> str:
+    """``"1 structure"``, ``"3 structures"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class ConsoleHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stdout`` is now (it may be swapped, e.g. by pytest)."""
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..console import counted
 from ..errors import MttError
 
 HELP = "evaluate an exported model (.pt) on a data set"
@@ -102,8 +103,8 @@ def run(args: argparse.Namespace) -> None:
         data.per_atom,
     )
     LOGGER.info(
-        "predictions for %d structures written to %s%s",
-        result.structures,
+        "predictions for %s written to %s%s",
+        counted(result.structures, "structure"),
         args.output,
         f" (energies in {data.energy_unit}, lengths in {data.length_unit})" if energy else "",
     )
@@ -116,13 +117,13 @@ def run(args: argparse.Namespace) -> None:
     for name, values in result.errors.items():
         unit = f" {units[name]}" if units[name] else ""  # generic targets may have none
         LOGGER.info(
-            "%s: RMSE %.5g%s, MAE %.5g%s (%d structures)",
+            "%s: RMSE %.5g%s, MAE %.5g%s (%s)",
             name,
             values["rmse"],
             unit,
             values["mae"],
             unit,
-            values["count"],
+            counted(values["count"], "structure"),
         )
     if data.labelled and not result.errors:
         LOGGER.warning("no structure has labels of the declared targets: nothing to compare")
