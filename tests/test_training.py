@@ -317,6 +317,9 @@ def test_eval_command_reports_errors_and_writes_predictions(
     assert main(["eval", "model.pt", "eval.yaml", "-o", "pred.xyz"]) == 0
     out = capsys.readouterr().out
     assert "energy_per_atom: RMSE" in out and "forces: RMSE" in out
+    n = len(ase.io.read("small.xyz", ":"))
+    assert f"predictions for {n} structures written to pred.xyz" in out
+    assert out.count(f"kcal/mol/atom ({n} structures)") == 1  # (a whole number)
     written = ase.io.read("pred.xyz", ":")
     expected = predict(
         load_model("model.pt"), ase.io.read("small.xyz", ":"), "energy", "angstrom", "kcal/mol"

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
             unit,
             values["mae"],
             unit,
-            counted(values["count"], "structure"),
+            counted(int(values["count"]), "structure"),  # (a float, as the errors)
         )
     if data.labelled and not result.errors:
         LOGGER.warning("no structure has labels of the declared targets: nothing to compare")
