@@ -256,6 +256,27 @@ def test_a_cap_below_a_structure_size_is_reported(caplog):
     assert "2 training structures" in record.getMessage() and "up to 30" in record.getMessage()
 
 
+def test_an_atom_cap_that_batch_size_keeps_out_of_reach_is_reported(caplog):
+    """metatrain ignores batch_size when max_atoms_per_batch is set; here both apply, so a
+    metatrain file's cap of 1000 atoms with the default 8 structures of 64 atoms gave
+    batches of 512 atoms, unmentioned. Nothing when the cap can bind."""
+    import logging
+
+    from mtt.training.trainer import _warn_batch_size_binds
+
+    with caplog.at_level(logging.WARNING, logger="mtt"):
+        _warn_batch_size_binds([64, 63, 64], 8, 1000)
+        _warn_batch_size_binds([64, 63, 64], 8, 300)  # 8 x 64 > 300: the cap binds
+        _warn_batch_size_binds([64, 63, 64], 8, None)
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "architecture.training.max_atoms_per_batch is 1000, but batch_size 8 structures of ~64 "
+        "atoms make ~512: batches stop at batch_size (metatrain ignores batch_size when "
+        "max_atoms_per_batch is set, mtt applies both); raise batch_size (e.g. to 15) to fill "
+        "batches up to the atom cap"
+    )
+
+
 def test_progress_bar_in_a_terminal_and_plain_lines_otherwise(tmp_path, data_dir):
     """In a pseudo-terminal a progress bar with percentage and ETA is drawn; without a
     terminal only the per-epoch lines appear (with errors in meV for eV data)."""

@@ -190,6 +190,10 @@ class Trainer(TrainerInterface):
             list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
         )
         _warn_oversized(train.n_atoms, self.hypers.max_atoms_per_batch, self.world.main)
+        if self.world.main:
+            _warn_batch_size_binds(
+                train.n_atoms, self.hypers.batch_size, self.hypers.max_atoms_per_batch
+            )
         if self.epoch == 0 and self.world.main:
             _warn_slow_average(self.hypers.ema_decay, steps * self.hypers.num_epochs)
         optimizer = self.make_optimizer(model)
@@ -811,6 +815,28 @@ def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) ->
             len(larger),
             " has" if len(larger) == 1 else "s have",
             max(larger),
+        )
+
+
+def _warn_batch_size_binds(n_atoms: List[int], batch_size: int, max_atoms: Optional[int]):
+    """Say when ``batch_size`` structures of the typical size stay below
+    ``max_atoms_per_batch``: the atom cap is then never reached. metatrain ignores
+    ``batch_size`` when an atom cap is set, so its files give a cap and leave the batch size
+    at its default, and would train with batches of 8 structures here without a word."""
+    if max_atoms is None or not n_atoms:
+        return
+    typical = float(np.median(n_atoms))
+    if batch_size * typical < max_atoms:
+        LOGGER.warning(
+            "architecture.training.max_atoms_per_batch is %d, but batch_size %d structures of "
+            "~%d atoms make ~%d: batches stop at batch_size (metatrain ignores batch_size when "
+            "max_atoms_per_batch is set, mtt applies both); raise batch_size (e.g. to %d) to "
+            "fill batches up to the atom cap",
+            max_atoms,
+            batch_size,
+            round(typical),
+            round(batch_size * typical),
+            max(batch_size + 1, int(max_atoms // typical)),
         )
 
 
