@@ -270,3 +270,43 @@ def test_l2sp_with_lora_penalises_the_adapters_weight_updates():
     with torch.no_grad():
         alone = float(((layer.scaling * layer.lora_b @ layer.lora_a) ** 2).sum())
     assert float(trainer._l2sp(model).detach()) == pytest.approx(3.0 * (expected - alone))
+
+
+def test_old_task_report_has_stress_errors_equal_to_the_exported_models(tmp_path, monkeypatch):
+    """Periodic old-task data with stress (carbon, virial): its stress error is reported like
+    the energy and forces (it was left out), equal to the exported model's in ASE's sign."""
+    monkeypatch.chdir(tmp_path)
+    frames = ase.io.read(os.path.join(DATA, "carbon_reduced_100.xyz"), ":")
+    ase.io.write("pre.xyz", frames[:30])
+    ase.io.write("new.xyz", frames[30:46])
+    ase.io.write("old.xyz", frames[60:80])
+    energy = {"unit": "eV", "forces": "force", "stress": False, "virial": "virial"}
+    section = {"systems": "old.xyz", "targets": {"energy": energy}}
+    training = {"num_epochs": 2, "batch_size": 8, "progress_bar": False}
+    for name, data, extra in [
+        ("pre", "pre.xyz", {}),
+        ("ft", "new.xyz", {"finetune": {"read_from": "PRE", "old_task_set": section}}),
+    ]:
+        raw = {
+            "architecture": {"name": "soap_bpnn", "training": dict(training, **extra)},
+            "training_set": {"systems": data, "targets": {"energy": energy}},
+            "validation_set": 0.25,
+        }
+        if name == "pre":
+            raw["architecture"]["model"] = MODEL
+        else:
+            (checkpoint,) = glob.glob(str(tmp_path / "pre" / "*" / "model.ckpt"))
+            raw["architecture"]["training"]["finetune"]["read_from"] = checkpoint
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+        assert main(["train", f"{name}.yaml", "-o", f"{name}.pt", "--output-dir", name]) == 0
+    (run_dir,) = glob.glob(str(tmp_path / "ft" / "*"))
+    data = report(run_dir)
+    old = ase.io.read("old.xyz", ":")
+    for model, when in (("pre.pt", "before"), ("ft.pt", "after")):
+        predicted = predict(load_model(model), old, "energy", "angstrom", "eV")
+        # the virial is -stress x volume
+        labels = [-np.reshape(a.info["virial"], (3, 3)) / a.get_volume() for a in old]
+        errors = np.array([p["stress"] - label for p, label in zip(predicted, labels)])
+        expected = float(np.sqrt(np.mean(errors**2)))
+        assert data["old_task"]["energy/stress_rmse"][when] == pytest.approx(expected, rel=1e-4)
+    assert data["units"]["energy/stress_rmse"] == "eV/angstrom^3"

@@ -186,11 +186,11 @@ def _batches(dataset: LabelledDataset, model, quantities: List[str], device, siz
 def errors_on(model, dataset: LabelledDataset, device) -> Dict[str, float]:
     """RMSE of ``model`` on ``dataset`` for each energy target the data label: energy per atom
     as predicted, energy per atom once per-element reference energies are refitted to the
-    residuals (what remains when a new reference method shifted them), and forces."""
+    residuals (what remains when a new reference method shifted them), forces and stress."""
     labelled = [
         q
         for name in model.target_names
-        for q in (name, f"{name}/forces")
+        for q in (name, f"{name}/forces", f"{name}/stress")
         if any(q in labels for labels in dataset.labels)
     ]
     residuals: Dict[str, List[np.ndarray]] = {q: [] for q in labelled}
@@ -209,8 +209,9 @@ def errors_on(model, dataset: LabelledDataset, device) -> Dict[str, float]:
     results = {}
     for q, chunks in residuals.items():
         error = np.concatenate(chunks)
-        if q.endswith("/forces"):
-            results[f"{q}_rmse"] = _rmse(error[~np.isnan(error).any(axis=1)])
+        if q.endswith("/forces") or q.endswith("/stress"):  # rows: atoms, or structures
+            labelled_rows = ~np.isnan(error.reshape(len(error), -1)).any(axis=1)
+            results[f"{q}_rmse"] = _rmse(error[labelled_rows])
             continue
         rows = ~np.isnan(error)
         results[f"{q}_per_atom_rmse"] = _rmse(error[rows] / n_atoms[rows])
@@ -302,10 +303,13 @@ class ForgettingReport:
                 )
 
     def _unit(self, key: str) -> str:
-        """The unit of a metric: the teacher's energy unit per atom, or per length unit."""
+        """The unit of a metric: the teacher's energy unit per atom, per length unit (forces)
+        or per volume (stress)."""
         info = self.teacher.dataset_info
-        name = key.split("/forces")[0].split("_per_atom")[0]
+        name = key.split("/forces")[0].split("/stress")[0].split("_per_atom")[0]
         unit = info.targets[name].unit if name in info.targets else ""
+        if "/stress" in key:
+            return f"{unit}/{info.length_unit}^3"
         return f"{unit}/{info.length_unit}" if "/forces" in key else f"{unit}/atom"
 
 
