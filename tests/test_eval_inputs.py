@@ -540,3 +540,53 @@ def test_bad_energy_output_or_unit_given_to_predict(generic_model, energy, energ
     with pytest.raises(MttError) as error:
         predict(str(generic_model), [molecule()], energy, "angstrom", energy_unit)
     assert str(error.value).startswith(message)
+
+
+def test_labels_in_another_unit_than_declared_are_said_by_their_force_spread(work, capsys, trained):
+    """kcal/mol labels declared as eV gave an RMSE of thousands of eV/atom without a word;
+    forces spread ~23x the (converted) predictions then, which is said with the units."""
+    write_options({"systems": "train.xyz", "targets": {"energy": {"unit": "eV"}}}, "eval.yaml")
+    capsys.readouterr()
+    assert main(["eval", str(trained["model"]), "eval.yaml", "-o", "p.xyz"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "labels spread" in line]
+    ratio = float(line.split("labels spread ")[1].split()[0])
+    assert ratio > 10, line
+    assert "check the energy and length units declared for the data" in line
+
+
+def test_the_force_spread_ratio_and_its_limits():
+    """The ratio is the labels' standard deviation over the predictions' (numpy's, over
+    batches added one at a time); within 3x either way nothing is said."""
+    import logging
+
+    import numpy as np
+
+    from mtt.cli.eval import _check_force_spread
+    from mtt.evaluate import ErrorSums
+
+    rng = np.random.default_rng(0)
+    labels = rng.normal(0.3, 2.0, size=(40, 3))
+    predicted = 0.1 * labels + rng.normal(0.0, 0.01, size=labels.shape)
+    sums = ErrorSums()
+    for k in range(0, 40, 7):
+        sums.add("forces", predicted[k : k + 7], labels[k : k + 7])
+    expected = np.std(labels) / np.std(predicted)
+    assert sums.spread_ratio("forces") == pytest.approx(expected, rel=1e-10)
+    assert sums.spread_ratio("stress") is None
+    logger = logging.getLogger("mtt")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        for ratio in (None, 1.0, 2.9, 0.34):
+            _check_force_spread(ratio)
+        assert records == []
+        _check_force_spread(expected)
+        _check_force_spread(0.2)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage().split(" times")[0] for r in records] == [
+        f"forces: the labels spread {expected:.3g}",
+        "forces: the labels spread 0.2",
+    ]

@@ -301,6 +301,8 @@ class ErrorSums:
 
     def __init__(self):
         self.sums: Dict[str, List[float]] = {}  # name: [squares, absolutes, values, structures]
+        # name: sums of predictions, their squares, labels, their squares (the spreads)
+        self.moments: Dict[str, List[float]] = {}
 
     def add(self, name: str, predicted: np.ndarray, reference: np.ndarray) -> None:
         error = np.ravel(predicted) - np.ravel(reference)
@@ -309,6 +311,21 @@ class ErrorSums:
         sums[1] += float(np.sum(np.abs(error)))
         sums[2] += error.size
         sums[3] += 1
+        moments = self.moments.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+        for k, values in enumerate((np.ravel(predicted), np.ravel(reference))):
+            moments[2 * k] += float(np.sum(values))
+            moments[2 * k + 1] += float(np.sum(values**2))
+
+    def spread_ratio(self, name: str) -> Optional[float]:
+        """Standard deviation of the labels over that of the predictions (None: not
+        compared, or predictions without spread)."""
+        if name not in self.moments or not self.sums[name][2]:
+            return None
+        n = self.sums[name][2]
+        p_sum, p_squares, r_sum, r_squares = self.moments[name]
+        predicted = max(p_squares / n - (p_sum / n) ** 2, 0.0) ** 0.5
+        reference = max(r_squares / n - (r_sum / n) ** 2, 0.0) ** 0.5
+        return reference / predicted if predicted > 0 else None
 
     def results(self) -> Dict[str, Dict[str, float]]:
         """``{name: {"rmse", "mae", "count"}}``, ``count`` being the labelled structures."""
@@ -461,6 +478,8 @@ class Streamed:
     structures: int
     errors: Dict[str, Dict[str, float]]
     parity: ParitySample
+    # spread of the force labels over that of the predictions: far from 1, a wrong unit
+    force_spread_ratio: Optional[float] = None
 
 
 def evaluate_stream(
@@ -510,7 +529,7 @@ def evaluate_stream(
             ]
             ase.io.write(file, out, format="extxyz")
             count += len(frames)
-    return Streamed(count, errors.results(), parity)
+    return Streamed(count, errors.results(), parity, errors.spread_ratio("forces"))
 
 
 def _parity_name(name: str, energy: str) -> str:

@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> None:
             unit,
             counted(int(values["count"]), "structure"),  # (a float, as the errors)
         )
+    _check_force_spread(result.force_spread_ratio)
     if data.labelled and not result.errors:
         LOGGER.warning("no structure has labels of the declared targets: nothing to compare")
     if result.parity.slots:
@@ -192,6 +193,25 @@ def _energy_output(model, requested, generic):
     if not energies and requested is None and generic:
         return None  # a model of other properties only
     return pick_energy_output(model, requested)
+
+
+#: Spread of the force labels over the model's beyond which their units are suspect (a
+#: trained model's forces spread like its labels; eV vs kcal/mol is a factor 23)
+FORCE_SPREAD_LIMIT = 3.0
+
+
+def _check_force_spread(ratio: Optional[float]) -> None:
+    """Forces do not depend on reference energies: labels that spread many times more (or
+    less) than a model's predictions are in another unit than declared, and the errors above
+    are then meaningless (10318 eV/atom for kcal/mol labels declared as eV)."""
+    if ratio is None or 1 / FORCE_SPREAD_LIMIT <= ratio <= FORCE_SPREAD_LIMIT:
+        return
+    LOGGER.warning(
+        "forces: the labels spread %.3g times as much as the model's predictions: check the "
+        "energy and length units declared for the data (eV vs kcal/mol is a factor 23), "
+        "unless the model is far from trained",
+        ratio,
+    )
 
 
 def _parity(args, sample, energy: str, units) -> None:
