@@ -28,6 +28,14 @@ exact ones for the outer step). In ASE::
 
 (the calculator removes the mean of the direct forces, so that there is no net force).
 
+Measured limitation: energies that depend on how many neighbours an atom has are learnt
+slowly. After 10-25 epochs on CHGNet Si data that include vacancy trajectories, the vacancy
+formation energy came out 0.01-0.09 eV (labels ~0.75 eV; ``soap_bpnn`` on the same data and
+epochs 0.85 eV) and the (001) surface energy ~0.05 J/m², with good test errors on the same
+frames (5-7 meV/atom). Attention averages an atom's neighbours, so one neighbour fewer barely
+changes its tokens; pooling the head's input differently did not help. Check defect, surface
+or cluster energies before relying on them (``soap_bpnn`` learns them from the same data).
+
 Exported models compute forces and stress layer by layer, a chunk of atoms at a time
 (:mod:`mtt.lean_gradients`): about 0.05-0.25 MB per atom instead of ~2 MB for the whole
 autograd graph, with the same first derivatives. ``mtt export --second-derivatives`` keeps the
