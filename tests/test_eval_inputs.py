@@ -554,7 +554,7 @@ def test_labels_in_another_unit_than_declared_are_said_by_their_force_spread(wor
     assert "check the energy and length units declared for the data" in line
 
 
-def test_the_force_spread_ratio_and_its_limits():
+def test_the_force_spread_ratio_and_its_limits(caplog):
     """The ratio is the labels' standard deviation over the predictions' (numpy's, over
     batches added one at a time); within 3x either way nothing is said."""
     import logging
@@ -573,20 +573,13 @@ def test_the_force_spread_ratio_and_its_limits():
     expected = np.std(labels) / np.std(predicted)
     assert sums.spread_ratio("forces") == pytest.approx(expected, rel=1e-10)
     assert sums.spread_ratio("stress") is None
-    logger = logging.getLogger("mtt")
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
+    with caplog.at_level(logging.WARNING, logger="mtt"):
         for ratio in (None, 1.0, 2.9, 0.34):
             _check_force_spread(ratio)
-        assert records == []
+        assert caplog.records == []
         _check_force_spread(expected)
         _check_force_spread(0.2)
-    finally:
-        logger.removeHandler(handler)
-    assert [r.getMessage().split(" times")[0] for r in records] == [
+    assert [r.getMessage().split(" times")[0] for r in caplog.records] == [
         f"forces: the labels spread {expected:.3g}",
         "forces: the labels spread 0.2",
     ]

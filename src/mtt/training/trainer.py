@@ -190,10 +190,9 @@ class Trainer(TrainerInterface):
             list(range(len(train))), self.hypers.batch_size, self.hypers.max_atoms_per_batch
         )
         _warn_oversized(train.n_atoms, self.hypers.max_atoms_per_batch, self.world.main)
-        if self.world.main:
-            _warn_batch_size_binds(
-                train.n_atoms, self.hypers.batch_size, self.hypers.max_atoms_per_batch
-            )
+        _warn_batch_size_binds(
+            train.n_atoms, self.hypers.batch_size, self.hypers.max_atoms_per_batch, self.world.main
+        )
         if self.epoch == 0 and self.world.main:
             _warn_slow_average(self.hypers.ema_decay, steps * self.hypers.num_epochs)
         optimizer = self.make_optimizer(model)
@@ -818,12 +817,14 @@ def _warn_oversized(n_atoms: List[int], max_atoms: Optional[int], main: bool) ->
         )
 
 
-def _warn_batch_size_binds(n_atoms: List[int], batch_size: int, max_atoms: Optional[int]):
+def _warn_batch_size_binds(
+    n_atoms: List[int], batch_size: int, max_atoms: Optional[int], main: bool = True
+) -> None:
     """Say when ``batch_size`` structures of the typical size stay below
     ``max_atoms_per_batch``: the atom cap is then never reached. metatrain ignores
     ``batch_size`` when an atom cap is set, so its files give a cap and leave the batch size
     at its default, and would train with batches of 8 structures here without a word."""
-    if max_atoms is None or not n_atoms:
+    if max_atoms is None or not n_atoms or not main:
         return
     typical = float(np.median(n_atoms))
     if batch_size * typical < max_atoms:
